@@ -1,0 +1,91 @@
+"""Dependencies shared by the routes, as Annotated aliases."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Iterator
+from enum import IntEnum
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request, status
+from sqlalchemy.orm import Session
+
+from service.classifier import ClassMatrixCache
+from service.core.config import Settings
+from service.engine import Runtime, RuntimeHolder
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings  # type: ignore[no-any-return]
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    with request.app.state.session_factory() as session:
+        yield session
+
+
+def get_runtime(request: Request) -> Runtime:
+    holder: RuntimeHolder = request.app.state.runtime
+    runtime = holder.loaded
+    if runtime is None:
+        reason = f": {holder.error}" if holder.error else "; try again shortly"
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"model not loaded{reason}")
+    return runtime
+
+
+def get_classifier(request: Request) -> ClassMatrixCache:
+    return request.app.state.classifier  # type: ignore[no-any-return]
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+SessionDep = Annotated[Session, Depends(get_session)]
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+ClassifierDep = Annotated[ClassMatrixCache, Depends(get_classifier)]
+
+
+class Role(IntEnum):
+    client = 1
+    admin = 2
+
+
+def _matches(candidate: bytes, keys: list[str]) -> bool:
+    # Compare against every key without stopping early, so timing says nothing about which
+    # key (or how much of one) matched.
+    found = False
+    for key in keys:
+        found |= hmac.compare_digest(candidate, key.encode())
+    return found
+
+
+def caller_role(request: Request, settings: SettingsDep) -> Role:
+    if not settings.auth_enabled:
+        return Role.admin  # open mode: the CLI binds to 127.0.0.1 and logs a warning
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    unauthorized = HTTPException(
+        status.HTTP_401_UNAUTHORIZED,
+        "missing or invalid API key (send 'Authorization: Bearer <key>')",
+        headers={"WWW-Authenticate": "Bearer"},
+    )
+    if scheme.lower() != "bearer" or not token.strip():
+        raise unauthorized
+    candidate = token.strip().encode()
+    if _matches(candidate, settings.admin_keys):
+        return Role.admin
+    if _matches(candidate, settings.client_keys):
+        return Role.client
+    raise unauthorized
+
+
+def require_client(role: Annotated[Role, Depends(caller_role)]) -> Role:
+    return role
+
+
+def require_admin(role: Annotated[Role, Depends(caller_role)]) -> Role:
+    if role < Role.admin:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "this route needs an admin key")
+    return role
+
+
+ClientDep = Depends(require_client)
+AdminDep = Depends(require_admin)

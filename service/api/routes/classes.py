@@ -1,0 +1,173 @@
+"""Register, read, list, delete and export personalized classes."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile, status
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+
+from service.api.deps import (
+    AdminDep,
+    ClassifierDep,
+    ClientDep,
+    RuntimeDep,
+    SessionDep,
+    SettingsDep,
+)
+from service.api.schemas import ClassList, ClassOut, EmbeddingOut
+from service.api.uploads import error, name_key, read_image, validate_name, validate_words
+from service.models import ClassImage, PersonalizedClass, Status, bump_generation, utcnow
+from service.queue import try_send_train
+
+router = APIRouter(prefix="/v1/classes", tags=["classes"])
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=ClassOut,
+    dependencies=[ClientDep],
+    summary="Register a class from a few images; training runs on a worker",
+)
+def register_class(
+    request: Request,
+    response: Response,
+    settings: SettingsDep,
+    session: SessionDep,
+    runtime: RuntimeDep,
+    classifier: ClassifierDep,
+    name: Annotated[str, Form(description="the class name (unique per model)")],
+    images: Annotated[list[UploadFile], File(description="1..MAX_IMAGES example images")],
+    hints: Annotated[list[str] | None, Form(description="coarse category words")] = None,
+    confusers: Annotated[list[str] | None, Form(description="look-alike classes")] = None,
+    replace: Annotated[bool, Form(description="replace a class of the same name")] = False,
+) -> ClassOut:
+    # Everything is checked before anything is written: a bad upload changes nothing.
+    clean_name = validate_name(name, settings)
+    if not images:
+        raise error(422, "at least one image is required")
+    if len(images) > settings.max_images:
+        raise error(422, f"at most {settings.max_images} images are allowed, got {len(images)}")
+    clean_hints = validate_words(hints, settings, field="hints", limit=settings.max_hints)
+    unknown = [h for h in clean_hints if h.casefold() not in runtime.vocabulary_words]
+    if unknown:
+        raise error(
+            422, f"hints not in the model's vocabulary: {', '.join(unknown)} (use common words)"
+        )
+    clean_confusers = validate_words(
+        confusers, settings, field="confusers", limit=settings.max_hints
+    )
+    checked = [read_image(upload, settings, field="images") for upload in images]
+
+    key = name_key(clean_name)
+    model_id = runtime.model_id
+    existing = session.scalars(
+        select(PersonalizedClass).where(
+            PersonalizedClass.model_id == model_id, PersonalizedClass.name_key == key
+        )
+    ).first()
+    if existing is not None and not replace:
+        raise error(
+            409, f"a class named {existing.name!r} already exists (id {existing.id}); "
+            "send replace=true to replace it"
+        )
+    replaced_ready = False
+    if existing is not None:
+        # The old row goes in the same transaction; its running job notices and stops.
+        replaced_ready = existing.status == Status.ready
+        session.delete(existing)
+        session.flush()
+    now = utcnow()
+    row = PersonalizedClass(
+        name=clean_name,
+        name_key=key,
+        model_id=model_id,
+        status=Status.queued.value,
+        progress=0.0,
+        attempts=0,
+        hints=clean_hints,
+        confusers=clean_confusers,
+        enqueued_at=now,
+        created_at=now,
+        updated_at=now,
+    )
+    row.images = [ClassImage(position=i, data=c.data) for i, c in enumerate(checked)]
+    session.add(row)
+    if existing is not None:
+        bump_generation(session)
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        raise error(409, f"a class named {clean_name!r} already exists") from None
+    if replaced_ready:
+        classifier.refresh_now()
+    try_send_train(request.app.state.broker, row.id)
+    response.headers["Location"] = f"/v1/classes/{row.id}"
+    return ClassOut.of(row)
+
+
+@router.get("", response_model=ClassList, dependencies=[AdminDep], summary="List classes")
+def list_classes(
+    session: SessionDep,
+    status_: Annotated[
+        Literal["queued", "training", "ready", "failed"] | None, Query(alias="status")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> ClassList:
+    query = select(PersonalizedClass)
+    count = select(func.count()).select_from(PersonalizedClass)
+    if status_ is not None:
+        query = query.where(PersonalizedClass.status == status_)
+        count = count.where(PersonalizedClass.status == status_)
+    rows = session.scalars(
+        query.order_by(PersonalizedClass.created_at, PersonalizedClass.id)
+        .limit(limit)
+        .offset(offset)
+    ).all()
+    total = session.scalar(count) or 0
+    return ClassList(items=[ClassOut.of(r, diagnostics=False) for r in rows], total=total)
+
+
+def _get_or_404(session: SessionDep, class_id: str) -> PersonalizedClass:
+    row = session.get(PersonalizedClass, class_id)
+    if row is None:
+        raise error(404, f"no class with id {class_id}")
+    return row
+
+
+@router.get("/{class_id}", response_model=ClassOut, dependencies=[ClientDep], summary="One class")
+def get_class(session: SessionDep, class_id: str) -> ClassOut:
+    return ClassOut.of(_get_or_404(session, class_id))
+
+
+@router.delete(
+    "/{class_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    dependencies=[AdminDep],
+    summary="Delete a class; a running job is abandoned",
+)
+def delete_class(session: SessionDep, classifier: ClassifierDep, class_id: str) -> Response:
+    row = _get_or_404(session, class_id)
+    session.delete(row)
+    bump_generation(session)
+    session.commit()
+    # This process drops it from /classify before answering; others within the refresh period.
+    classifier.refresh_now()
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get(
+    "/{class_id}/embedding",
+    response_model=EmbeddingOut,
+    dependencies=[ClientDep],
+    summary="Export the learned text feature and token embedding",
+)
+def export_embedding(session: SessionDep, class_id: str) -> EmbeddingOut:
+    row = _get_or_404(session, class_id)
+    if row.status != Status.ready or row.embedding is None:
+        raise error(409, f"class {class_id} is {row.status}, not ready")
+    return EmbeddingOut.of(row)

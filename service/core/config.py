@@ -1,0 +1,90 @@
+"""Every setting of the service and the workers, read from the environment or `.env`.
+
+This is the only module that reads the environment: everything else receives a `Settings`.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+QUEUE_NAME = "liteembed-train"
+TRAIN_ACTOR_NAME = "train_class"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="LITEEMBED_", env_file=".env", extra="ignore", protected_namespaces=()
+    )
+
+    # Storage and queue.
+    database_url: str = "sqlite:///./liteembed.db"
+    redis_url: str | None = None
+    redis_namespace: str = "liteembed"
+
+    # Model.
+    model: str = "liteembed-mini"
+    pretrained: str = "default"
+    device: str = "auto"
+    precision: str = "auto"
+    cache_dir: Path = Path("./.liteembed-cache")
+    seed: int = 0
+    train_steps: int | None = None
+
+    # Auth: comma-separated lists; none at all means the service runs open on 127.0.0.1.
+    admin_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    client_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    # Upload limits (checked before anything is written).
+    max_images: int = 32
+    max_image_bytes: int = 10 * 1024 * 1024
+    max_request_bytes: int = 64 * 1024 * 1024
+    max_image_pixels: int = 36_000_000
+    max_name_length: int = 64
+    max_hints: int = 16
+    max_labels: int = 256
+
+    # Jobs.
+    max_attempts: int = 3
+    job_time_limit_seconds: int = 3600
+    job_max_retries: int = 2
+    heartbeat_seconds: float = 2.0
+    stale_after_seconds: float = 120.0
+    queued_resend_seconds: float = 300.0
+    reconcile_interval_seconds: float = 30.0
+    broker_heartbeat_timeout_ms: int = 60_000
+    broker_maintenance_chance: int = 1000
+
+    # API.
+    classifier_refresh_seconds: float = 1.0
+    log_level: str = "INFO"
+
+    @field_validator("admin_keys", "client_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [k.strip() for k in value.split(",") if k.strip()]
+        return value
+
+    @field_validator("redis_url", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # An empty LITEEMBED_REDIS_URL= in a compose file means "no Redis", not an invalid URL.
+        return None if value == "" else value
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.admin_keys or self.client_keys)
+
+    @property
+    def embedded_worker(self) -> bool:
+        return self.redis_url is None
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

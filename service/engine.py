@@ -1,0 +1,74 @@
+"""The model, loaded once per process, lazily, and shared by the API and the embedded worker.
+
+Nothing here runs at import time: the worker process must create its CUDA context itself, after
+any fork, and the API must start answering /healthz before a large model has finished loading.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from service.core.config import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Runtime:
+    backend: Any  # liteembed.backend.ClipBackend
+    vocabulary: Any  # liteembed.vocab.Vocabulary
+    vocabulary_words: frozenset[str]
+
+    @property
+    def model_id(self) -> str:
+        return str(self.backend.model_id)
+
+
+class RuntimeHolder:
+    """Loads the runtime at most once; records the failure so /readyz can say why."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._lock = threading.Lock()
+        self._runtime: Runtime | None = None
+        self.error: str | None = None
+
+    @property
+    def loaded(self) -> Runtime | None:
+        return self._runtime
+
+    def get(self) -> Runtime:
+        if self._runtime is not None:
+            return self._runtime
+        with self._lock:
+            if self._runtime is None:
+                try:
+                    self._runtime = load_runtime(self._settings)
+                    self.error = None
+                except Exception as exc:
+                    self.error = f"{type(exc).__name__}: {exc}"
+                    log.exception("loading the model failed")
+                    raise
+        return self._runtime
+
+
+def load_runtime(settings: Settings) -> Runtime:
+    from liteembed.backend import load_backend
+    from liteembed.vocab import load_vocabulary
+
+    log.info("loading model %s (%s) on %s", settings.model, settings.pretrained, settings.device)
+    backend = load_backend(
+        settings.model,
+        settings.pretrained,
+        device=settings.device,
+        precision=settings.precision,
+        seed=settings.seed,
+    )
+    settings.cache_dir.mkdir(parents=True, exist_ok=True)
+    vocabulary = load_vocabulary(backend, settings.cache_dir)
+    words = frozenset(w.casefold() for w in vocabulary.words)
+    log.info("model %s ready (dim %d, %d words)", backend.model_id, backend.embed_dim, len(words))
+    return Runtime(backend=backend, vocabulary=vocabulary, vocabulary_words=words)

@@ -1,0 +1,113 @@
+"""The FastAPI application factory."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractContextManager, ExitStack, asynccontextmanager, contextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from service.api.limits import BodySizeLimit
+from service.api.routes import classes, classify, health
+from service.classifier import ClassMatrixCache
+from service.core.config import Settings, get_settings
+from service.db import make_engine, make_session_factory
+from service.engine import RuntimeHolder
+from service.metrics import Metrics, MetricsMiddleware
+from service.queue import make_broker, queue_depth
+
+log = logging.getLogger(__name__)
+
+# Something run for the lifetime of the app (the embedded worker); it gets the app to find
+# the broker, sessions and model in app.state.
+Background = Callable[[FastAPI], AbstractContextManager[None]]
+
+
+def create_app(
+    settings: Settings | None = None, *, background: Background | None = None
+) -> FastAPI:
+    settings = settings or get_settings()
+    engine = make_engine(settings.database_url)
+    session_factory = make_session_factory(engine)
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        with ExitStack() as stack:
+            stack.enter_context(_warm_up(app))
+            if background is not None:
+                stack.enter_context(background(app))
+            yield
+        engine.dispose()
+
+    app = FastAPI(
+        title="LiteEmbed",
+        version="1.0",
+        summary="Teach CLIP a new class from a few images, then classify with it.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.session_factory = session_factory
+    app.state.broker = make_broker(settings)
+    app.state.runtime = RuntimeHolder(settings)
+    app.state.classifier = ClassMatrixCache(session_factory, settings.classifier_refresh_seconds)
+    app.state.metrics = metrics
+    app.state.checks = {}
+    app.state.background_checks = lambda: {k: bool(f()) for k, f in app.state.checks.items()}
+    metrics.add_state_collector(session_factory, lambda: queue_depth(app.state.broker))
+
+    app.include_router(health.router)
+    app.include_router(classes.router)
+    app.include_router(classify.router)
+    app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    return app
+
+
+@contextmanager
+def _warm_up(app: FastAPI) -> Iterator[None]:
+    """Load the model off the startup path (so /healthz answers at once), then start the
+    class-matrix refresher."""
+    holder: RuntimeHolder = app.state.runtime
+    classifier: ClassMatrixCache = app.state.classifier
+
+    def run() -> None:
+        try:
+            runtime = holder.get()
+            classifier.bind_model(runtime.model_id, int(runtime.backend.embed_dim))
+            classifier.refresh_now()
+            classifier.start()
+        except Exception:
+            log.error("the model could not be loaded; /readyz stays 503: %s", holder.error)
+
+    thread = threading.Thread(target=run, name="liteembed-warm-up", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        classifier.stop()
+
+
+async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    # FastAPI's default detail is a list of dicts; clients get one readable sentence as well.
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "query"))
+        parts.append(f"{where}: {err.get('msg', 'invalid')}" if where else err.get("msg", ""))
+    detail: Any = "; ".join(parts) or "invalid request"
+    return JSONResponse(
+        status_code=422, content={"detail": detail, "errors": _jsonable(exc.errors())}
+    )
+
+
+def _jsonable(errors: Any) -> Any:
+    from fastapi.encoders import jsonable_encoder
+
+    return jsonable_encoder(errors, custom_encoder={bytes: lambda b: f"<{len(b)} bytes>"})

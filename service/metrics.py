@@ -1,0 +1,102 @@
+"""Prometheus metrics: one registry per app, so several apps in one test process don't clash."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from sqlalchemy import func, select
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.models import PersonalizedClass, Status
+
+log = logging.getLogger(__name__)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "liteembed_http_requests_total",
+            "HTTP requests by method, route and status code",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "liteembed_http_request_duration_seconds",
+            "HTTP request latency by method and route",
+            ["method", "route"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=self.registry,
+        )
+
+    def add_state_collector(self, session_factory: Any, queue_depth: Callable[[], int]) -> None:
+        self.registry.register(_StateCollector(session_factory, queue_depth))
+
+
+class _StateCollector(Collector):
+    """Jobs by status and queue depth, read at scrape time (the DB is the source of truth)."""
+
+    def __init__(self, session_factory: Any, queue_depth: Callable[[], int]) -> None:
+        self._factory = session_factory
+        self._queue_depth = queue_depth
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        jobs = GaugeMetricFamily("liteembed_classes", "Classes by status", labels=["status"])
+        try:
+            with self._factory() as session:
+                counts = dict(
+                    session.execute(
+                        select(PersonalizedClass.status, func.count()).group_by(
+                            PersonalizedClass.status
+                        )
+                    ).all()
+                )
+            for st in Status:
+                jobs.add_metric([st.value], counts.get(st.value, 0))
+        except Exception:
+            log.exception("metrics: cannot count classes")
+        yield jobs
+        depth = GaugeMetricFamily("liteembed_queue_depth", "Training messages waiting in the queue")
+        try:
+            depth.add_metric([], self._queue_depth())
+        except Exception:
+            log.exception("metrics: cannot read the queue depth")
+        yield depth
+
+    def describe(self) -> Iterable[GaugeMetricFamily]:
+        return []
+
+
+class MetricsMiddleware:
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status_code = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status_code
+            if message["type"] == "http.response.start":
+                status_code = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("route")
+            # The route template, not the raw path: ids would explode the label cardinality.
+            path = getattr(route, "path", "unmatched")
+            method = scope.get("method", "")
+            self.metrics.requests.labels(method, path, str(status_code)).inc()
+            self.metrics.latency.labels(method, path).observe(time.perf_counter() - start)

@@ -1,0 +1,131 @@
+"""Tables. The `classes` row is the source of truth for a class and its training job."""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+    update,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def as_utc(value: datetime | None) -> datetime | None:
+    """SQLite hands timestamps back without a zone; they were written in UTC."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
+
+
+class Status(enum.StrEnum):
+    queued = "queued"
+    training = "training"
+    ready = "ready"
+    failed = "failed"
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class PersonalizedClass(Base):
+    __tablename__ = "classes"
+    __table_args__ = (
+        # Names are unique per model; name_key (NFC + casefold) makes "Tea" and "tea" collide.
+        UniqueConstraint("model_id", "name_key", name="uq_classes_model_name"),
+        Index("ix_classes_status", "status"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=lambda: str(uuid.uuid4()))
+    name: Mapped[str] = mapped_column(String(200))
+    name_key: Mapped[str] = mapped_column(String(200))
+    model_id: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16), default=Status.queued.value)
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # Identifies the job run that currently owns the row; a run that lost it writes nothing.
+    lease: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    enqueued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    hints: Mapped[list[str]] = mapped_column(JSON, default=list)
+    confusers: Mapped[list[str]] = mapped_column(JSON, default=list)
+    embedding: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    dim: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    token_embedding: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    token_dim: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    templates: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
+    diagnostics: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, onupdate=utcnow
+    )
+
+    images: Mapped[list[ClassImage]] = relationship(
+        back_populates="owner",
+        cascade="all, delete-orphan",
+        passive_deletes=True,
+        order_by="ClassImage.position",
+    )
+
+
+class ClassImage(Base):
+    """Uploaded bytes live in the database, so no user-supplied name ever becomes a path."""
+
+    __tablename__ = "class_images"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    class_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("classes.id", ondelete="CASCADE"), index=True
+    )
+    position: Mapped[int] = mapped_column(Integer)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+    owner: Mapped[PersonalizedClass] = relationship(back_populates="images")
+
+
+class Generation(Base):
+    """A counter bumped in the same transaction as every change to the set of ready classes.
+
+    Every API process compares it with the value its class matrix was built from: one primary-key
+    read instead of re-reading all embeddings.
+    """
+
+    __tablename__ = "class_generation"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    value: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+GENERATION_ROW = 1
+
+
+def bump_generation(session: Session) -> None:
+    result = session.execute(
+        update(Generation).where(Generation.id == GENERATION_ROW).values(value=Generation.value + 1)
+    )
+    if result.rowcount == 0:  # type: ignore[attr-defined]
+        session.add(Generation(id=GENERATION_ROW, value=1))
+
+
+def read_generation(session: Session) -> int:
+    row = session.get(Generation, GENERATION_ROW, populate_existing=True)
+    return row.value if row is not None else 0

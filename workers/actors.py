@@ -1,0 +1,324 @@
+"""The `train_class` job: one class id in, an embedding (or a readable failure) in its row.
+
+The job is idempotent and safe to receive twice: a ready or failed row is left alone, a row whose
+heartbeat is fresh belongs to a live run elsewhere, and every write after the claim is conditional
+on the run's lease, so a run that lost its row (deleted, replaced, or taken over after its worker
+was presumed dead) writes nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import uuid
+from datetime import timedelta
+from typing import Any
+
+import dramatiq
+import numpy as np
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.core.config import QUEUE_NAME, TRAIN_ACTOR_NAME, Settings
+from service.db import session_scope
+from service.engine import Runtime, RuntimeHolder
+from service.models import (
+    ClassImage,
+    PersonalizedClass,
+    Status,
+    as_utc,
+    bump_generation,
+    utcnow,
+)
+
+log = logging.getLogger(__name__)
+
+_CRASH_REASON = "the worker stopped before finishing (crash, kill or time limit)"
+
+
+class Trainer:
+    """Everything a job needs, built once per worker process; the model loads on first use."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        session_factory: sessionmaker[Session],
+        runtime: RuntimeHolder,
+    ) -> None:
+        self.settings = settings
+        self.sessions = session_factory
+        self.runtime = runtime
+
+    # --- the job -------------------------------------------------------------------------------
+
+    def train_class(self, class_id: str) -> None:
+        lease = self._claim(class_id)
+        if lease is None:
+            return
+        heartbeat = _Heartbeat(self, class_id, lease)
+        heartbeat.start()
+        try:
+            self._run(class_id, lease, heartbeat)
+        except BaseException as exc:
+            # Infrastructure trouble (DB, model load, time limit): hand the row back so a retry
+            # or the reconciler can claim it at once, remembering why for the final message.
+            self._release(class_id, lease, f"{type(exc).__name__}: {exc}")
+            raise
+        finally:
+            heartbeat.stop()
+
+    def _claim(self, class_id: str) -> str | None:
+        s = self.settings
+        with session_scope(self.sessions) as session:
+            row = session.get(PersonalizedClass, class_id)
+            if row is None:
+                log.info("class %s no longer exists; nothing to do", class_id)
+                return None
+            if row.status in (Status.ready, Status.failed):
+                log.info("class %s is already %s; nothing to do", class_id, row.status)
+                return None
+            now = utcnow()
+            heartbeat_at = as_utc(row.heartbeat_at)
+            if (
+                row.status == Status.training
+                and heartbeat_at is not None
+                and now - heartbeat_at < timedelta(seconds=s.stale_after_seconds)
+            ):
+                log.info("class %s is being trained by a live run; skipping", class_id)
+                return None
+            if row.attempts >= s.max_attempts:
+                reason = row.error or _CRASH_REASON
+                row.status = Status.failed.value
+                row.error = f"gave up after {row.attempts} attempts; last error: {reason}"
+                row.lease = None
+                log.warning("class %s: %s", class_id, row.error)
+                return None
+            lease = str(uuid.uuid4())
+            # Compare-and-set on what we just read, so two workers cannot both claim the row.
+            claimed = session.execute(
+                update(PersonalizedClass)
+                .where(
+                    PersonalizedClass.id == class_id,
+                    PersonalizedClass.status == row.status,
+                    PersonalizedClass.attempts == row.attempts,
+                )
+                .values(
+                    status=Status.training.value,
+                    attempts=PersonalizedClass.attempts + 1,
+                    lease=lease,
+                    heartbeat_at=now,
+                    progress=0.0,
+                    updated_at=now,
+                )
+                .execution_options(synchronize_session=False)
+            ).rowcount
+        if claimed != 1:
+            log.info("class %s was claimed by another run", class_id)
+            return None
+        log.info("class %s: training (attempt %d)", class_id, row.attempts + 1)
+        return lease
+
+    def _run(self, class_id: str, lease: str, heartbeat: _Heartbeat) -> None:
+        from liteembed import learn_class
+        from liteembed.config import OptimizationConfig
+        from liteembed.errors import LiteEmbedError, OptimizationCancelled
+        from liteembed.images import decode_image
+
+        runtime = self.runtime.get()
+        with self.sessions() as session:
+            row = session.get(PersonalizedClass, class_id)
+            if row is None or row.lease != lease:
+                return
+            if row.model_id != runtime.model_id:
+                self._fail(
+                    class_id,
+                    lease,
+                    f"class was registered for model {row.model_id} but this worker serves "
+                    f"{runtime.model_id}",
+                )
+                return
+            name, hints, confusers = row.name, list(row.hints), list(row.confusers)
+            blobs = session.scalars(
+                select(ClassImage.data)
+                .where(ClassImage.class_id == class_id)
+                .order_by(ClassImage.position)
+            ).all()
+            registered = self._registered(session, runtime, exclude=class_id)
+        try:
+            images = [
+                decode_image(b, max_pixels=self.settings.max_image_pixels) for b in blobs
+            ]
+            config = OptimizationConfig()
+            if self.settings.train_steps is not None:
+                config = dataclasses.replace(config, steps=self.settings.train_steps)
+            learned = learn_class(
+                runtime.backend,
+                runtime.vocabulary,
+                name,
+                images,
+                hints=hints,
+                confusers=confusers,
+                registered=registered,
+                config=config,
+                seed=self.settings.seed,
+                progress=heartbeat.on_progress,
+            )
+        except OptimizationCancelled:
+            log.info("class %s: training abandoned (deleted, replaced or taken over)", class_id)
+            return
+        except LiteEmbedError as exc:
+            self._fail(class_id, lease, str(exc) or type(exc).__name__)
+            return
+        self._store(class_id, lease, learned)
+
+    def _registered(self, session: Session, runtime: Runtime, *, exclude: str) -> dict[str, Any]:
+        import torch
+
+        rows = session.execute(
+            select(PersonalizedClass.name, PersonalizedClass.embedding).where(
+                PersonalizedClass.model_id == runtime.model_id,
+                PersonalizedClass.status == Status.ready,
+                PersonalizedClass.id != exclude,
+            )
+        ).all()
+        dim = int(runtime.backend.embed_dim)
+        return {
+            r.name: torch.from_numpy(np.frombuffer(r.embedding, dtype=np.float32).copy())
+            for r in rows
+            if r.embedding is not None and len(r.embedding) == 4 * dim
+        }
+
+    def _store(self, class_id: str, lease: str, learned: Any) -> None:
+        feature = _as_float32(learned.text_feature)
+        token = _as_float32(learned.token_embedding)
+        with session_scope(self.sessions) as session:
+            # The embedding, `ready` and the generation bump commit together or not at all.
+            done = session.execute(
+                update(PersonalizedClass)
+                .where(PersonalizedClass.id == class_id, PersonalizedClass.lease == lease)
+                .values(
+                    status=Status.ready.value,
+                    progress=1.0,
+                    embedding=feature.tobytes(),
+                    dim=int(feature.shape[0]),
+                    token_embedding=token.tobytes(),
+                    token_dim=int(token.shape[0]),
+                    templates=list(learned.templates),
+                    diagnostics=_jsonable(learned.diagnostics),
+                    error=None,
+                    lease=None,
+                    heartbeat_at=utcnow(),
+                    updated_at=utcnow(),
+                )
+                .execution_options(synchronize_session=False)
+            ).rowcount
+            if done == 1:
+                bump_generation(session)
+        if done == 1:
+            log.info("class %s: ready", class_id)
+        else:
+            log.info("class %s: finished, but the row was deleted or taken over", class_id)
+
+    def _fail(self, class_id: str, lease: str, reason: str) -> None:
+        log.warning("class %s failed: %s", class_id, reason)
+        self._write(class_id, lease, status=Status.failed.value, error=reason[:2000], lease=None)
+
+    def _release(self, class_id: str, lease: str, reason: str) -> None:
+        try:
+            self._write(
+                class_id, lease, status=Status.queued.value, error=reason[:2000], lease=None
+            )
+        except Exception:
+            log.exception("class %s: could not hand the row back; the reconciler will", class_id)
+
+    def _write(self, class_id: str, lease: str, **values: Any) -> int:
+        with session_scope(self.sessions) as session:
+            return int(
+                session.execute(
+                    update(PersonalizedClass)
+                    .where(PersonalizedClass.id == class_id, PersonalizedClass.lease == lease)
+                    .values(updated_at=utcnow(), **values)
+                    .execution_options(synchronize_session=False)
+                ).rowcount
+            )
+
+
+class _Heartbeat:
+    """Writes progress and heartbeat_at every `heartbeat_seconds` from its own thread.
+
+    A thread rather than the progress callback: the heartbeat must keep beating while the model
+    loads or images are encoded, and the callback must stay cheap. When its conditional write finds
+    the lease gone, it asks the optimisation to stop at the next step.
+    """
+
+    def __init__(self, trainer: Trainer, class_id: str, lease: str) -> None:
+        self._trainer = trainer
+        self._class_id = class_id
+        self._lease = lease
+        self._progress = 0.0
+        self._cancelled = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="liteembed-heartbeat", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def on_progress(self, event: Any) -> bool:
+        total = max(int(getattr(event, "total", 0) or 0), 1)
+        self._progress = min(max(float(event.step) / total, 0.0), 0.99)
+        return self._cancelled.is_set()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._trainer.settings.heartbeat_seconds):
+            try:
+                now = utcnow()
+                alive = self._trainer._write(
+                    self._class_id,
+                    self._lease,
+                    progress=round(self._progress, 4),
+                    heartbeat_at=now,
+                )
+            except Exception:
+                log.exception("class %s: heartbeat write failed", self._class_id)
+                continue
+            if alive == 0:
+                self._cancelled.set()
+                return
+
+
+def _as_float32(value: Any) -> np.ndarray:
+    if hasattr(value, "detach"):
+        value = value.detach().float().cpu().numpy()
+    return np.ascontiguousarray(np.asarray(value, dtype=np.float32).reshape(-1))
+
+
+def _jsonable(value: Any) -> Any:
+    import json
+
+    return json.loads(json.dumps(value, default=lambda o: getattr(o, "tolist", lambda: str(o))()))
+
+
+def register_train_actor(broker: dramatiq.Broker, trainer: Trainer) -> dramatiq.Actor[Any, Any]:
+    """Declare `train_class` on this broker, bound to this process's trainer."""
+
+    def train_class(class_id: str) -> None:
+        trainer.train_class(class_id)
+
+    return dramatiq.Actor(
+        train_class,
+        broker=broker,
+        actor_name=TRAIN_ACTOR_NAME,
+        queue_name=QUEUE_NAME,
+        priority=0,
+        options={
+            # Dramatiq's 10-minute default would kill long CPU runs; its 20 retries would loop
+            # on a job that keeps crashing (the DB attempts counter caps it too).
+            "time_limit": trainer.settings.job_time_limit_seconds * 1000,
+            "max_retries": trainer.settings.job_max_retries,
+        },
+    )

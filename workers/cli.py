@@ -1,0 +1,148 @@
+"""`liteembed`: serve the API, run a queue worker, apply migrations."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from service.core.config import QUEUE_NAME, Settings, get_settings
+
+log = logging.getLogger("liteembed")
+
+_LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="liteembed", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the HTTP API (and, without Redis, the worker)")
+    serve.add_argument("--host", default=None, help="default 0.0.0.0 with keys, else 127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1, help="API processes (Redis mode only)")
+    commands.add_parser("worker", help="run one queue worker process (needs LITEEMBED_REDIS_URL)")
+    commands.add_parser("migrate", help="bring the database schema up to date")
+    args = parser.parse_args(argv)
+
+    settings = get_settings()
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if args.command == "serve":
+        return serve_command(settings, args.host, args.port, args.workers)
+    if args.command == "worker":
+        return worker_command(settings)
+    migrate(settings)
+    return 0
+
+
+def migrations_dir() -> Path:
+    """The Alembic scripts: next to the source in a checkout, else in the working directory
+    (the container image copies them to its work dir)."""
+    for base in (Path(__file__).resolve().parents[1], Path.cwd()):
+        if (base / "migrations" / "env.py").is_file():
+            return base / "migrations"
+    raise SystemExit("liteembed: cannot find the migrations/ directory")
+
+
+def migrate(settings: Settings) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(migrations_dir()))
+    config.attributes["database_url"] = settings.database_url
+    if settings.database_url.startswith("sqlite"):
+        _sqlite_parent(settings.database_url).mkdir(parents=True, exist_ok=True)
+    command.upgrade(config, "head")
+    log.info("database schema is up to date")
+
+
+def _sqlite_parent(url: str) -> Path:
+    from sqlalchemy.engine import make_url
+
+    database = make_url(url).database
+    return Path(database).expanduser().resolve().parent if database else Path.cwd()
+
+
+def serve_command(settings: Settings, host: str | None, port: int, workers: int) -> int:
+    import uvicorn
+
+    if not settings.auth_enabled:
+        if host is not None and host not in _LOOPBACK:
+            log.warning("no API keys configured: refusing to bind %s, binding 127.0.0.1", host)
+        host = "127.0.0.1"
+        log.warning(
+            "!!! NO API KEYS CONFIGURED: the service is OPEN to anyone who can reach it. It binds "
+            "127.0.0.1 only. Set LITEEMBED_ADMIN_KEYS / LITEEMBED_CLIENT_KEYS to expose it. !!!"
+        )
+    host = host or "0.0.0.0"
+    if settings.embedded_worker and workers != 1:
+        log.warning("the embedded worker needs one API process; ignoring --workers %d", workers)
+        workers = 1
+    if settings.database_url.startswith("sqlite"):
+        # The one-command start: the SQLite file is created and migrated here. A shared
+        # PostgreSQL is migrated once by `liteembed migrate`, not by every API process.
+        migrate(settings)
+    uvicorn.run(
+        "workers.embedded:create_app_with_worker",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level=settings.log_level.lower(),
+    )
+    return 0
+
+
+def worker_command(settings: Settings) -> int:
+    """One process, one thread: one copy of the model per GPU, loaded in this process after
+    start (never inherited through a fork)."""
+    import dramatiq
+
+    from service.db import make_engine, make_session_factory
+    from service.engine import RuntimeHolder
+    from service.queue import make_broker
+    from workers.actors import Trainer, register_train_actor
+    from workers.reconciler import Reconciler
+
+    if settings.redis_url is None:
+        log.error("liteembed worker needs LITEEMBED_REDIS_URL (without it, serve runs the worker)")
+        return 2
+    session_factory = make_session_factory(make_engine(settings.database_url))
+    broker = make_broker(settings)
+    runtime = RuntimeHolder(settings)
+    trainer = Trainer(settings, session_factory, runtime)
+    register_train_actor(broker, trainer)
+    # Load before consuming: a broken model configuration fails the process loudly at start.
+    try:
+        runtime.get()
+    except Exception:
+        log.error("worker: the model could not be loaded: %s", runtime.error)
+        return 1
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    worker = dramatiq.Worker(broker, queues={QUEUE_NAME}, worker_threads=1, worker_timeout=1000)
+    # Hold only the running message: a prefetched one would wait behind it, unavailable to
+    # idle workers on other GPUs.
+    worker.queue_prefetch = 1
+    worker.start()
+    reconciler = Reconciler(session_factory, broker, settings)
+    reconciler.start()
+    log.info("worker ready: model %s, queue %s", runtime.loaded.model_id, QUEUE_NAME)  # type: ignore[union-attr]
+    stop.wait()
+    log.info("worker stopping (finishing the current job)")
+    reconciler.stop()
+    worker.stop(timeout=settings.job_time_limit_seconds * 1000)
+    broker.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

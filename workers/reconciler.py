@@ -1,0 +1,114 @@
+"""Re-sends jobs whose message may be lost.
+
+Redis can lose messages (restart without persistence, FLUSHALL, a send that failed after the
+commit) and Dramatiq's own redelivery of a dead worker's message waits for its random
+maintenance pass. The database knows better: a row queued for too long, or in training with a
+stale heartbeat, gets its id sent again. Duplicates are harmless because the job is idempotent.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import timedelta
+
+import dramatiq
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.core.config import Settings
+from service.models import PersonalizedClass, Status, utcnow
+from service.queue import send_train
+
+log = logging.getLogger(__name__)
+
+
+def reconcile_once(
+    session_factory: sessionmaker[Session],
+    broker: dramatiq.Broker,
+    settings: Settings,
+    *,
+    all_queued: bool = False,
+) -> list[str]:
+    """One pass; `all_queued` re-sends every queued row (the in-memory queue was just created
+    empty, so anything queued in the database has no message)."""
+    now = utcnow()
+    queued_cutoff = now - timedelta(seconds=0 if all_queued else settings.queued_resend_seconds)
+    stale_cutoff = now - timedelta(seconds=settings.stale_after_seconds)
+    cls = PersonalizedClass
+    never_or_before = lambda cutoff: or_(cls.enqueued_at.is_(None), cls.enqueued_at < cutoff)  # noqa: E731
+    with session_factory() as session:
+        candidates = session.execute(
+            select(cls.id, cls.enqueued_at).where(
+                or_(
+                    and_(cls.status == Status.queued, never_or_before(queued_cutoff)),
+                    and_(
+                        cls.status == Status.training,
+                        or_(cls.heartbeat_at.is_(None), cls.heartbeat_at < stale_cutoff),
+                        never_or_before(stale_cutoff),
+                    ),
+                )
+            )
+        ).all()
+        sent: list[str] = []
+        for class_id, enqueued_at in candidates:
+            # Compare-and-set on enqueued_at: with several reconcilers only one re-sends.
+            same = (
+                cls.enqueued_at.is_(None) if enqueued_at is None else cls.enqueued_at == enqueued_at
+            )
+            won = session.execute(
+                update(cls)
+                .where(cls.id == class_id, same)
+                .values(enqueued_at=now)
+                .execution_options(synchronize_session=False)
+            ).rowcount
+            session.commit()
+            if won != 1:
+                continue
+            try:
+                send_train(broker, class_id)
+                sent.append(class_id)
+            except Exception:
+                log.exception("reconciler: could not re-send %s; next pass will retry", class_id)
+    if sent:
+        log.warning("reconciler: re-sent %d stuck job(s): %s", len(sent), ", ".join(sent))
+    return sent
+
+
+class Reconciler:
+    def __init__(
+        self,
+        session_factory: sessionmaker[Session],
+        broker: dramatiq.Broker,
+        settings: Settings,
+        *,
+        queue_is_new: bool = False,
+    ) -> None:
+        self._queue_is_new = queue_is_new
+        self._factory = session_factory
+        self._broker = broker
+        self._settings = settings
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="liteembed-reconciler", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def is_alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def _run(self) -> None:
+        if self._queue_is_new:
+            try:
+                reconcile_once(self._factory, self._broker, self._settings, all_queued=True)
+            except Exception:
+                log.exception("reconciler start-up pass failed")
+        while not self._stop.wait(self._settings.reconcile_interval_seconds):
+            try:
+                reconcile_once(self._factory, self._broker, self._settings)
+            except Exception:
+                log.exception("reconciler pass failed; trying again next interval")
