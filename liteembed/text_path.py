@@ -1,0 +1,178 @@
+"""A hand-built text forward pass that lets one token slot hold an arbitrary vector.
+
+open_clip's `encode_text` only takes token ids. To optimise a new word we need the same
+computation starting from token *embeddings*: look the ids up, overwrite the placeholder row with
+the learnable vector, then positional embedding, transformer, final norm, end-of-text pooling and
+projection exactly as `encode_text` does. For causal towers the sequence can be cut right after
+the last end-of-text token: nothing after it can influence the pooled position.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from liteembed.errors import ModelNotFoundError
+
+PLACEHOLDER = "{}"
+
+
+@dataclass(frozen=True)
+class TokenizedTemplates:
+    """Token ids of templates with one placeholder each; `slots` is the placeholder's position."""
+
+    ids: torch.Tensor  # (T, L) long
+    slots: torch.Tensor  # (T,) long
+    eot_positions: torch.Tensor  # (T,) long
+
+
+class TextTower:
+    """The parts of an open_clip text encoder (CLIP, or CustomTextCLIP with a TextTransformer)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        # CLIP keeps the text modules on the model itself; CustomTextCLIP nests them in `.text`.
+        owner = model.text if hasattr(model, "text") else model
+        needed = ("token_embedding", "positional_embedding", "transformer", "ln_final")
+        if not all(hasattr(owner, name) for name in needed):
+            raise ModelNotFoundError(
+                f"the text tower {type(owner).__name__} is not a token-embedding transformer; "
+                "learning a new word needs direct access to its token embeddings"
+            )
+        self.token_embedding: nn.Embedding = owner.token_embedding
+        self.positional_embedding: torch.Tensor = owner.positional_embedding
+        self.transformer: nn.Module = owner.transformer
+        self.ln_final: nn.Module = owner.ln_final
+        self.text_projection = getattr(owner, "text_projection", None)
+        self.attn_mask: torch.Tensor | None = getattr(owner, "attn_mask", None)
+        self.pool_type: str = getattr(
+            owner, "text_pool_type", getattr(owner, "pool_type", "argmax")
+        )
+        self.eos_token_id: int | None = getattr(owner, "text_eos_id", None)
+        if getattr(owner, "cls_emb", None) is not None:
+            raise ModelNotFoundError("text towers with a CLS embedding are not supported")
+        if self.pool_type not in ("argmax", "eos"):
+            raise ModelNotFoundError(
+                f"text pooling {self.pool_type!r} is not supported; need end-of-text pooling"
+            )
+        self.context_length: int = int(self.positional_embedding.shape[0])
+        self.is_causal: bool = _is_causal_mask(self.attn_mask, self.context_length)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.token_embedding.weight.dtype
+
+    @property
+    def token_dim(self) -> int:
+        return int(self.token_embedding.weight.shape[1])
+
+    def eot_positions(self, ids: torch.Tensor) -> torch.Tensor:
+        """Where each sequence's pooled token sits (same rule as open_clip's text_global_pool)."""
+        if self.pool_type == "eos" and self.eos_token_id is not None:
+            return (ids == self.eos_token_id).int().argmax(dim=-1)
+        return ids.argmax(dim=-1)
+
+    def forward_embeddings(
+        self, x: torch.Tensor, ids: torch.Tensor, *, short_context: bool = True
+    ) -> torch.Tensor:
+        """Text features (N, embed_dim), unnormalised, from token embeddings `x` (N, L, d_tok)."""
+        eot = self.eot_positions(ids)
+        length = x.shape[1]
+        if short_context and self.is_causal:
+            # Causal attention: positions after the last EOT cannot reach any pooled row.
+            length = int(eot.max().item()) + 1
+        x = x[:, :length].to(self.dtype) + self.positional_embedding[:length].to(self.dtype)
+        mask = None if self.attn_mask is None else self.attn_mask[:length, :length]
+        # open_clip's Transformer takes batch-first input and transposes internally when it runs
+        # sequence-first, the same call `encode_text` makes.
+        x = self.transformer(x, attn_mask=mask)
+        x = self.ln_final(x)
+        x = x[torch.arange(x.shape[0], device=x.device), eot]
+        if self.text_projection is not None:
+            if isinstance(self.text_projection, nn.Linear):
+                x = self.text_projection(x)
+            else:
+                x = x @ self.text_projection
+        return x
+
+    def encode_ids(self, ids: torch.Tensor, *, short_context: bool = True) -> torch.Tensor:
+        """Normalised text features for token ids (N, L), like `encode_text(normalize=True)`."""
+        x = self.token_embedding(ids)
+        return F.normalize(
+            self.forward_embeddings(x, ids, short_context=short_context).float(), dim=-1
+        )
+
+    def encode_with_token(
+        self,
+        templates: TokenizedTemplates,
+        token_embedding: torch.Tensor,
+        *,
+        short_context: bool = True,
+    ) -> torch.Tensor:
+        """Normalised features (B, T, embed_dim), `token_embedding[b]` in every template's slot."""
+        ids = templates.ids.to(self.token_embedding.weight.device)
+        slots = templates.slots.to(ids.device)
+        n_words, n_templates, length = token_embedding.shape[0], ids.shape[0], ids.shape[1]
+        base = self.token_embedding(ids)  # (T, L, d)
+        one_hot = F.one_hot(slots, length).to(base.dtype).unsqueeze(-1)  # (T, L, 1)
+        vectors = token_embedding.to(base.dtype)[:, None, None, :]  # (B, 1, 1, d)
+        # Arithmetic blend instead of in-place assignment keeps the graph differentiable in v.
+        x = base.unsqueeze(0) * (1 - one_hot) + vectors * one_hot  # (B, T, L, d)
+        x = x.reshape(n_words * n_templates, length, -1)
+        flat_ids = ids.repeat(n_words, 1)
+        features = self.forward_embeddings(x, flat_ids, short_context=short_context)
+        return F.normalize(features.float(), dim=-1).reshape(n_words, n_templates, -1)
+
+
+def _is_causal_mask(mask: torch.Tensor | None, length: int) -> bool:
+    """True when `mask` blocks exactly the future positions (additive -inf or boolean form)."""
+    if mask is None or mask.ndim != 2 or tuple(mask.shape) != (length, length):
+        return False
+    upper = torch.triu(torch.ones(length, length, dtype=torch.bool, device=mask.device), diagonal=1)
+    blocked = mask if mask.dtype == torch.bool else torch.isneginf(mask.float())
+    if mask.dtype != torch.bool and not bool((mask.float()[~upper] == 0).all()):
+        return False
+    return bool((blocked == upper).all())
+
+
+def tokenize_templates(
+    tokenizer: object, templates: Sequence[str], context_length: int
+) -> TokenizedTemplates:
+    """Token ids for templates holding one `{}` each, with the placeholder as its own token slot.
+
+    The prefix and suffix are encoded separately so the slot is known exactly; CLIP's BPE splits
+    words and punctuation independently, so this equals encoding the filled template whenever the
+    placeholder is separated from its neighbours by a space or punctuation.
+    """
+    encode = getattr(tokenizer, "encode", None)
+    sot = getattr(tokenizer, "sot_token_id", None)
+    eot = getattr(tokenizer, "eot_token_id", None)
+    if encode is None or sot is None or eot is None:
+        raise ModelNotFoundError(
+            f"tokenizer {type(tokenizer).__name__} is not supported; need open_clip's BPE tokenizer"
+        )
+    if not templates:
+        raise ValueError("at least one template is needed")
+    rows: list[list[int]] = []
+    slots: list[int] = []
+    for template in templates:
+        if template.count(PLACEHOLDER) != 1:
+            raise ValueError(f"template {template!r} must contain exactly one '{{}}' placeholder")
+        prefix, suffix = template.split(PLACEHOLDER)
+        head = [sot, *encode(prefix)]
+        # The placeholder id is irrelevant (its row is overwritten) but must stay below the EOT id,
+        # which argmax pooling relies on being the largest id in the row.
+        row = [*head, sot, *encode(suffix), eot]
+        if len(row) > context_length:
+            raise ValueError(f"template {template!r} is longer than the context ({context_length})")
+        slots.append(len(head))
+        rows.append(row + [0] * (context_length - len(row)))
+    ids = torch.tensor(rows, dtype=torch.long)
+    return TokenizedTemplates(
+        ids=ids,
+        slots=torch.tensor(slots, dtype=torch.long),
+        eot_positions=torch.tensor([row.index(eot) for row in rows], dtype=torch.long),
+    )
