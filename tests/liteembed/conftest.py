@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from liteembed import ClipBackend, Vocabulary, load_backend, load_vocabulary
 
 VOCAB_WORDS = 500  # a capped BPE vocabulary keeps the cache build well under a second

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from PIL import Image
 
+
 def solid_images(colour: tuple[int, int, int], count: int = 4, size: int = 40) -> list[Image.Image]:
     """Near-solid images of one colour: clearly distinct classes even for random weights."""
     images = []

@@ -65,7 +65,9 @@ def test_injecting_a_word_embedding_equals_the_ordinary_text_path(backend: ClipB
     assert (injected - reference).abs().max().item() < 1e-5
     assert (ours - reference).abs().max().item() < 1e-5
     # A different word gives a different feature: the slot is really the placeholder's.
-    other = backend.encode_with_token(TEMPLATES, backend.token_table[_single_token_word(backend, "cat")])
+    other = backend.encode_with_token(
+        TEMPLATES, backend.token_table[_single_token_word(backend, "cat")]
+    )
     assert (other - injected).abs().max().item() > 1e-3
 
 
