@@ -180,3 +180,16 @@ def test_bad_device_and_precision() -> None:
         load_backend("liteembed-tiny", "random", device="cpu", precision="fp8")
     with pytest.raises(ValueError, match="device"):
         load_backend("liteembed-tiny", "random", device="tpu-of-dreams")
+
+
+def test_half_precision_text_path_returns_float32() -> None:
+    # What a GPU gets by default (bf16), exercised on the CPU so the dtype plumbing is covered.
+    half = load_backend("liteembed-tiny", "random", device="cpu", precision="bf16")
+    assert half.dtype == torch.bfloat16
+    vector = half.token_table[half.encode_word_tokens("dog")[0]].clone().requires_grad_(True)
+    features = half.encode_with_token(["a photo of a {}."], vector)
+    assert features.dtype == torch.float32
+    features.sum().backward()
+    assert vector.grad is not None and vector.grad.dtype == torch.float32
+    reference = half.encode_texts(["a photo of a dog."])
+    assert (features.detach() - reference).abs().max().item() < 2e-2
