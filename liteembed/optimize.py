@@ -236,9 +236,9 @@ def _prepare(
 ) -> list[_Problem]:
     device = backend.device
     names = [validate_name(r.name) for r in requests]
-    hint_lists = [[h.strip().lower() for h in r.hints if h.strip()] for r in requests]
+    hint_lists = [[" ".join(h.lower().split()) for h in r.hints if h.strip()] for r in requests]
     for hints in hint_lists:
-        vocabulary.require_words(hints)
+        _validate_hints(vocabulary, hints)
     all_views: list[Image.Image] = []
     view_groups: list[list[int]] = []
     holdouts: list[int | None] = []
@@ -319,17 +319,17 @@ def _prepare(
             if neg_features
             else torch.empty(0, backend.embed_dim, device=device)
         )
+        anchor: torch.Tensor | None = None
         if hints:
             anchor_words = hints
-            anchor_rows = torch.tensor(vocabulary.require_words(hints), device=device)
+            # Same prompt as the word features, so a one-word hint's anchor is its Z_W row.
+            hint_features = backend.encode_texts([WORD_TEMPLATE.format(h) for h in hints])
+            anchor = F.normalize(hint_features.to(device).mean(dim=0), dim=-1)
         else:
             anchor_rows = ranked[: config.anchor_words]
             anchor_words = [vocabulary.words[i] for i in anchor_rows.tolist()]
-        anchor = (
-            F.normalize(word_features[anchor_rows].mean(dim=0), dim=-1)
-            if len(anchor_rows)
-            else None
-        )
+            if len(anchor_rows):
+                anchor = F.normalize(word_features[anchor_rows].mean(dim=0), dim=-1)
         init_vector, init_from = _initial_vector(backend, vocabulary, name, ranked)
         problems.append(
             _Problem(
@@ -348,6 +348,17 @@ def _prepare(
             )
         )
     return problems
+
+
+def _validate_hints(vocabulary: Vocabulary, hints: list[str]) -> None:
+    """Each hint must be a vocabulary word, or a phrase made only of vocabulary words
+    ("curved shape"): the anchor is only meaningful where the model has seen the words."""
+    for hint in hints:
+        if vocabulary.index(hint) is not None:
+            continue
+        parts = hint.split()
+        if len(parts) < 2 or any(vocabulary.index(part) is None for part in parts):
+            vocabulary.require_words([hint])  # raises UnknownHintError with the usual message
 
 
 def _first_views(groups: list[int], device: torch.device) -> torch.Tensor:

@@ -300,3 +300,14 @@ def test_mixed_modes_and_sizes_are_accepted(backend: ClipBackend, vocabulary: Vo
     ]
     learned = learn_class(backend, vocabulary, NAME, images, config=OptimizationConfig(steps=3))
     assert learned.diagnostics["views"] == 4
+
+
+def test_phrase_hints_of_vocabulary_words(backend: ClipBackend, vocabulary: Vocabulary) -> None:
+    phrase = f"{vocabulary.words[10]}  {vocabulary.words[20].upper()}"
+    config = OptimizationConfig(steps=2)
+    learned = learn_class(
+        backend, vocabulary, NAME, solid_images(RED), hints=[phrase], config=config
+    )
+    assert learned.diagnostics["anchor_words"] == [f"{vocabulary.words[10]} {vocabulary.words[20]}"]
+    with pytest.raises(UnknownHintError, match="zzzqqq"):
+        learn_class(backend, vocabulary, NAME, solid_images(RED), hints=[f"{phrase} zzzqqq"])
