@@ -159,6 +159,8 @@ class ClipBackend:
         self.vocabulary_words = vocabulary_words
         self.checkpoint_meta = checkpoint_meta or {}
         self.text = TextTower(model)
+        # Fail at load, not at the first job, when the tokenizer cannot mark a placeholder slot.
+        tokenize_templates(tokenizer, ["{}"], self.text.context_length)
         self.is_causal_text: bool = self.text.is_causal
         self.token_dim: int = self.text.token_dim
         self.context_length: int = self.text.context_length

@@ -259,9 +259,7 @@ def _prepare(
     registered_names = list(registered)
     registered_features = (
         F.normalize(
-            torch.stack([registered[n].detach().float().reshape(-1) for n in registered_names]).to(
-                device
-            ),
+            torch.stack([_vector(registered[n]) for n in registered_names]).to(device),
             dim=-1,
         )
         if registered_names
@@ -348,6 +346,13 @@ def _prepare(
             )
         )
     return problems
+
+
+def _vector(value: torch.Tensor | Sequence[float]) -> torch.Tensor:
+    """A registered class's feature as a flat float32 CPU tensor (tensors or plain lists)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().float().cpu().reshape(-1)
+    return torch.as_tensor(value, dtype=torch.float32).reshape(-1)
 
 
 def _validate_hints(vocabulary: Vocabulary, hints: list[str]) -> None:

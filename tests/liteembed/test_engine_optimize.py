@@ -234,7 +234,7 @@ def test_progress_and_cancellation(backend: ClipBackend, vocabulary: Vocabulary)
 
 def test_negative_sources(backend: ClipBackend, vocabulary: Vocabulary) -> None:
     blue_feature = backend.encode_images(solid_images(BLUE)).mean(dim=0)
-    registered = {"bluething": blue_feature, NAME: blue_feature}
+    registered = {"bluething": blue_feature.tolist(), NAME: blue_feature}
     learned = learn_class(
         backend,
         vocabulary,
