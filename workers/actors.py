@@ -181,6 +181,8 @@ class Trainer:
                 PersonalizedClass.status == Status.ready,
                 PersonalizedClass.id != exclude,
             )
+            # A stable order, so a retried job sees its negatives in the same order.
+            .order_by(PersonalizedClass.created_at, PersonalizedClass.id)
         ).all()
         dim = int(runtime.backend.embed_dim)
         return {
