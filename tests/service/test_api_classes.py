@@ -123,9 +123,7 @@ def test_list_paginates_and_filters(client: Any, make_class_images: Any, wait_st
     assert client.get("/v1/classes", params={"limit": 0}).status_code == 422
 
 
-def test_embedding_is_409_until_ready(
-    client: Any, make_class_images: Any, settings: Any
-) -> None:
+def test_embedding_is_409_until_ready(client: Any, make_class_images: Any, settings: Any) -> None:
     from service.db import make_engine, make_session_factory
     from service.models import ClassImage, PersonalizedClass
 
@@ -133,8 +131,11 @@ def test_embedding_is_409_until_ready(
     factory = make_session_factory(make_engine(settings.database_url))
     with factory() as session:
         row = PersonalizedClass(
-            name="pending", name_key="pending", model_id="liteembed-tiny@random-0",
-            hints=[], confusers=[],
+            name="pending",
+            name_key="pending",
+            model_id="liteembed-tiny@random-0",
+            hints=[],
+            confusers=[],
         )
         row.images = [ClassImage(position=0, data=b"x")]
         session.add(row)

@@ -1,0 +1,75 @@
+"""401/403 over every route: admin keys do everything, client keys what design.md lists."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+ADMIN, CLIENT = "admin-key-1", "client-key-1"
+PNG = b""  # replaced per test with a real image
+
+ROUTES: list[tuple[str, str, str]] = [  # method, path, who may call it
+    ("POST", "/v1/classes", "client"),
+    ("GET", "/v1/classes/{id}", "client"),
+    ("GET", "/v1/classes", "admin"),
+    ("GET", "/v1/classes/{id}/embedding", "client"),
+    ("POST", "/v1/classify", "client"),
+    ("DELETE", "/v1/classes/{id}", "admin"),
+]
+
+
+@pytest.fixture
+def secured(sqlite_url: str, make_settings: Any, make_client: Any) -> Any:
+    settings = make_settings(sqlite_url, admin_keys=[ADMIN, "admin-key-2"], client_keys=[CLIENT])
+    return make_client(settings)
+
+
+def call(client: Any, method: str, path: str, key: str | None, image: bytes, class_id: str) -> Any:
+    headers = {"Authorization": f"Bearer {key}"} if key is not None else {}
+    path = path.replace("{id}", class_id)
+    if path == "/v1/classes" and method == "POST":
+        return client.post(
+            "/v1/classes",
+            data={"name": f"n{len(client.cookies)}-{method}-{key}"},
+            files=[("images", ("a.png", image, "image/png"))],
+            headers=headers,
+        )
+    if path == "/v1/classify":
+        return client.post(path, files=[("image", ("a.png", image, "image/png"))], headers=headers)
+    return client.request(method, path, headers=headers)
+
+
+@pytest.mark.parametrize(("method", "path", "who"), ROUTES, ids=[f"{m} {p}" for m, p, _ in ROUTES])
+def test_auth_matrix(secured: Any, make_image: Any, method: str, path: str, who: str) -> None:
+    image = make_image((20, 140, 40))
+    made = secured.post(
+        "/v1/classes",
+        data={"name": "owned"},
+        files=[("images", ("a.png", image, "image/png"))],
+        headers={"Authorization": f"Bearer {ADMIN}"},
+    )
+    assert made.status_code == 202
+    class_id = made.json()["id"]
+
+    for key in (None, "wrong", f"{ADMIN}x", ADMIN[:-1]):
+        response = call(secured, method, path, key, image, class_id)
+        assert response.status_code == 401, (key, response.text)
+        assert response.headers.get("www-authenticate") == "Bearer"
+    bad_scheme = secured.request(
+        method, path.replace("{id}", class_id), headers={"Authorization": f"Basic {ADMIN}"}
+    )
+    assert bad_scheme.status_code == 401
+
+    client_response = call(secured, method, path, CLIENT, image, class_id)
+    if who == "admin":
+        assert client_response.status_code == 403, client_response.text
+    else:
+        assert client_response.status_code not in (401, 403), client_response.text
+    admin_response = call(secured, method, path, "admin-key-2", image, class_id)
+    assert admin_response.status_code not in (401, 403), admin_response.text
+
+
+def test_open_routes_need_no_key(secured: Any) -> None:
+    for path in ("/healthz", "/readyz", "/metrics", "/docs", "/openapi.json"):
+        assert secured.get(path).status_code == 200, path
