@@ -1,0 +1,429 @@
+"""The rare-class benchmark harness (issue 5, part 2).
+
+Joint setting: the held-out classes are added to the base classes and one classifier scores every
+test image against all of them. Per method, shot count K and support draw it records held-out
+top-1, base top-1 before and after the held-out classes are added, their harmonic mean (the
+headline), text-to-image retrieval mAP of the held-out classes over the whole test gallery
+(plug-and-play methods only) and optimisation seconds per class.
+
+Synthetic world (the shipped mini CLIP; test held-out classes)::
+
+    python -m benchmarks.rare_classes --out benchmarks/results
+
+Real data (any open_clip model; one subfolder per class; --heldout picks the new classes)::
+
+    python -m benchmarks.rare_classes --model ViT-B-32 --pretrained openai \
+        --folder /data/dishes --heldout "pani puri" "misal pav" --out results/dishes
+
+LiteEmbed's settings come from the validation search (benchmarks/tune.py writes
+benchmarks/results/chosen_config.json); without that file the engine's defaults are used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks.data import Task, folder_task, world_task
+from benchmarks.methods import (
+    LINEAR_PROBE_C,
+    Context,
+    MethodSpec,
+    Outcome,
+    evaluate_fixed,
+    evaluate_learned,
+)
+from benchmarks.metrics import mean_std, paired_difference
+from liteembed import ClassRequest, OptimizationConfig, learn_classes, load_backend, load_vocabulary
+
+RESULTS_DIR = Path(__file__).parent / "results"
+CHOSEN_CONFIG = RESULTS_DIR / "chosen_config.json"
+DEFAULT_SHOTS = (1, 2, 4, 8, 16)
+REFERENCE = "textual-inversion"  # paired differences are taken against this row
+
+
+# ------------------------------------------------------------------ method list
+
+
+def load_chosen(path: Path | None) -> dict[str, Any]:
+    """The validation search's result: {"defaults": config, "full": config, "use_hints": bool}."""
+    if path is not None and Path(path).exists():
+        data: dict[str, Any] = json.loads(Path(path).read_text())
+        return data
+    defaults = OptimizationConfig()
+    return {
+        "defaults": defaults.to_dict(),
+        "full": defaults.with_(parameterization="pca").to_dict(),
+        "use_hints": False,
+        "source": "engine defaults (no validation search result found)",
+    }
+
+
+def config_from(values: dict[str, Any]) -> OptimizationConfig:
+    known = OptimizationConfig.__dataclass_fields__
+    return OptimizationConfig(**{k: v for k, v in values.items() if k in known})
+
+
+def build_methods(chosen: dict[str, Any]) -> list[MethodSpec]:
+    """Every compared method. "liteembed (full)" switches on all three of the paper's parts
+    (coarse alignment, fine separation, the PCA box) with the validated weights; the three
+    ablations each drop one; "liteembed (defaults)" is what the validation search picked."""
+    defaults = config_from(chosen["defaults"])
+    full = config_from(chosen["full"])
+    hints = bool(chosen.get("use_hints", False))
+    full_hints = bool(chosen.get("full_use_hints", hints))
+    ti = defaults.with_(lambda_c=0.0, lambda_f=0.0, parameterization="token")
+    learned = [
+        MethodSpec(REFERENCE, "learned", ti, False, "alignment only, raw token"),
+        MethodSpec("liteembed (full)", "learned", full, full_hints, "coarse + fine + PCA box"),
+        MethodSpec("liteembed w/o coarse", "learned", full.with_(lambda_c=0.0), full_hints),
+        MethodSpec("liteembed w/o fine", "learned", full.with_(lambda_f=0.0), full_hints),
+        MethodSpec(
+            "liteembed w/o PCA box", "learned", full.with_(parameterization="token"), full_hints
+        ),
+    ]
+    chosen_spec = MethodSpec(
+        "liteembed (defaults)", "learned", defaults, hints, "validated defaults"
+    )
+    same = [s for s in learned if s.config == defaults and s.use_hints == hints]
+    if not same:
+        learned.append(chosen_spec)
+    return [
+        MethodSpec("zero-shot", "zero-shot", note="class name in the template"),
+        MethodSpec("image-prototype", "prototype", note="mean shot feature"),
+        MethodSpec("tip-adapter", "tip-adapter", note="cache: K shots of every class"),
+        MethodSpec(
+            "tip-adapter (held-out cache)", "tip-adapter-heldout", note="cache: held-out shots"
+        ),
+        MethodSpec("linear-probe", "linear-probe", note="logistic regression, all classes"),
+        *learned,
+    ]
+
+
+def defaults_row(chosen: dict[str, Any], methods: Sequence[MethodSpec]) -> str:
+    defaults = config_from(chosen["defaults"])
+    hints = bool(chosen.get("use_hints", False))
+    for spec in methods:
+        if spec.kind == "learned" and spec.config == defaults and spec.use_hints == hints:
+            return spec.name
+    return "liteembed (defaults)"
+
+
+# ------------------------------------------------------------------ running
+
+
+def run_benchmark(
+    backend: Any,
+    vocabulary: Any,
+    task: Task,
+    methods: Sequence[MethodSpec],
+    shots: Sequence[int],
+    draws: int,
+    *,
+    linear_probe_c: float = LINEAR_PROBE_C,
+    log: Any = print,
+) -> dict[str, Any]:
+    """{method: {K: [Outcome per draw]}} plus the task's description, as plain JSON data."""
+    ctx = Context.build(backend, task)
+    results: dict[str, dict[str, list[dict[str, Any]]]] = {m.name: {} for m in methods}
+    skipped = [k for k in shots if k > task.max_shots]
+    usable = [k for k in shots if k <= task.max_shots]
+    zero_shot: Outcome | None = None
+    for k in usable:
+        draw_list = [(d, task.draw(d)) for d in range(draws)]
+        for spec in methods:
+            started = time.perf_counter()
+            if spec.kind == "learned":
+                outcomes = evaluate_learned(spec, ctx, backend, vocabulary, draw_list, k)
+            elif spec.kind == "zero-shot":
+                zero_shot = zero_shot or evaluate_fixed(spec, ctx, None, k)
+                outcomes = [zero_shot] * draws  # needs no shots: the same for every draw
+            else:
+                outcomes = [
+                    evaluate_fixed(spec, ctx, draw, k, linear_probe_c=linear_probe_c)
+                    for _, draw in draw_list
+                ]
+            results[spec.name][str(k)] = [o.as_dict() for o in outcomes]
+            hm = mean_std([o.hm for o in outcomes])
+            log(
+                f"K={k:<2} {spec.name:<30} HM {100 * hm[0]:5.1f} ± {100 * hm[1]:4.1f}"
+                f"  ({time.perf_counter() - started:.1f}s)"
+            )
+    return {
+        "task": {"name": task.name, "base": task.base, "heldout": task.heldout, **task.info},
+        "shots": usable,
+        "skipped_shots": skipped,
+        "draws": draws,
+        "base_before": ctx.base_before,
+        "methods": [
+            {
+                "name": m.name,
+                "kind": m.kind,
+                "plug_and_play": m.plug_and_play,
+                "use_hints": m.use_hints,
+                "note": m.note,
+                "config": m.config.to_dict() if m.config else None,
+            }
+            for m in methods
+        ],
+        "results": results,
+    }
+
+
+def single_class_seconds(
+    backend: Any, vocabulary: Any, task: Task, config: OptimizationConfig, k: int = 4
+) -> float:
+    """Latency of adding one class alone (what a user of the service waits for), K shots."""
+    name = task.heldout[0]
+    started = time.perf_counter()
+    learn_classes(
+        backend,
+        vocabulary,
+        [ClassRequest(name, task.draw(0).shots(name, k))],
+        config=config,
+        seed=0,
+    )
+    return time.perf_counter() - started
+
+
+# ------------------------------------------------------------------ summaries
+
+
+def summarise(report: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
+    """Mean ± std over draws per method and K, and the paired ΔHM against textual inversion."""
+    summary: dict[str, dict[str, dict[str, Any]]] = {}
+    results = report["results"]
+    for method, per_k in results.items():
+        summary[method] = {}
+        for k, outcomes in per_k.items():
+            row: dict[str, Any] = {}
+            for key in ("heldout", "base_after", "base_before", "hm", "map", "seconds_per_class"):
+                values = [o[key] for o in outcomes if o[key] is not None]
+                row[key] = mean_std(values) if values else None
+            if REFERENCE in results and k in results[REFERENCE] and method != REFERENCE:
+                row["delta_hm_vs_ti"] = paired_difference(
+                    [o["hm"] for o in outcomes], [o["hm"] for o in results[REFERENCE][k]]
+                )
+            summary[method][k] = row
+    return summary
+
+
+def _pct(pair: Any) -> str:
+    if pair is None or (isinstance(pair, tuple | list) and math.isnan(pair[0])):
+        return "n/a"
+    return f"{100 * pair[0]:.1f} ± {100 * pair[1]:.1f}"
+
+
+def markdown_table(report: dict[str, Any], k: int) -> str:
+    summary = report["summary"]
+    plug = {m["name"]: m["plug_and_play"] for m in report["methods"]}
+    lines = [
+        f"| Method (K={k}) | Plug-and-play | **HM** | Held-out | Base after | Base before | "
+        "mAP (held-out → gallery) | ΔHM vs TI (paired) | s/class |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for method, per_k in summary.items():
+        row = per_k.get(str(k))
+        if row is None:
+            continue
+        delta = row.get("delta_hm_vs_ti")
+        delta_s = (
+            f"{100 * delta['mean']:+.1f} ± {100 * delta['se']:.1f}"
+            if delta
+            else "0 (ref.)"
+            if method == REFERENCE
+            else "n/a"
+        )
+        secs = row["seconds_per_class"]
+        lines.append(
+            f"| {method} | {'yes' if plug[method] else 'no'} | **{_pct(row['hm'])}** | "
+            f"{_pct(row['heldout'])} | {_pct(row['base_after'])} | {_pct(row['base_before'])} | "
+            f"{_pct(row['map']) if plug[method] else 'n/a (no text feature)'} | {delta_s} | "
+            f"{secs[0]:.3f} |"
+        )
+    return "\n".join(lines)
+
+
+def write_markdown(report: dict[str, Any], path: Path, headline_k: int = 4) -> None:
+    task = report["task"]
+    ks = [int(k) for k in report["shots"]]
+    parts = [
+        f"# Rare-class benchmark: {task['name']}",
+        "",
+        f"Model `{report['model']}`; {len(task['base'])} base + {len(task['heldout'])} held-out "
+        f"classes ({', '.join(task['heldout'])}), one joint classifier; {report['draws']} support "
+        f"draws per K; percentages are mean ± std over draws; ΔHM is the paired per-draw "
+        "difference to textual inversion, ± its standard error. Base before = zero-shot base "
+        "accuracy among base classes only. mAP: each held-out class's text feature ranks the "
+        "whole test gallery. s/class: optimisation wall time per class, batched over classes "
+        "and draws (one class alone at K=4: "
+        f"{report.get('single_class_seconds', math.nan):.2f} s).",
+        "",
+        f"LiteEmbed settings: {report['chosen_source']}.",
+        "",
+    ]
+    order = [headline_k] + [k for k in ks if k != headline_k] if headline_k in ks else ks
+    for k in order:
+        parts += [f"## K = {k}", "", markdown_table(report, k), ""]
+    if report.get("skipped_shots"):
+        parts.append(f"Skipped K (too few images per class): {report['skipped_shots']}")
+    path.write_text("\n".join(parts) + "\n")
+
+
+def write_plot(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summary = report["summary"]
+    fig, axes = plt.subplots(1, 3, figsize=(16, 5))
+    panels = [
+        ("hm", "Harmonic mean (held-out, base after)"),
+        ("heldout", "Held-out top-1"),
+        ("map", "Held-out text→image mAP"),
+    ]
+    for ax, (key, title) in zip(axes, panels, strict=True):
+        for method, per_k in summary.items():
+            ks = sorted(int(k) for k in per_k if per_k[k][key] is not None)
+            if not ks:
+                continue
+            means = [100 * per_k[str(k)][key][0] for k in ks]
+            stds = [100 * per_k[str(k)][key][1] for k in ks]
+            style = "-" if method.startswith(("liteembed", "textual")) else "--"
+            ax.errorbar(
+                ks,
+                means,
+                yerr=stds,
+                label=method,
+                marker="o",
+                linestyle=style,
+                capsize=3,
+                linewidth=1.5,
+                markersize=4,
+            )
+        ax.set_xscale("log", base=2)
+        ax.set_xticks([int(k) for k in report["shots"]])
+        ax.set_xticklabels([str(k) for k in report["shots"]])
+        ax.set_xlabel("shots per held-out class (K)")
+        ax.set_ylabel("%")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7, loc="lower right")
+    fig.suptitle(
+        f"{report['task']['name']} ({report['model']}), mean ± std over {report['draws']} draws"
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------ command line
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--model", default="liteembed-mini", help="open_clip model name")
+    p.add_argument(
+        "--pretrained", default="default", help="open_clip tag, checkpoint path, or 'random'"
+    )
+    p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--folder",
+        type=Path,
+        help="image folder (one subfolder per class); default: synthetic world",
+    )
+    p.add_argument("--heldout", nargs="+", default=[], help="held-out classes of --folder")
+    p.add_argument(
+        "--split",
+        default="test_heldout",
+        choices=["test_heldout", "val_heldout"],
+        help="synthetic world: which held-out classes (test by default)",
+    )
+    p.add_argument("--shots", type=int, nargs="+", default=list(DEFAULT_SHOTS))
+    p.add_argument("--seeds", type=int, default=3, help="support draws per K")
+    p.add_argument("--test-per-class", type=int, default=50)
+    p.add_argument("--methods", nargs="+", help="only these method names")
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=CHOSEN_CONFIG,
+        help="the validation search's chosen_config.json",
+    )
+    p.add_argument("--cache-dir", type=Path, default=Path(".liteembed-cache"))
+    p.add_argument("--max-words", type=int, default=None, help="cap a BPE vocabulary (tests)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's choice)")
+    p.add_argument("--out", type=Path, default=RESULTS_DIR)
+    p.add_argument("--prefix", default="rare_classes", help="output file stem")
+    p.add_argument("--no-plot", action="store_true")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    backend = load_backend(args.model, args.pretrained, device=args.device)
+    vocabulary = load_vocabulary(backend, args.cache_dir, max_words=args.max_words)
+    max_shots = max(args.shots)
+    if args.folder:
+        task = folder_task(
+            backend,
+            args.folder,
+            args.heldout,
+            test_per_class=args.test_per_class,
+            max_shots=max_shots,
+        )
+    else:
+        task = world_task(
+            backend, args.split, test_per_class=args.test_per_class, max_shots=max_shots
+        )
+    chosen = load_chosen(args.config)
+    methods = build_methods(chosen)
+    if args.methods:
+        methods = [m for m in methods if m.name in set(args.methods)]
+    report = run_benchmark(
+        backend,
+        vocabulary,
+        task,
+        methods,
+        args.shots,
+        args.seeds,
+        linear_probe_c=float(chosen.get("linear_probe_c", LINEAR_PROBE_C)),
+    )
+    report["linear_probe_c"] = float(chosen.get("linear_probe_c", LINEAR_PROBE_C))
+    report["model"] = backend.model_id
+    report["chosen_source"] = chosen.get("source", str(args.config))
+    report["defaults_row"] = defaults_row(chosen, methods)
+    report["single_class_seconds"] = single_class_seconds(
+        backend, vocabulary, task, config_from(chosen["defaults"]), min(4, task.max_shots)
+    )
+    report["summary"] = summarise(report)
+    report["wall_seconds"] = time.perf_counter() - started
+    report["command"] = "python -m benchmarks.rare_classes " + " ".join(
+        argv if argv is not None else __import__("sys").argv[1:]
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.out / args.prefix
+    Path(f"{stem}.json").write_text(json.dumps(report, indent=1))
+    write_markdown(report, Path(f"{stem}.md"))
+    if not args.no_plot:
+        write_plot(report, Path(f"{stem}.png"))
+    print(
+        f"wrote {stem}.json/.md{'' if args.no_plot else '/.png'} in {report['wall_seconds']:.0f}s"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,498 @@
+"""The validation search that sets LiteEmbed's defaults (issue 5, part 2: honest tuning).
+
+Everything here runs on the VALIDATION held-out classes of the synthetic world (their own
+gallery images and support draws); the test held-out classes are never touched. Order, following
+the earlier ablation's pitfalls (docs/reference/liteembed-ablation-mini.md):
+
+1. the step budget / early-stopping rule and the learning rate of plain textual inversion (TI)
+   first, so that no regulariser is credited for merely slowing overfitting;
+2. each LiteEmbed part on top of that budget, one at a time: coarse alignment (k, lambda_c,
+   anchor = nearest words or the category hint), fine separation (lambda_f, margin), the PCA box
+   (kappa, basis), then the hard negatives (m), templates and augmentation;
+3. a part becomes a default only if its paired per-draw HM difference to the current default is
+   positive by more than one standard error; "liteembed (full)" takes each part's best setting
+   even when it was not accepted (it is the paper's method, the ablations remove one part each);
+4. a check of the chosen budget and defaults at K=1 and K=16.
+
+    python -m benchmarks.tune --out benchmarks/results
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks.data import Task, world_task
+from benchmarks.methods import (
+    Context,
+    MethodSpec,
+    evaluate_fixed,
+    evaluate_learned,
+)
+from benchmarks.metrics import mean_std, paired_difference
+from liteembed import OptimizationConfig, load_backend, load_vocabulary
+
+RESULTS_DIR = Path(__file__).parent / "results"
+BASE = OptimizationConfig()
+
+
+@dataclass
+class Record:
+    stage: str
+    label: str
+    k: int
+    hm: list[float]
+    heldout: list[float]
+    base_after: list[float]
+    map: list[float]
+    seconds_per_class: float
+    changes: dict[str, Any] = field(default_factory=dict)
+    use_hints: bool = False
+    steps_run: float = 0.0
+    config: OptimizationConfig | None = None
+
+    @property
+    def mean_hm(self) -> float:
+        return sum(self.hm) / len(self.hm)
+
+    def as_dict(self, reference: Record | None = None) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "stage": self.stage,
+            "label": self.label,
+            "k": self.k,
+            "changes": self.changes,
+            "use_hints": self.use_hints,
+            "hm": mean_std(self.hm),
+            "heldout": mean_std(self.heldout),
+            "base_after": mean_std(self.base_after),
+            "map": mean_std(self.map),
+            "seconds_per_class": self.seconds_per_class,
+            "steps_run_mean": self.steps_run,
+            "hm_per_draw": self.hm,
+        }
+        if reference is not None and reference is not self and reference.k == self.k:
+            out["delta_hm_vs_" + reference.label] = paired_difference(self.hm, reference.hm)
+        return out
+
+
+def changes_from_base(config: OptimizationConfig) -> dict[str, Any]:
+    base, now = BASE.to_dict(), config.to_dict()
+    return {k: v for k, v in now.items() if base[k] != v}
+
+
+class Search:
+    """Runs and memoises (config, hints, K) evaluations over a fixed set of validation draws."""
+
+    def __init__(
+        self, backend: Any, vocabulary: Any, task: Task, draws: dict[int, int], log: Any = print
+    ) -> None:
+        self.backend, self.vocabulary, self.task = backend, vocabulary, task
+        self.ctx = Context.build(backend, task)
+        self.draws = draws  # K -> number of draws
+        self.log = log
+        self.records: list[Record] = []
+        self._memo: dict[tuple[OptimizationConfig, bool, int], Record] = {}
+
+    def run(
+        self, stage: str, label: str, config: OptimizationConfig, *, hints: bool = False, k: int = 4
+    ) -> Record:
+        key = (config, hints, k)
+        if key in self._memo:
+            old = self._memo[key]
+            record = Record(
+                stage,
+                label,
+                k,
+                old.hm,
+                old.heldout,
+                old.base_after,
+                old.map,
+                old.seconds_per_class,
+                changes_from_base(config),
+                hints,
+                old.steps_run,
+                config,
+            )
+        else:
+            draws = [(d, self.task.draw(d)) for d in range(self.draws[k])]
+            spec = MethodSpec(label, "learned", config, hints)
+            started = time.perf_counter()
+            outs = evaluate_learned(spec, self.ctx, self.backend, self.vocabulary, draws, k)
+            record = Record(
+                stage,
+                label,
+                k,
+                [o.hm for o in outs],
+                [o.heldout for o in outs],
+                [o.base_after for o in outs],
+                [o.map or 0.0 for o in outs],
+                outs[0].seconds_per_class,
+                changes_from_base(config),
+                hints,
+                sum(o.extra.get("steps_run_mean", 0) for o in outs) / len(outs),
+                config,
+            )
+            self._memo[key] = record
+            self.log(
+                f"[{stage}] K={k} {label:<40} HM {100 * record.mean_hm:5.1f} "
+                f"(held-out {100 * mean_std(record.heldout)[0]:4.1f}, steps "
+                f"{record.steps_run:5.1f}, {time.perf_counter() - started:.1f}s)"
+            )
+        self.records.append(record)
+        return record
+
+    def fixed(self, stage: str, spec: MethodSpec, k: int = 4, **kwargs: Any) -> Record:
+        outs = [
+            evaluate_fixed(spec, self.ctx, self.task.draw(d), k, **kwargs)
+            for d in range(self.draws[k])
+        ]
+        record = Record(
+            stage,
+            spec.name,
+            k,
+            [o.hm for o in outs],
+            [o.heldout for o in outs],
+            [o.base_after for o in outs],
+            [o.map or 0.0 for o in outs],
+            outs[0].seconds_per_class,
+            dict(kwargs),
+        )
+        self.log(f"[{stage}] K={k} {spec.name:<40} HM {100 * record.mean_hm:5.1f}")
+        self.records.append(record)
+        return record
+
+
+def better(candidate: Record, current: Record) -> tuple[bool, dict[str, float]]:
+    """Accept only a paired gain larger than one standard error of the per-draw differences."""
+    diff = paired_difference(candidate.hm, current.hm)
+    se = diff["se"] if diff["se"] > 0 else 1e-9
+    return diff["mean"] > 0 and diff["mean"] > se, diff
+
+
+def best_of(records: Sequence[Record]) -> Record:
+    return max(records, key=lambda r: r.mean_hm)
+
+
+def search(
+    backend: Any,
+    vocabulary: Any,
+    task: Task,
+    *,
+    draws_k4: int = 8,
+    draws_other: int = 4,
+    quick: bool = False,
+    log: Any = print,
+) -> dict[str, Any]:
+    s = Search(backend, vocabulary, task, {4: draws_k4, 1: draws_other, 16: draws_other}, log)
+    decisions: list[str] = []
+
+    # 0. Reference points and the linear probe's fixed C (the probe is not LiteEmbed, but its one
+    # hyperparameter is fixed here too, on the same validation classes).
+    s.fixed("baselines", MethodSpec("image-prototype", "prototype"))
+    s.fixed("baselines", MethodSpec("tip-adapter", "tip-adapter"))
+    probe = {
+        c: s.fixed(
+            "baselines", MethodSpec(f"linear-probe C={c:g}", "linear-probe"), linear_probe_c=c
+        )
+        for c in ((1.0, 10.0) if quick else (1.0, 10.0, 100.0))
+    }
+    linear_probe_c = max(probe, key=lambda c: probe[c].mean_hm)
+    decisions.append(f"linear probe C = {linear_probe_c:g} (best validation HM at K=4)")
+
+    # 1. Step budget of plain TI: fixed budgets without early stopping, the engine's
+    # convergence rule, and the hold-one-shot-out rule.
+    ti = BASE.with_(lambda_c=0.0, lambda_f=0.0, parameterization="token")
+    budgets = (10, 25, 50) if quick else (10, 25, 50, 100, 200)
+    budget_runs = [
+        s.run("1-steps", f"TI steps={n} no-early-stop", ti.with_(steps=n, early_stopping=False))
+        for n in budgets
+    ]
+    rule_runs = [
+        s.run(
+            "1-steps",
+            "TI steps=200 early-stop (convergence)",
+            ti.with_(steps=200 if not quick else 50, early_stopping=True),
+        ),
+        s.run(
+            "1-steps",
+            "TI steps=200 holdout-stopping",
+            ti.with_(steps=200 if not quick else 50, early_stopping=False, holdout_stopping=True),
+        ),
+    ]
+    best_budget = best_of(budget_runs + rule_runs)
+    current_cfg = _config_of(best_budget, ti)
+    current = best_budget
+    decisions.append(f"step rule: {best_budget.label} (best validation HM of all budgets/rules)")
+    lr_runs = [
+        s.run("1-lr", f"TI lr={lr}", current_cfg.with_(lr=lr))
+        for lr in ((0.003, 0.03) if quick else (0.003, 0.03, 0.1))
+    ]
+    for run in lr_runs:
+        ok, diff = better(run, current)
+        if ok and run.mean_hm > current.mean_hm:
+            current, current_cfg = run, _config_of(run, ti)
+    decisions.append(f"learning rate: {current_cfg.lr}")
+    ti_ref = current
+    ti_cfg = current_cfg
+
+    # 2. Each part on its own, on top of the tuned TI.
+    coarse_runs = []
+    for hints in (False, True):
+        for k in (4,) if quick else (2, 4, 8):
+            for lam in (0.3,) if quick else (0.1, 0.3, 1.0, 3.0):
+                coarse_runs.append(
+                    s.run(
+                        "2-coarse",
+                        f"coarse k={k} lambda_c={lam} anchor={'hint' if hints else 'words'}",
+                        ti_cfg.with_(k=k, lambda_c=lam),
+                        hints=hints,
+                    )
+                )
+    fine_runs = []
+    for k in (4,) if quick else (4, 8):
+        for lam in (0.3,) if quick else (0.1, 0.3, 1.0):
+            for margin in (0.0, 0.3):
+                fine_runs.append(
+                    s.run(
+                        "2-fine",
+                        f"fine k={k} lambda_f={lam} margin={margin}",
+                        ti_cfg.with_(k=k, lambda_f=lam, fine_margin=margin),
+                    )
+                )
+    box_runs = []
+    for kappa in (3.0,) if quick else (1.0, 2.0, 3.0, 5.0):
+        for full_basis in (True, False):
+            box_runs.append(
+                s.run(
+                    "2-box",
+                    f"PCA box kappa={kappa} full_basis={full_basis}",
+                    ti_cfg.with_(parameterization="pca", kappa=kappa, pca_full_basis=full_basis),
+                )
+            )
+    neg_runs = [
+        s.run("2-negatives", f"negatives m={m}", ti_cfg.with_(m=m))
+        for m in ((4,) if quick else (0, 2, 4, 16))
+    ]
+    tmpl_runs = [
+        s.run(
+            "2-templates",
+            "templates x3",
+            ti_cfg.with_(templates=("a photo of a {}.", "a {}.", "a drawing of a {}.")),
+        )
+    ]
+    aug_runs = (
+        [] if quick else [s.run("2-augment", "augment views=2", ti_cfg.with_(augment_views=2))]
+    )
+
+    best_coarse, best_fine, best_box = best_of(coarse_runs), best_of(fine_runs), best_of(box_runs)
+    defaults_cfg, defaults_ref, use_hints = ti_cfg, ti_ref, False
+    accepted: dict[str, Record] = {}
+    for part, runs in (
+        ("coarse", coarse_runs),
+        ("fine", fine_runs),
+        ("box", box_runs),
+        ("negatives", neg_runs),
+        ("templates", tmpl_runs),
+        ("augment", aug_runs),
+    ):
+        if not runs:
+            continue
+        top = best_of(runs)
+        ok, diff = better(top, ti_ref)
+        decisions.append(
+            f"{part}: best '{top.label}' ΔHM {100 * diff['mean']:+.2f} ± {100 * diff['se']:.2f} "
+            f"(SE) vs tuned TI -> {'ACCEPTED' if ok else 'not accepted'}"
+        )
+        if ok:
+            accepted[part] = top
+
+    # 3. Combine the accepted parts; drop any whose removal does not hurt (paired).
+    if accepted:
+        combined = ti_cfg
+        hints = False
+        for record in accepted.values():
+            combined = _merge(combined, record, ti_cfg)
+            hints = hints or record.use_hints
+        combo = s.run("3-combine", "accepted parts combined", combined, hints=hints)
+        ok, diff = better(combo, ti_ref)
+        decisions.append(
+            f"combination of {sorted(accepted)}: ΔHM {100 * diff['mean']:+.2f} ± "
+            f"{100 * diff['se']:.2f} vs tuned TI -> {'kept' if ok else 'rejected'}"
+        )
+        if ok:
+            defaults_cfg, defaults_ref, use_hints = combined, combo, hints
+        else:
+            top_part = max(accepted.values(), key=lambda r: r.mean_hm)
+            defaults_cfg, defaults_ref, use_hints = (
+                _merge(ti_cfg, top_part, ti_cfg),
+                top_part,
+                top_part.use_hints,
+            )
+            decisions.append(f"kept only the single best accepted part: {top_part.label}")
+
+    # The paper's full method with each part at its best validation setting.
+    full_cfg = ti_cfg
+    for record in (best_coarse, best_fine, best_box):
+        full_cfg = _merge(full_cfg, record, ti_cfg)
+    if best_coarse.changes.get("k") != best_fine.changes.get("k"):
+        # one k serves both terms; take the coarse term's (k defines the coarse subspace)
+        full_cfg = full_cfg.with_(k=_config_of(best_coarse, ti_cfg).k)
+    full_hints = best_coarse.use_hints
+    full = s.run("3-full", "full (best of each part)", full_cfg, hints=full_hints)
+
+    # 4. Does the budget hold at other K? TI budgets and the defaults at K=1 and K=16.
+    for k in (1, 16):
+        for n in (25, 50) if quick else (25, 50, 100):
+            s.run(
+                "4-other-K",
+                f"TI steps={n} no-early-stop",
+                ti.with_(steps=n, early_stopping=False),
+                k=k,
+            )
+        s.run("4-other-K", "tuned TI", ti_cfg, k=k)
+        s.run("4-other-K", "chosen defaults", defaults_cfg, hints=use_hints, k=k)
+        s.run("4-other-K", "full", full_cfg, hints=full_hints, k=k)
+
+    return {
+        "task": {"name": task.name, "base": len(task.base), "heldout": task.heldout, **task.info},
+        "draws": {str(k): v for k, v in s.draws.items()},
+        "decisions": decisions,
+        "linear_probe_c": linear_probe_c,
+        "chosen": {
+            "defaults": defaults_cfg.to_dict(),
+            "full": full_cfg.to_dict(),
+            "use_hints": use_hints,
+            "full_use_hints": full_hints,
+            "defaults_changes": changes_from_base(defaults_cfg),
+            "full_changes": changes_from_base(full_cfg),
+            "defaults_val_hm": mean_std(defaults_ref.hm),
+            "full_val_hm": mean_std(full.hm),
+            "ti_val_hm": mean_std(ti_ref.hm),
+        },
+        "records": [r.as_dict(ti_ref if r.k == ti_ref.k else None) for r in s.records],
+    }
+
+
+def _config_of(record: Record, fallback: OptimizationConfig) -> OptimizationConfig:
+    return record.config if record.config is not None else fallback
+
+
+def _merge(
+    config: OptimizationConfig, record: Record, reference: OptimizationConfig
+) -> OptimizationConfig:
+    """`config` plus only what `record` changed relative to `reference` (its part's switches),
+    so merging the fine-separation winner does not switch the coarse term back off."""
+    if record.config is None:
+        return config
+    ref, new = reference.to_dict(), record.config.to_dict()
+    part = {k: tuple(v) if isinstance(v, list) else v for k, v in new.items() if ref[k] != v}
+    return config.with_(**part)
+
+
+def write_summary(result: dict[str, Any], path: Path) -> None:
+    chosen = result["chosen"]
+    lines = [
+        "# Validation search (LiteEmbed defaults)",
+        "",
+        f"Validation held-out classes only ({', '.join(result['task']['heldout'])}) with "
+        f"{result['task']['base']} base classes, joint classifier; draws per K: {result['draws']}. "
+        "The test held-out classes were not used. HM = harmonic mean of held-out and base top-1; "
+        "ΔHM = paired per-draw difference to the tuned TI reference, ± one standard error.",
+        "",
+        "## Decisions",
+        "",
+        *[f"- {d}" for d in result["decisions"]],
+        "",
+        "## Chosen",
+        "",
+        "- defaults (changes to the engine's current OptimizationConfig): "
+        f"`{chosen['defaults_changes']}`"
+        f", coarse hints: {chosen['use_hints']}; validation HM {_pct(chosen['defaults_val_hm'])}",
+        f"- full method (best setting of every part): `{chosen['full_changes']}`, hints: "
+        f"{chosen['full_use_hints']}; validation HM {_pct(chosen['full_val_hm'])}",
+        f"- tuned TI reference: validation HM {_pct(chosen['ti_val_hm'])}",
+        "",
+        "## Every evaluation",
+        "",
+        "| Stage | Setting | K | HM | Held-out | Base after | mAP | ΔHM vs tuned TI | steps run "
+        "| s/class |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in result["records"]:
+        delta = next((v for key, v in r.items() if key.startswith("delta_hm_vs_")), None)
+        d = f"{100 * delta['mean']:+.2f} ± {100 * delta['se']:.2f}" if delta else ""
+        lines.append(
+            f"| {r['stage']} | {r['label']} | {r['k']} | {_pct(r['hm'])} | {_pct(r['heldout'])} | "
+            f"{_pct(r['base_after'])} | {_pct(r['map'])} | {d} | {r['steps_run_mean']:.1f} | "
+            f"{r['seconds_per_class']:.3f} |"
+        )
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _pct(pair: Sequence[float]) -> str:
+    if pair is None or math.isnan(pair[0]):
+        return "n/a"
+    return f"{100 * pair[0]:.1f} ± {100 * pair[1]:.1f}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--model", default="liteembed-mini")
+    p.add_argument("--pretrained", default="default")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--cache-dir", type=Path, default=Path(".liteembed-cache"))
+    p.add_argument("--max-words", type=int, default=None)
+    p.add_argument("--draws", type=int, default=8, help="validation draws at K=4")
+    p.add_argument("--draws-other", type=int, default=4, help="validation draws at K=1 and K=16")
+    p.add_argument("--test-per-class", type=int, default=50)
+    p.add_argument("--quick", action="store_true", help="a much smaller grid (smoke tests)")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--out", type=Path, default=RESULTS_DIR)
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    backend = load_backend(args.model, args.pretrained, device=args.device)
+    vocabulary = load_vocabulary(backend, args.cache_dir, max_words=args.max_words)
+    task = world_task(backend, "val_heldout", test_per_class=args.test_per_class, max_shots=16)
+    result = search(
+        backend,
+        vocabulary,
+        task,
+        draws_k4=args.draws,
+        draws_other=args.draws_other,
+        quick=args.quick,
+    )
+    result["model"] = backend.model_id
+    result["wall_seconds"] = time.perf_counter() - started
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "validation_search.json").write_text(json.dumps(result, indent=1))
+    write_summary(result, args.out / "validation_search.md")
+    chosen = {
+        "defaults": result["chosen"]["defaults"],
+        "full": result["chosen"]["full"],
+        "use_hints": result["chosen"]["use_hints"],
+        "full_use_hints": result["chosen"]["full_use_hints"],
+        "linear_probe_c": result["linear_probe_c"],
+        "source": f"validation search of {time.strftime('%Y-%m-%d')} on {backend.model_id} "
+        "(benchmarks/results/validation_search.md)",
+    }
+    (args.out / "chosen_config.json").write_text(json.dumps(chosen, indent=1))
+    print(
+        f"wrote validation_search.json/.md and chosen_config.json in {result['wall_seconds']:.0f}s"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
