@@ -149,9 +149,7 @@ class Trainer:
             images = [
                 decode_image(b, max_pixels=self.settings.max_image_pixels) for b in blobs
             ]
-            config = OptimizationConfig()
-            if self.settings.train_steps is not None:
-                config = dataclasses.replace(config, steps=self.settings.train_steps)
+            config = self.optimization_config(OptimizationConfig)
             learned = learn_class(
                 runtime.backend,
                 runtime.vocabulary,
@@ -171,6 +169,12 @@ class Trainer:
             self._fail(class_id, lease, str(exc) or type(exc).__name__)
             return
         self._store(class_id, lease, learned)
+
+    def optimization_config(self, base: Any) -> Any:
+        changes = dict(self.settings.train_options)
+        if self.settings.train_steps is not None:
+            changes["steps"] = self.settings.train_steps
+        return dataclasses.replace(base(), **changes)
 
     def _registered(self, session: Session, runtime: Runtime, *, exclude: str) -> dict[str, Any]:
         import torch

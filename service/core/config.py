@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -34,6 +34,8 @@ class Settings(BaseSettings):
     cache_dir: Path = Path("./.liteembed-cache")
     seed: int = 0
     train_steps: int | None = None
+    # Any other OptimizationConfig field, as JSON: '{"early_stopping": false, "lr": 0.05}'.
+    train_options: dict[str, Any] = Field(default_factory=dict)
 
     # Auth: comma-separated lists; none at all means the service runs open on 127.0.0.1.
     admin_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
