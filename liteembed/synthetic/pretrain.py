@@ -206,9 +206,62 @@ def tokenization_report(world: World) -> dict[str, Any]:
     return out
 
 
+def markdown_report(report: dict[str, Any]) -> str:
+    """A short human-readable summary of a ``.report.json``."""
+    zs = report["zero_shot"]
+    pct = lambda x: f"{100 * x:.1f} %"  # noqa: E731
+    lines = [
+        f"# {report['recipe']['model']}: pretraining report",
+        "",
+        f"- Steps: {report['steps']} x batch {report['recipe']['batch']} "
+        f"({report['images_seen']} images), {report['train_seconds'] / 60:.1f} min of training, "
+        f"seed {report['recipe']['seed']}, final loss (EMA) {report['final_loss_ema']:.3f}.",
+        f"- Checkpoint: `{report['checkpoint']}`, {report['checkpoint_bytes'] / 2**20:.1f} MiB "
+        f"(fp16 state dict + vocabulary of {report['vocabulary_size']} words).",
+        f"- Zero-shot, prompt `{zs['prompt']}`, {zs['images_per_class']} images per class:",
+        f"  - base classes ({len(zs['base_per_class'])}-way): **{pct(zs['base_zero_shot'])}** "
+        f"(chance {pct(zs['base_chance'])});",
+        f"  - category words on base images (9-way): {pct(zs['base_category_zero_shot'])};",
+        f"  - test held-out, joint with base: **{pct(zs['test_heldout_joint'])}**; "
+        f"base in that joint classifier: {pct(zs['base_joint_with_test'])};",
+        f"  - test held-out among themselves: {pct(zs['test_heldout_only'])} "
+        f"(chance {pct(zs['test_heldout_only_chance'])});",
+        f"  - validation held-out, joint: {pct(zs['val_heldout_joint'])}; among themselves: "
+        f"{pct(zs['val_heldout_only'])};",
+        f"  - category words on test held-out images: "
+        f"{pct(zs['test_heldout_category_zero_shot'])}.",
+        "",
+        "| Test held-out class | Rarity | Joint zero-shot | Most frequent predictions |",
+        "|---|---|---|---|",
+    ]
+    tok = report["heldout_tokenization"]
+    for name, r in zs["test_heldout_joint_per_class"].items():
+        rar = "never seen" if tok[name]["rarity"] == 0 else f"rare ({tok[name]['rarity']:.1%})"
+        lines.append(f"| {name} | {rar} | {pct(r['acc'])} | {', '.join(r['top_predictions'])} |")
+    worst = sorted(zs["base_per_class"].items(), key=lambda kv: kv[1])[:10]
+    lines += [
+        "",
+        "Weakest base classes: " + ", ".join(f"{n} {pct(a)}" for n, a in worst) + ".",
+        "",
+        "Held-out names and their BPE pieces (a piece shared with another caption word would leak",
+        "meaning into the zero-shot baseline):",
+        "",
+    ]
+    for name, r in tok.items():
+        shared = ", ".join(r["pieces_shared_with_other_caption_words"]) or "none"
+        lines.append(f"- {name} ({r['split']}): {' + '.join(r['pieces'])}; shared: {shared}")
+    return "\n".join(lines) + "\n"
+
+
 def save_checkpoint(model: torch.nn.Module, path: Path, world: World, meta: dict[str, Any]) -> None:
     sd = {k: (v.half() if v.is_floating_point() else v) for k, v in model.state_dict().items()}
-    blob = {"state_dict": sd, "vocabulary": world.caption_words(), "meta": meta}
+    # meta goes through JSON so it holds plain types only (torch.__version__ is a TorchVersion
+    # object, which torch.load(weights_only=True) refuses to unpickle)
+    blob = {
+        "state_dict": sd,
+        "vocabulary": world.caption_words(),
+        "meta": json.loads(json.dumps(meta)),
+    }
     tmp = path.with_suffix(".tmp")
     torch.save(blob, tmp)
     os.replace(tmp, path)  # atomic: a reader never sees a half-written checkpoint
@@ -243,8 +296,8 @@ def train(args: argparse.Namespace) -> None:
         "token_table_init_std": 0.002,
         "data": "fresh batch per step: World.sample_batch(batch, seed*1000003 + step)",
         "threads": args.threads,
-        "torch": torch.__version__,
-        "open_clip": open_clip.__version__,
+        "torch": str(torch.__version__),
+        "open_clip": str(open_clip.__version__),
         "machine": platform.processor() or platform.machine(),
     }
     log = []
@@ -339,6 +392,7 @@ def train(args: argparse.Namespace) -> None:
         },
     }
     report_path(out).write_text(json.dumps(report, indent=1))
+    report_path(out).with_suffix(".md").write_text(markdown_report(report))
     print("wrote", out, report_path(out), flush=True)
 
 
