@@ -238,12 +238,13 @@ class Trainer:
         except Exception:
             log.exception("class %s: could not hand the row back; the reconciler will", class_id)
 
-    def _write(self, class_id: str, lease: str, **values: Any) -> int:
+    def _write(self, class_id: str, owner: str, **values: Any) -> int:
+        """Update the row only while this run (`owner` lease) still holds it."""
         with session_scope(self.sessions) as session:
             return int(
                 session.execute(
                     update(PersonalizedClass)
-                    .where(PersonalizedClass.id == class_id, PersonalizedClass.lease == lease)
+                    .where(PersonalizedClass.id == class_id, PersonalizedClass.lease == owner)
                     .values(updated_at=utcnow(), **values)
                     .execution_options(synchronize_session=False)
                 ).rowcount

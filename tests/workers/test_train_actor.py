@@ -1,0 +1,123 @@
+"""The `train_class` actor called directly: idempotency, bounded attempts, engine errors,
+cancellation on delete, the reconciler."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from conftest import COLOURS, image_bytes
+
+from service.db import make_engine, make_session_factory
+from service.models import ClassImage, PersonalizedClass, Status, utcnow
+from service.queue import make_broker, queue_depth
+from workers.actors import Trainer
+from workers.reconciler import reconcile_once
+
+
+@pytest.fixture
+def setup(sqlite_url: str, make_settings: Any, shared_runtime: Any) -> Any:
+    settings = make_settings(sqlite_url, max_attempts=2)
+    factory = make_session_factory(make_engine(settings.database_url))
+    trainer = Trainer(settings, factory, shared_runtime)
+    return settings, factory, trainer
+
+
+def add_class(factory: Any, name: str = "zorb", **values: Any) -> str:
+    with factory() as session:
+        row = PersonalizedClass(
+            name=name,
+            name_key=name.casefold(),
+            model_id="liteembed-tiny@random-0",
+            **({"hints": [], "confusers": []} | values),
+        )
+        row.images = [
+            ClassImage(position=i, data=image_bytes(COLOURS["green"], seed=i)) for i in range(3)
+        ]
+        session.add(row)
+        session.commit()
+        return row.id
+
+
+def get(factory: Any, class_id: str) -> PersonalizedClass | None:
+    with factory() as session:
+        return session.get(PersonalizedClass, class_id)
+
+
+def test_trains_once_and_is_idempotent(setup: Any) -> None:
+    _, factory, trainer = setup
+    class_id = add_class(factory)
+    trainer.train_class(class_id)
+    row = get(factory, class_id)
+    assert row is not None and row.status == Status.ready and row.attempts == 1
+    embedding = row.embedding
+    trainer.train_class(class_id)  # a duplicate message: nothing happens
+    again = get(factory, class_id)
+    assert again is not None and again.attempts == 1 and again.embedding == embedding
+
+
+def test_engine_error_fails_with_a_readable_message(setup: Any) -> None:
+    _, factory, trainer = setup
+    class_id = add_class(factory, hints=["qqzzxxq-not-a-word"])
+    trainer.train_class(class_id)
+    row = get(factory, class_id)
+    assert row is not None and row.status == Status.failed
+    assert row.error and "qqzzxxq" in row.error
+
+
+def test_gives_up_after_max_attempts(setup: Any) -> None:
+    _, factory, trainer = setup
+    # Two runs that died (stale heartbeat, as after a SIGKILL): the next delivery gives up.
+    stale = utcnow() - timedelta(hours=1)
+    class_id = add_class(factory, status=Status.training.value, attempts=2, heartbeat_at=stale)
+    trainer.train_class(class_id)
+    row = get(factory, class_id)
+    assert row is not None and row.status == Status.failed
+    assert row.error and "gave up after 2 attempts" in row.error
+
+
+def test_live_run_is_not_duplicated(setup: Any) -> None:
+    _, factory, trainer = setup
+    class_id = add_class(factory, status=Status.training.value, attempts=1, heartbeat_at=utcnow())
+    trainer.train_class(class_id)
+    row = get(factory, class_id)
+    assert row is not None and row.status == Status.training and row.attempts == 1
+
+
+def test_delete_during_training_abandons_the_job(setup: Any) -> None:
+    settings, factory, trainer = setup
+    trainer.settings = settings.model_copy(
+        update={"train_steps": 100_000, "train_options": {"early_stopping": False}}
+    )
+    class_id = add_class(factory)
+    run = threading.Thread(target=trainer.train_class, args=(class_id,))
+    run.start()
+    deadline = time.monotonic() + 60
+    while (row := get(factory, class_id)) is not None and row.progress <= 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    with factory() as session:
+        session.delete(session.get(PersonalizedClass, class_id))
+        session.commit()
+    run.join(timeout=30)
+    assert not run.is_alive()
+    assert get(factory, class_id) is None
+
+
+def test_reconciler_resends_stuck_rows_once(setup: Any) -> None:
+    settings, factory, _ = setup
+    broker = make_broker(settings)
+    old = utcnow() - timedelta(hours=1)
+    stuck_queued = add_class(factory, "a", enqueued_at=old)
+    stale_training = add_class(
+        factory, "b", status=Status.training.value, heartbeat_at=old, enqueued_at=old
+    )
+    add_class(factory, "c", enqueued_at=utcnow())  # recently sent: left alone
+    add_class(factory, "d", status=Status.training.value, heartbeat_at=utcnow(), enqueued_at=old)
+    sent = reconcile_once(factory, broker, settings)
+    assert sorted(sent) == sorted([stuck_queued, stale_training])
+    assert queue_depth(broker) == 2
+    assert reconcile_once(factory, broker, settings) == []  # not again until it is stale again
