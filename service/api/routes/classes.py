@@ -51,7 +51,9 @@ def register_class(
     if len(images) > settings.max_images:
         raise error(422, f"at most {settings.max_images} images are allowed, got {len(images)}")
     clean_hints = validate_words(hints, settings, field="hints", limit=settings.max_hints)
-    unknown = [h for h in clean_hints if h.casefold() not in runtime.vocabulary_words]
+    # A hint may be a phrase; each of its words must be in the vocabulary (the engine's rule).
+    words = runtime.vocabulary_words
+    unknown = [h for h in clean_hints if any(w not in words for w in h.casefold().split())]
     if unknown:
         raise error(
             422, f"hints not in the model's vocabulary: {', '.join(unknown)} (use common words)"
