@@ -73,7 +73,7 @@ class Record:
             "hm": mean_std(self.hm),
             "heldout": mean_std(self.heldout),
             "base_after": mean_std(self.base_after),
-            "map": mean_std(self.map),
+            "map": mean_std(self.map) if self.map else None,
             "seconds_per_class": self.seconds_per_class,
             "steps_run_mean": self.steps_run,
             "hm_per_draw": self.hm,
@@ -161,7 +161,7 @@ class Search:
             [o.hm for o in outs],
             [o.heldout for o in outs],
             [o.base_after for o in outs],
-            [o.map or 0.0 for o in outs],
+            [o.map for o in outs if o.map is not None],  # no text feature: no retrieval
             outs[0].seconds_per_class,
             dict(kwargs),
         )
@@ -215,17 +215,23 @@ def search(
         s.run("1-steps", f"TI steps={n} no-early-stop", ti.with_(steps=n, early_stopping=False))
         for n in budgets
     ]
+    # The rules' `steps` is also the cap, and the whole budget where the hold-out rule cannot
+    # run (K = 1), so each rule is tried at two caps.
+    caps = (50,) if quick else (50, 200)
     rule_runs = [
         s.run(
             "1-steps",
-            "TI steps=200 early-stop (convergence)",
-            ti.with_(steps=200 if not quick else 50, early_stopping=True),
-        ),
+            f"TI steps={cap} early-stop (convergence)",
+            ti.with_(steps=cap, early_stopping=True),
+        )
+        for cap in caps
+    ] + [
         s.run(
             "1-steps",
-            "TI steps=200 holdout-stopping",
-            ti.with_(steps=200 if not quick else 50, early_stopping=False, holdout_stopping=True),
-        ),
+            f"TI steps={cap} holdout-stopping",
+            ti.with_(steps=cap, early_stopping=False, holdout_stopping=True),
+        )
+        for cap in caps
     ]
     best_budget = best_of(budget_runs + rule_runs)
     current_cfg = _config_of(best_budget, ti)
