@@ -16,6 +16,7 @@ held-out images and for a few base-class images, since a new class must not stea
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import socket
@@ -170,10 +171,14 @@ def run_demo(
     model: str = "liteembed-mini",
     pretrained: str = "default",
     port: int | None = None,
+    train_options: dict[str, Any] | None = None,
     keep_workdir: bool = False,
     out: Printer = print,
 ) -> int:
-    """Run the demo; 0 when every step worked (whatever the accuracies are), 1 otherwise."""
+    """Run the demo; 0 when every step worked (whatever the accuracies are), 1 otherwise.
+
+    `train_options` (OptimizationConfig fields) go to the service as LITEEMBED_TRAIN_OPTIONS;
+    without them the service trains with the engine's defaults, as a user's service would."""
     import httpx
 
     from liteembed.synthetic import default_world
@@ -190,7 +195,8 @@ def run_demo(
     labels = base + [c for c in classes if c not in base]
     port = port or free_port()
     workdir = Path(tempfile.mkdtemp(prefix="liteembed-demo-"))
-    server = start_server(workdir, port, model, pretrained)
+    extra_env = {"LITEEMBED_TRAIN_OPTIONS": json.dumps(train_options)} if train_options else {}
+    server = start_server(workdir, port, model, pretrained, extra_env)
     url = f"http://127.0.0.1:{port}"
     try:
         with httpx.Client(base_url=url, timeout=120.0) as client:
