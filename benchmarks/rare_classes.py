@@ -266,7 +266,9 @@ def write_markdown(report: dict[str, Any], path: Path, headline_k: int = 4) -> N
         "and draws (one class alone at K=4: "
         f"{report.get('single_class_seconds', math.nan):.2f} s).",
         "",
-        f"LiteEmbed settings: {report['chosen_source']}.",
+        f"LiteEmbed settings: {report['chosen_source']}. The validated defaults are the row "
+        f"**{report.get('defaults_row', 'liteembed (defaults)')}**; linear probe C = "
+        f"{report.get('linear_probe_c', 'n/a')}; Tip-Adapter alpha = 1, beta = 5.5 (published).",
         "",
     ]
     order = [headline_k] + [k for k in ks if k != headline_k] if headline_k in ks else ks
