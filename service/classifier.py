@@ -1,82 +1,253 @@
 """The in-memory class matrix used by /classify, kept in step with the database.
 
-Each API process holds one immutable snapshot: a contiguous float32 (C x D) matrix of the ready
-classes of the active model plus their names and ids. A background thread compares the database's
-generation counter with the snapshot's at most every `classifier_refresh_seconds`, rebuilds off the
-request path when they differ, and swaps the reference (an atomic assignment), so a request always
-sees one consistent snapshot.
+Each API process holds one immutable snapshot: a contiguous (C x D) matrix (float32, or float16
+to halve the memory) of the ready classes of the active model, plus their names, name keys and
+ids packed into a few flat arrays (no Python object per class, so 10^5 classes cost the matrix
+plus a few MB). A background thread compares the database's generation counter with the
+snapshot's at most every `classifier_refresh_seconds`, rebuilds off the request path when they
+differ, and swaps the reference (an atomic assignment), so a request always sees one consistent
+snapshot and a rebuild never blocks one.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
-from sqlalchemy import select
+import torch
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.models import PersonalizedClass, Status, read_generation
 
 log = logging.getLogger(__name__)
 
+# Rows fetched per round trip while building: bounds the transient Python objects at 10^5 classes.
+_FETCH_ROWS = 4096
+# Beyond this many classes, top-k picks candidates with argpartition (O(C)) before sorting them.
+_PARTITION_FROM = 64
+# float16 rows are widened to float32 in blocks of this many rows for the product (CPU matmul in
+# half precision is slow or missing on many CPUs); the block stays in cache.
+_HALF_BLOCK = 8192
+
+_DTYPES = {"float32": np.float32, "float16": np.float16}
+
+
+class PackedStrings:
+    """Many short strings in one UTF-8 buffer plus offsets: two objects, whatever the count."""
+
+    def __init__(self, values: list[str] | None = None) -> None:
+        encoded = [v.encode() for v in values or []]
+        self._buffer = b"".join(encoded)
+        self._offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+        if encoded:
+            np.cumsum([len(e) for e in encoded], out=self._offsets[1:])
+
+    @classmethod
+    def join(cls, parts: list[PackedStrings]) -> PackedStrings:
+        packed = cls()
+        packed._buffer = b"".join(p._buffer for p in parts)
+        offsets = [np.zeros(1, dtype=np.int64)]
+        base = 0
+        for p in parts:
+            offsets.append(p._offsets[1:] + base)
+            base += len(p._buffer)
+        packed._offsets = np.concatenate(offsets)
+        return packed
+
+    def __len__(self) -> int:
+        return len(self._offsets) - 1
+
+    def __getitem__(self, index: int) -> str:
+        start, end = self._offsets[index], self._offsets[index + 1]
+        return self._buffer[start:end].decode()
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return (self[i] for i in range(len(self)))
+
+    @property
+    def nbytes(self) -> int:
+        return len(self._buffer) + self._offsets.nbytes
+
+
+def _key_hash(key: str) -> np.uint64:
+    return np.frombuffer(hashlib.blake2b(key.encode(), digest_size=8).digest(), dtype=np.uint64)[0]
+
 
 @dataclass(frozen=True)
 class ClassMatrix:
     generation: int
     model_id: str
-    matrix: np.ndarray  # (C, D) float32, C-contiguous, rows L2-normalised
-    names: tuple[str, ...]
-    ids: tuple[str, ...]
-    index_by_key: dict[str, int] = field(default_factory=dict)
+    matrix: np.ndarray  # (C, D) float32 or float16, C-contiguous, rows L2-normalised
+    names: PackedStrings
+    keys: PackedStrings  # name_key of each class (NFC + casefold)
+    ids: PackedStrings
+    # name_key lookup without a dict: sorted 64-bit hashes and the row each came from.
+    key_hashes: np.ndarray
+    key_rows: np.ndarray
 
     @property
     def size(self) -> int:
-        return len(self.ids)
+        return int(self.matrix.shape[0])
 
-
-def empty_matrix(model_id: str, dim: int) -> ClassMatrix:
-    return ClassMatrix(-1, model_id, np.zeros((0, dim), dtype=np.float32), (), ())
-
-
-def build_matrix(session: Session, model_id: str, dim: int) -> ClassMatrix:
-    # Read the generation first: a change landing during the scan makes the next check rebuild.
-    generation = read_generation(session)
-    rows = session.execute(
-        select(
-            PersonalizedClass.id,
-            PersonalizedClass.name,
-            PersonalizedClass.name_key,
-            PersonalizedClass.embedding,
+    @property
+    def nbytes(self) -> int:
+        """Memory held by this snapshot (what grows with the class count)."""
+        return int(
+            self.matrix.nbytes
+            + self.names.nbytes
+            + self.keys.nbytes
+            + self.ids.nbytes
+            + self.key_hashes.nbytes
+            + self.key_rows.nbytes
         )
-        .where(PersonalizedClass.model_id == model_id, PersonalizedClass.status == Status.ready)
-        .order_by(PersonalizedClass.created_at, PersonalizedClass.id)
-    ).all()
-    vectors = [np.frombuffer(r.embedding, dtype=np.float32) for r in rows]
-    keep = [i for i, v in enumerate(vectors) if v.shape[0] == dim]
-    if len(keep) != len(rows):
-        log.warning("%d ready classes have a wrong dimension; skipped", len(rows) - len(keep))
-    matrix = (
-        np.ascontiguousarray(np.stack([vectors[i] for i in keep]), dtype=np.float32)
-        if keep
-        else np.zeros((0, dim), dtype=np.float32)
-    )
+
+    def index_of(self, key: str) -> int | None:
+        """Row of the class whose name_key is `key`, or None."""
+        target = _key_hash(key)
+        start = int(np.searchsorted(self.key_hashes, target, side="left"))
+        while start < len(self.key_hashes) and self.key_hashes[start] == target:
+            row = int(self.key_rows[start])
+            if self.keys[row] == key:  # a hash collision must not return a stranger
+                return row
+            start += 1
+        return None
+
+    def vector(self, row: int) -> np.ndarray:
+        return np.asarray(self.matrix[row], dtype=np.float32)
+
+    def logits(self, features: np.ndarray) -> np.ndarray:
+        """Cosines (B, C) of `features` (B, D) float32 against every class."""
+        return class_logits(self.matrix, features)
+
+
+def class_logits(matrix: np.ndarray, features: np.ndarray) -> np.ndarray:
+    """`features @ matrix.T` as float32, one product for the whole batch.
+
+    torch rather than numpy: the product runs on the model-runner thread, with torch's own
+    thread pool, so it never competes with the encoder for cores the way a second (BLAS) pool
+    would.
+    """
+    feats = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
+    if matrix.dtype == np.float32:
+        return (feats @ torch.from_numpy(matrix).T).numpy()
+    out = np.empty((feats.shape[0], matrix.shape[0]), dtype=np.float32)
+    for start in range(0, matrix.shape[0], _HALF_BLOCK):
+        block = torch.from_numpy(matrix[start : start + _HALF_BLOCK]).float()
+        out[:, start : start + block.shape[0]] = (feats @ block.T).numpy()
+    return out
+
+
+def top_k_softmax(logits: np.ndarray, scale: float, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k rows of softmax(scale * logits) over all C classes, best first.
+
+    Returns (indices, probabilities), each (k',) with k' = min(k, C). The softmax needs every
+    logit for its denominator (O(C)), but only k entries are ever sorted: argpartition picks
+    them in O(C) instead of sorting all C. Ties are broken by the lower index, as a stable
+    sort would.
+    """
+    count = logits.shape[0]
+    k = min(k, count)
+    if k <= 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64)
+    scaled = scale * logits.astype(np.float64)
+    peak = scaled.max()
+    log_total = peak + np.log(np.exp(scaled - peak).sum())
+    if count > _PARTITION_FROM and k < count:
+        candidates = np.argpartition(-scaled, k - 1)[:k]
+    else:
+        candidates = np.arange(count)
+    order = np.lexsort((candidates, -scaled[candidates]))[:k]
+    best = candidates[order]
+    return best.astype(np.int64), np.exp(scaled[best] - log_total)
+
+
+def empty_matrix(model_id: str, dim: int, dtype: str = "float32") -> ClassMatrix:
+    return _assemble(-1, model_id, np.zeros((0, dim), dtype=_DTYPES[dtype]), [], [], [])
+
+
+def _assemble(
+    generation: int,
+    model_id: str,
+    matrix: np.ndarray,
+    names: list[PackedStrings] | list[str],
+    keys: list[PackedStrings] | list[str],
+    ids: list[PackedStrings] | list[str],
+) -> ClassMatrix:
+    def pack(values: list[PackedStrings] | list[str]) -> PackedStrings:
+        if values and isinstance(values[0], PackedStrings):
+            return PackedStrings.join(values)  # type: ignore[arg-type]
+        return PackedStrings(values)  # type: ignore[arg-type]
+
+    packed_keys = pack(keys)
+    hashes = np.array([_key_hash(k) for k in packed_keys], dtype=np.uint64)
+    order = np.argsort(hashes, kind="stable")
     return ClassMatrix(
         generation=generation,
         model_id=model_id,
         matrix=matrix,
-        names=tuple(rows[i].name for i in keep),
-        ids=tuple(rows[i].id for i in keep),
-        index_by_key={rows[i].name_key: n for n, i in enumerate(keep)},
+        names=pack(names),
+        keys=packed_keys,
+        ids=pack(ids),
+        key_hashes=hashes[order],
+        key_rows=order.astype(np.int64),
     )
 
 
+def build_matrix(session: Session, model_id: str, dim: int, dtype: str = "float32") -> ClassMatrix:
+    # Read the generation first: a change landing during the scan makes the next check rebuild.
+    generation = read_generation(session)
+    cls = PersonalizedClass
+    ready = (cls.model_id == model_id, cls.status == Status.ready)
+    expected = int(session.scalar(select(func.count()).select_from(cls).where(*ready)) or 0)
+    # Preallocated and filled in place, streamed in chunks: the peak is the matrix itself plus
+    # one chunk of rows, not a Python list of 10^5 arrays.
+    matrix = np.empty((expected, dim), dtype=_DTYPES[dtype])
+    names: list[PackedStrings] = []
+    keys: list[PackedStrings] = []
+    ids: list[PackedStrings] = []
+    filled = skipped = 0
+    result = session.execute(
+        select(cls.id, cls.name, cls.name_key, cls.embedding)
+        .where(*ready)
+        .order_by(cls.created_at, cls.id)
+        .execution_options(yield_per=_FETCH_ROWS)
+    )
+    for chunk in result.partitions(_FETCH_ROWS):
+        good = [r for r in chunk if r.embedding is not None and len(r.embedding) == 4 * dim]
+        skipped += len(chunk) - len(good)
+        if not good:
+            continue
+        if filled + len(good) > matrix.shape[0]:  # rows became ready after the count
+            matrix = np.resize(matrix, (filled + len(good), dim))
+        block = np.frombuffer(b"".join(r.embedding for r in good), dtype=np.float32)
+        matrix[filled : filled + len(good)] = block.reshape(len(good), dim)
+        filled += len(good)
+        names.append(PackedStrings([r.name for r in good]))
+        keys.append(PackedStrings([r.name_key for r in good]))
+        ids.append(PackedStrings([r.id for r in good]))
+    if skipped:
+        log.warning("%d ready classes have a wrong dimension; skipped", skipped)
+    matrix = np.ascontiguousarray(matrix[:filled])
+    return _assemble(generation, model_id, matrix, names, keys, ids)
+
+
 class ClassMatrixCache:
-    def __init__(self, session_factory: sessionmaker[Session], refresh_seconds: float) -> None:
+    def __init__(
+        self,
+        session_factory: sessionmaker[Session],
+        refresh_seconds: float,
+        dtype: str = "float32",
+    ) -> None:
+        if dtype not in _DTYPES:
+            raise ValueError(f"class matrix dtype must be one of {sorted(_DTYPES)}, not {dtype!r}")
         self._factory = session_factory
         self._refresh_seconds = refresh_seconds
+        self._dtype = dtype
         self._snapshot: ClassMatrix | None = None
         self._model: tuple[str, int] | None = None
         self._lock = threading.Lock()  # one rebuild at a time
@@ -112,9 +283,14 @@ class ClassMatrixCache:
                     and read_generation(session) == current.generation
                 ):
                     return
-                snap = build_matrix(session, model_id, dim)
+                snap = build_matrix(session, model_id, dim, self._dtype)
             self._snapshot = snap
-        log.debug("class matrix rebuilt: %d classes, generation %d", snap.size, snap.generation)
+        log.debug(
+            "class matrix rebuilt: %d classes, %.1f MB, generation %d",
+            snap.size,
+            snap.nbytes / 1e6,
+            snap.generation,
+        )
 
     def refresh_now(self) -> None:
         """After a change made by this process: rebuild before answering the next request."""

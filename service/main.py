@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, ExitStack, asynccontextmanager, contextmanager
 from typing import Any
 
@@ -14,6 +15,7 @@ from fastapi.responses import JSONResponse
 
 from service.api.limits import BodySizeLimit
 from service.api.routes import classes, classify, health
+from service.batcher import ModelRunner
 from service.classifier import ClassMatrixCache
 from service.core.config import Settings, get_settings
 from service.db import make_engine, make_session_factory
@@ -56,7 +58,11 @@ def create_app(
     app.state.session_factory = session_factory
     app.state.broker = make_broker(settings)
     app.state.runtime = RuntimeHolder(settings)
-    app.state.classifier = ClassMatrixCache(session_factory, settings.classifier_refresh_seconds)
+    app.state.classifier = ClassMatrixCache(
+        session_factory, settings.classifier_refresh_seconds, settings.classifier_dtype
+    )
+    app.state.model_runner = _model_runner(app, settings)
+    app.state.preprocess_pool = None
     app.state.metrics = metrics
     app.state.checks = {}
     app.state.background_checks = lambda: {k: bool(f()) for k, f in app.state.checks.items()}
@@ -89,10 +95,41 @@ def _warm_up(app: FastAPI) -> Iterator[None]:
 
     thread = threading.Thread(target=run, name="liteembed-warm-up", daemon=True)
     thread.start()
+    runner: ModelRunner = app.state.model_runner
+    runner.start()
+    settings: Settings = app.state.settings
+    app.state.preprocess_pool = ThreadPoolExecutor(
+        settings.classify_preprocess_threads, thread_name_prefix="liteembed-preprocess"
+    )
     try:
         yield
     finally:
         classifier.stop()
+        runner.stop()
+        app.state.preprocess_pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _model_runner(app: FastAPI, settings: Settings) -> ModelRunner:
+    """The one thread that runs the image encoder for /classify.
+
+    It looks the runtime up on every batch (through app.state, which tests may swap) rather than
+    holding a backend: the model loads after the app starts.
+    """
+
+    def runtime() -> Any:
+        return app.state.runtime.get()
+
+    def snapshot() -> Any:
+        backend = runtime().backend
+        return app.state.classifier.snapshot(backend.model_id, int(backend.embed_dim))
+
+    return ModelRunner(
+        lambda pixels: runtime().backend.encode_image_batch(pixels),
+        snapshot=snapshot,
+        logit_scale=lambda: float(runtime().backend.logit_scale),
+        max_batch=settings.classify_max_batch,
+        max_wait_s=settings.classify_max_wait_ms / 1000,
+    )
 
 
 async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -63,6 +63,15 @@ class Settings(BaseSettings):
 
     # API.
     classifier_refresh_seconds: float = 1.0
+    # The class matrix in memory: float32, or float16 for half the memory (scores change in the
+    # fourth decimal).
+    classifier_dtype: Literal["float32", "float16"] = "float32"
+    # /classify micro-batching: one model thread encodes up to this many images at once...
+    classify_max_batch: int = Field(default=32, ge=1)
+    # ...waiting at most this long for more requests, and only while more are on their way.
+    classify_max_wait_ms: float = Field(default=5.0, ge=0)
+    # Threads decoding and preprocessing /classify images before they reach the model thread.
+    classify_preprocess_threads: int = Field(default=2, ge=1)
     log_level: str = "INFO"
 
     @field_validator("admin_keys", "client_keys", mode="before")

@@ -72,8 +72,9 @@ def register_class(
     ).first()
     if existing is not None and not replace:
         raise error(
-            409, f"a class named {existing.name!r} already exists (id {existing.id}); "
-            "send replace=true to replace it"
+            409,
+            f"a class named {existing.name!r} already exists (id {existing.id}); "
+            "send replace=true to replace it",
         )
     replaced_ready = False
     if existing is not None:

@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections import OrderedDict
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import numpy as np
-from fastapi import APIRouter, File, Form, UploadFile
+from fastapi import APIRouter, File, Form, Request, UploadFile
 
 from service.api.deps import ClassifierDep, ClientDep, RuntimeDep, SettingsDep
 from service.api.schemas import ClassifyOut, Prediction
 from service.api.uploads import error, name_key, read_image, validate_words
-from service.classifier import softmax
+from service.batcher import MatrixMismatch, ModelRunner
+from service.classifier import top_k_softmax
+from service.core.config import Settings
 from service.engine import Runtime
+
+if TYPE_CHECKING:
+    import torch
 
 router = APIRouter(tags=["classify"])
 
@@ -29,23 +35,29 @@ class TextFeatureCache:
         self._capacity = capacity
         self._lock = threading.Lock()
 
-    def get(self, runtime: Runtime, labels: list[str]) -> list[np.ndarray]:
-        keys = [(runtime.model_id, label) for label in labels]
+    def missing(self, model_id: str, labels: list[str]) -> list[str]:
         with self._lock:
-            missing = [k[1] for k in keys if k not in self._items]
-        if missing:
-            prompts = [PLAIN_LABEL_TEMPLATE.format(label) for label in missing]
-            features = runtime.backend.encode_texts(prompts).float().cpu().numpy()
-            with self._lock:
-                for label, feature in zip(missing, features, strict=True):
-                    self._items[(runtime.model_id, label)] = np.ascontiguousarray(feature)
-                while len(self._items) > self._capacity:
-                    self._items.popitem(last=False)
+            return [label for label in labels if (model_id, label) not in self._items]
+
+    def add(self, model_id: str, labels: list[str], features: np.ndarray) -> None:
         with self._lock:
-            return [self._items[k] for k in keys]
+            for label, feature in zip(labels, features, strict=True):
+                self._items[(model_id, label)] = np.ascontiguousarray(feature, dtype=np.float32)
+            while len(self._items) > self._capacity:
+                self._items.popitem(last=False)
+
+    def lookup(self, model_id: str, labels: list[str]) -> list[np.ndarray]:
+        with self._lock:
+            return [self._items[(model_id, label)] for label in labels]
 
 
 _text_features = TextFeatureCache()
+
+
+def _pixels(image: UploadFile, settings: Settings, runtime: Runtime) -> torch.Tensor:
+    """Read, check, decode and preprocess the upload (on the preprocessing pool)."""
+    checked = read_image(image, settings, field="image")
+    return runtime.backend.preprocess_images([checked.image])  # type: ignore[no-any-return]
 
 
 @router.post(
@@ -54,7 +66,8 @@ _text_features = TextFeatureCache()
     dependencies=[ClientDep],
     summary="Score one image against the personalized classes or the given labels",
 )
-def classify(
+async def classify(
+    request: Request,
     settings: SettingsDep,
     runtime: RuntimeDep,
     classifier: ClassifierDep,
@@ -65,40 +78,68 @@ def classify(
     ] = None,
     top_k: Annotated[int, Form(ge=1, le=1000)] = 5,
 ) -> ClassifyOut:
+    # async, so the event loop does only the cheap parts: decoding goes to the preprocessing
+    # pool and the model to the model-runner thread, which batches concurrent requests.
     clean_labels = validate_words(labels, settings, field="labels", limit=settings.max_labels)
-    checked = read_image(image, settings, field="image")
-    feature = runtime.backend.encode_images([checked.image])[0].float().cpu().numpy()
+    runner: ModelRunner = request.app.state.model_runner
+    loop = asyncio.get_running_loop()
+    with runner.incoming():
+        pixels = await loop.run_in_executor(
+            request.app.state.preprocess_pool, _pixels, image, settings, runtime
+        )
+        future = runner.encode(pixels, top_k=None if clean_labels else top_k)
+    try:
+        encoded = await asyncio.wrap_future(future)
+    except MatrixMismatch:
+        raise error(
+            503, "the class matrix does not match the loaded model; try again shortly"
+        ) from None
+
+    if not clean_labels:
+        snapshot = encoded.snapshot
+        assert snapshot is not None and encoded.indices is not None and encoded.scores is not None
+        return ClassifyOut(
+            model=runtime.model_id,
+            predictions=[
+                Prediction(
+                    label=snapshot.names[int(i)], score=float(p), class_id=snapshot.ids[int(i)]
+                )
+                for i, p in zip(encoded.indices, encoded.scores, strict=True)
+            ],
+        )
 
     snapshot = classifier.snapshot(runtime.model_id, int(runtime.backend.embed_dim))
-    if clean_labels:
-        vectors: list[np.ndarray | None] = []
-        class_ids: list[str | None] = []
-        plain: list[str] = []
-        for label in clean_labels:
-            index = snapshot.index_by_key.get(name_key(label))
-            if index is None:
-                vectors.append(None)
-                class_ids.append(None)
-                plain.append(label)
-            else:
-                vectors.append(snapshot.matrix[index])
-                class_ids.append(snapshot.ids[index])
-        plain_features = iter(_text_features.get(runtime, plain))
-        matrix = np.stack([v if v is not None else next(plain_features) for v in vectors])
-        names = clean_labels
-    else:
-        matrix, names, class_ids = snapshot.matrix, list(snapshot.names), list(snapshot.ids)
-
-    if matrix.shape[0] == 0:
-        return ClassifyOut(model=runtime.model_id, predictions=[])
-    if matrix.shape[1] != feature.shape[0]:
+    vectors: list[np.ndarray | None] = []
+    class_ids: list[str | None] = []
+    plain: list[str] = []
+    for label in clean_labels:
+        index = snapshot.index_of(name_key(label))
+        if index is None:
+            vectors.append(None)
+            class_ids.append(None)
+            plain.append(label)
+        else:
+            vectors.append(snapshot.vector(index))
+            class_ids.append(snapshot.ids[index])
+    missing = _text_features.missing(runtime.model_id, plain)
+    if missing:
+        prompts = [PLAIN_LABEL_TEMPLATE.format(label) for label in missing]
+        # On the model thread too: a text forward pass would otherwise compete with the batches.
+        features = await asyncio.wrap_future(
+            runner.call(lambda: runtime.backend.encode_texts(prompts).float().cpu().numpy())
+        )
+        _text_features.add(runtime.model_id, missing, features)
+    plain_features = iter(_text_features.lookup(runtime.model_id, plain))
+    matrix = np.stack([v if v is not None else next(plain_features) for v in vectors])
+    if matrix.shape[1] != encoded.feature.shape[0]:
         raise error(503, "the class matrix does not match the loaded model; try again shortly")
-    logits = float(runtime.backend.logit_scale) * (matrix @ feature)
-    scores = softmax(logits.astype(np.float64))
-    order = np.argsort(-scores, kind="stable")[:top_k]
+    indices, scores = top_k_softmax(
+        matrix @ encoded.feature, float(runtime.backend.logit_scale), top_k
+    )
     return ClassifyOut(
         model=runtime.model_id,
         predictions=[
-            Prediction(label=names[i], score=float(scores[i]), class_id=class_ids[i]) for i in order
+            Prediction(label=clean_labels[int(i)], score=float(p), class_id=class_ids[int(i)])
+            for i, p in zip(indices, scores, strict=True)
         ],
     )
