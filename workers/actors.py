@@ -56,17 +56,68 @@ class Trainer:
         lease = self._claim(class_id)
         if lease is None:
             return
-        heartbeat = _Heartbeat(self, class_id, lease)
+        # Other queued classes of the same model ride along: one batched optimisation costs far
+        # less than running them one after another. Their own messages find them ready (or
+        # training under a fresh heartbeat) later and do nothing.
+        leases = {class_id: lease} | self._claim_companions(class_id)
+        heartbeat = _Heartbeat(self, leases)
         heartbeat.start()
         try:
-            self._run(class_id, lease, heartbeat)
+            self._run_batch(leases, heartbeat)
         except BaseException as exc:
-            # Infrastructure trouble (DB, model load, time limit): hand the row back so a retry
-            # or the reconciler can claim it at once, remembering why for the final message.
-            self._release(class_id, lease, f"{type(exc).__name__}: {exc}")
+            # Infrastructure trouble (DB, model load, time limit): hand the rows back so a retry
+            # or the reconciler can claim them at once, remembering why for the final message.
+            for held_id, held_lease in leases.items():
+                self._release(held_id, held_lease, f"{type(exc).__name__}: {exc}")
             raise
         finally:
             heartbeat.stop()
+
+    def _claim_companions(self, class_id: str) -> dict[str, str]:
+        """Claim up to `train_batch_max - 1` other queued rows of the same model, oldest first,
+        with the same compare-and-set as `_claim` (a row another worker took is skipped)."""
+        s = self.settings
+        if s.train_batch_max <= 1:
+            return {}
+        cls = PersonalizedClass
+        with session_scope(self.sessions) as session:
+            model_id = session.scalar(select(cls.model_id).where(cls.id == class_id))
+            candidates = session.execute(
+                select(cls.id, cls.attempts)
+                .where(
+                    cls.model_id == model_id,
+                    cls.status == Status.queued,
+                    cls.attempts < s.max_attempts,
+                    cls.id != class_id,
+                )
+                .order_by(cls.created_at, cls.id)
+                .limit(s.train_batch_max - 1)
+            ).all()
+        claimed: dict[str, str] = {}
+        for other_id, attempts in candidates:
+            lease = str(uuid.uuid4())
+            now = utcnow()
+            with session_scope(self.sessions) as session:
+                won = session.execute(
+                    update(cls)
+                    .where(
+                        cls.id == other_id, cls.status == Status.queued, cls.attempts == attempts
+                    )
+                    .values(
+                        status=Status.training.value,
+                        attempts=cls.attempts + 1,
+                        lease=lease,
+                        heartbeat_at=now,
+                        progress=0.0,
+                        updated_at=now,
+                    )
+                    .execution_options(synchronize_session=False)
+                ).rowcount
+            if won == 1:
+                claimed[other_id] = lease
+        if claimed:
+            log.info("class %s: training %d queued class(es) with it", class_id, len(claimed))
+        return claimed
 
     def _claim(self, class_id: str) -> str | None:
         s = self.settings
@@ -119,56 +170,90 @@ class Trainer:
         log.info("class %s: training (attempt %d)", class_id, row.attempts + 1)
         return lease
 
-    def _run(self, class_id: str, lease: str, heartbeat: _Heartbeat) -> None:
-        from liteembed import learn_class
+    def _run_batch(self, leases: dict[str, str], heartbeat: _Heartbeat) -> None:
+        from liteembed import ClassRequest, learn_class, learn_classes
         from liteembed.config import OptimizationConfig
         from liteembed.errors import LiteEmbedError, OptimizationCancelled
         from liteembed.images import decode_image
 
         runtime = self.runtime.get()
+        jobs: dict[str, Any] = {}  # class id -> ClassRequest, for the rows still ours
         with self.sessions() as session:
-            row = session.get(PersonalizedClass, class_id)
-            if row is None or row.lease != lease:
-                return
-            if row.model_id != runtime.model_id:
-                self._fail(
-                    class_id,
-                    lease,
-                    f"class was registered for model {row.model_id} but this worker serves "
-                    f"{runtime.model_id}",
-                )
-                return
-            name, hints, confusers = row.name, list(row.hints), list(row.confusers)
-            blobs = session.scalars(
-                select(ClassImage.data)
-                .where(ClassImage.class_id == class_id)
-                .order_by(ClassImage.position)
-            ).all()
-            registered = self._registered(session, runtime, exclude=class_id)
+            for class_id, lease in leases.items():
+                row = session.get(PersonalizedClass, class_id)
+                if row is None or row.lease != lease:
+                    continue
+                if row.model_id != runtime.model_id:
+                    self._fail(
+                        class_id,
+                        lease,
+                        f"class was registered for model {row.model_id} but this worker serves "
+                        f"{runtime.model_id}",
+                    )
+                    continue
+                blobs = session.scalars(
+                    select(ClassImage.data)
+                    .where(ClassImage.class_id == class_id)
+                    .order_by(ClassImage.position)
+                ).all()
+                jobs[class_id] = (row.name, list(row.hints), list(row.confusers), blobs)
+            # The classes being trained are not ready, so none is another's negative.
+            registered = self._registered(session, runtime, exclude=set(leases))
+        requests: dict[str, Any] = {}
+        for class_id, (name, hints, confusers, blobs) in jobs.items():
+            try:
+                images = [decode_image(b, max_pixels=self.settings.max_image_pixels) for b in blobs]
+            except LiteEmbedError as exc:  # one bad class must not sink the batch
+                self._fail(class_id, leases[class_id], str(exc) or type(exc).__name__)
+                continue
+            requests[class_id] = ClassRequest(name, images, hints=hints, confusers=confusers)
+        if not requests:
+            return
+        config = self.optimization_config(OptimizationConfig)
+        common = {
+            "registered": registered,
+            "config": config,
+            "seed": self.settings.seed,
+            "progress": heartbeat.on_progress,
+        }
+        ids = list(requests)
         try:
-            images = [
-                decode_image(b, max_pixels=self.settings.max_image_pixels) for b in blobs
-            ]
-            config = self.optimization_config(OptimizationConfig)
-            learned = learn_class(
-                runtime.backend,
-                runtime.vocabulary,
-                name,
-                images,
-                hints=hints,
-                confusers=confusers,
-                registered=registered,
-                config=config,
-                seed=self.settings.seed,
-                progress=heartbeat.on_progress,
+            learned = learn_classes(
+                runtime.backend, runtime.vocabulary, [requests[i] for i in ids], **common
             )
         except OptimizationCancelled:
-            log.info("class %s: training abandoned (deleted, replaced or taken over)", class_id)
+            log.info("classes %s: training abandoned (deleted, replaced or taken over)", ids)
             return
         except LiteEmbedError as exc:
-            self._fail(class_id, lease, str(exc) or type(exc).__name__)
+            if len(ids) == 1:
+                self._fail(ids[0], leases[ids[0]], str(exc) or type(exc).__name__)
+                return
+            # Which class is at fault (a hint not in the vocabulary, ...)? Each alone says.
+            log.info("batch of %d failed (%s); training its classes one by one", len(ids), exc)
+            for class_id in ids:
+                request = requests[class_id]
+                try:
+                    one = learn_class(
+                        runtime.backend,
+                        runtime.vocabulary,
+                        request.name,
+                        request.images,
+                        hints=request.hints,
+                        confusers=request.confusers,
+                        **common,
+                    )
+                except OptimizationCancelled:
+                    if heartbeat.all_lost():
+                        return
+                    continue
+                except LiteEmbedError as one_exc:
+                    self._fail(class_id, leases[class_id], str(one_exc) or type(one_exc).__name__)
+                    continue
+                self._store(class_id, leases[class_id], one)
             return
-        self._store(class_id, lease, learned)
+        # Each result in its own transaction: a class deleted meanwhile does not block the rest.
+        for class_id, result in zip(ids, learned, strict=True):
+            self._store(class_id, leases[class_id], result)
 
     def optimization_config(self, base: Any) -> Any:
         changes = dict(self.settings.train_options)
@@ -176,14 +261,17 @@ class Trainer:
             changes["steps"] = self.settings.train_steps
         return dataclasses.replace(base(), **changes)
 
-    def _registered(self, session: Session, runtime: Runtime, *, exclude: str) -> dict[str, Any]:
+    def _registered(
+        self, session: Session, runtime: Runtime, *, exclude: set[str]
+    ) -> dict[str, Any]:
         import torch
 
         rows = session.execute(
-            select(PersonalizedClass.name, PersonalizedClass.embedding).where(
+            select(PersonalizedClass.name, PersonalizedClass.embedding)
+            .where(
                 PersonalizedClass.model_id == runtime.model_id,
                 PersonalizedClass.status == Status.ready,
-                PersonalizedClass.id != exclude,
+                PersonalizedClass.id.not_in(exclude),
             )
             # A stable order, so a retried job sees its negatives in the same order.
             .order_by(PersonalizedClass.created_at, PersonalizedClass.id)
@@ -252,17 +340,20 @@ class Trainer:
 
 
 class _Heartbeat:
-    """Writes progress and heartbeat_at every `heartbeat_seconds` from its own thread.
+    """Writes progress and heartbeat_at of every class of the run every `heartbeat_seconds`,
+    from its own thread.
 
     A thread rather than the progress callback: the heartbeat must keep beating while the model
-    loads or images are encoded, and the callback must stay cheap. When its conditional write finds
-    the lease gone, it asks the optimisation to stop at the next step.
+    loads or images are encoded, and the callback must stay cheap. A class whose conditional
+    write finds its lease gone (deleted, replaced, taken over) is dropped from the beats; when
+    none is left, the optimisation is asked to stop at the next step. (A lost class in a batch
+    with live ones keeps training; its result is simply not written.)
     """
 
-    def __init__(self, trainer: Trainer, class_id: str, lease: str) -> None:
+    def __init__(self, trainer: Trainer, leases: dict[str, str]) -> None:
         self._trainer = trainer
-        self._class_id = class_id
-        self._lease = lease
+        self._leases = dict(leases)
+        self._lost: set[str] = set()
         self._progress = 0.0
         self._cancelled = threading.Event()
         self._stop = threading.Event()
@@ -275,6 +366,9 @@ class _Heartbeat:
         self._stop.set()
         self._thread.join(timeout=10)
 
+    def all_lost(self) -> bool:
+        return self._cancelled.is_set()
+
     def on_progress(self, event: Any) -> bool:
         total = max(int(getattr(event, "total", 0) or 0), 1)
         self._progress = min(max(float(event.step) / total, 0.0), 0.99)
@@ -282,18 +376,19 @@ class _Heartbeat:
 
     def _run(self) -> None:
         while not self._stop.wait(self._trainer.settings.heartbeat_seconds):
-            try:
-                now = utcnow()
-                alive = self._trainer._write(
-                    self._class_id,
-                    self._lease,
-                    progress=round(self._progress, 4),
-                    heartbeat_at=now,
-                )
-            except Exception:
-                log.exception("class %s: heartbeat write failed", self._class_id)
-                continue
-            if alive == 0:
+            for class_id, lease in self._leases.items():
+                if class_id in self._lost:
+                    continue
+                try:
+                    alive = self._trainer._write(
+                        class_id, lease, progress=round(self._progress, 4), heartbeat_at=utcnow()
+                    )
+                except Exception:
+                    log.exception("class %s: heartbeat write failed", class_id)
+                    continue
+                if alive == 0:
+                    self._lost.add(class_id)
+            if len(self._lost) == len(self._leases):
                 self._cancelled.set()
                 return
 

@@ -31,9 +31,7 @@ def embedded_worker(app: FastAPI) -> Iterator[None]:
         state.broker, queues={QUEUE_NAME}, worker_threads=1, worker_timeout=100
     )
     worker.start()
-    reconciler = Reconciler(
-        state.session_factory, state.broker, state.settings, queue_is_new=True
-    )
+    reconciler = Reconciler(state.session_factory, state.broker, state.settings, queue_is_new=True)
     reconciler.start()
     state.checks["worker"] = lambda: all(t.is_alive() for t in worker.workers)
     state.checks["reconciler"] = reconciler.is_alive

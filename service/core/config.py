@@ -51,6 +51,8 @@ class Settings(BaseSettings):
     max_labels: int = 256
 
     # Jobs.
+    # A worker trains up to this many queued classes of its model together, in one batch.
+    train_batch_max: int = Field(default=8, ge=1)
     max_attempts: int = 3
     job_time_limit_seconds: int = 3600
     job_max_retries: int = 2

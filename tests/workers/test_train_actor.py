@@ -121,3 +121,70 @@ def test_reconciler_resends_stuck_rows_once(setup: Any) -> None:
     assert sorted(sent) == sorted([stuck_queued, stale_training])
     assert queue_depth(broker) == 2
     assert reconcile_once(factory, broker, settings) == []  # not again until it is stale again
+
+
+def test_queued_classes_are_trained_together_in_one_batch(setup: Any, monkeypatch: Any) -> None:
+    _, factory, trainer = setup
+    import liteembed
+
+    calls: list[int] = []
+    real = liteembed.learn_classes
+
+    def counting(backend: Any, vocabulary: Any, requests: Any, **kwargs: Any) -> Any:
+        calls.append(len(requests))
+        return real(backend, vocabulary, requests, **kwargs)
+
+    monkeypatch.setattr(liteembed, "learn_classes", counting)
+    first = add_class(factory, "zorb")
+    second = add_class(factory, "plax")
+    trainer.train_class(first)
+    assert calls == [2]  # one optimisation for both
+    dim = int(trainer.runtime.get().backend.embed_dim)
+    for class_id in (first, second):
+        row = get(factory, class_id)
+        assert row is not None and row.status == Status.ready and row.attempts == 1
+        assert row.lease is None and row.embedding is not None
+        assert len(row.embedding) == 4 * dim  # exactly one embedding, this model's width
+        assert row.diagnostics is not None and row.diagnostics["batch_size"] == 2
+    # The second class's own message arrives later: nothing to do, nothing rewritten.
+    embedding = get(factory, second).embedding  # type: ignore[union-attr]
+    trainer.train_class(second)
+    again = get(factory, second)
+    assert again is not None and again.attempts == 1 and again.embedding == embedding
+    assert calls == [2]
+
+
+def test_batch_leaves_live_and_exhausted_rows_alone(setup: Any) -> None:
+    settings, factory, trainer = setup
+    first = add_class(factory, "zorb")
+    live = add_class(
+        factory, "plax", status=Status.training.value, attempts=1, heartbeat_at=utcnow()
+    )
+    exhausted = add_class(factory, "quib", attempts=settings.max_attempts)
+    trainer.train_class(first)
+    assert get(factory, first).status == Status.ready  # type: ignore[union-attr]
+    row = get(factory, live)
+    assert row is not None and row.status == Status.training and row.attempts == 1
+    row = get(factory, exhausted)
+    assert row is not None and row.status == Status.queued
+
+
+def test_one_bad_class_does_not_sink_the_batch(setup: Any) -> None:
+    _, factory, trainer = setup
+    good = add_class(factory, "zorb")
+    bad = add_class(factory, "plax", hints=["qqzzxxq-not-a-word"])
+    trainer.train_class(good)
+    assert get(factory, good).status == Status.ready  # type: ignore[union-attr]
+    row = get(factory, bad)
+    assert row is not None and row.status == Status.failed
+    assert row.error and "qqzzxxq" in row.error
+
+
+def test_batching_can_be_switched_off(setup: Any) -> None:
+    settings, factory, trainer = setup
+    trainer.settings = settings.model_copy(update={"train_batch_max": 1})
+    first = add_class(factory, "zorb")
+    second = add_class(factory, "plax")
+    trainer.train_class(first)
+    assert get(factory, first).status == Status.ready  # type: ignore[union-attr]
+    assert get(factory, second).status == Status.queued  # type: ignore[union-attr]
