@@ -215,7 +215,9 @@ def markdown_report(report: dict[str, Any]) -> str:
         "",
         f"- Steps: {report['steps']} x batch {report['recipe']['batch']} "
         f"({report['images_seen']} images), {report['train_seconds'] / 60:.1f} min of training, "
-        f"seed {report['recipe']['seed']}, final loss (EMA) {report['final_loss_ema']:.3f}.",
+        f"seed {report['recipe']['seed']}, final loss (EMA) {report['final_loss_ema']:.3f}; "
+        f"over all cycles: {report.get('total_steps', report['steps'])} steps, "
+        f"{report.get('total_train_seconds', report['train_seconds']) / 60:.1f} min.",
         f"- Checkpoint: `{report['checkpoint']}`, {report['checkpoint_bytes'] / 2**20:.1f} MiB "
         f"(fp16 state dict + vocabulary of {report['vocabulary_size']} words).",
         f"- Zero-shot, prompt `{zs['prompt']}`, {zs['images_per_class']} images per class:",
@@ -275,6 +277,17 @@ def train(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     world = default_world()
     model = build_model(args.seed)
+    start_step = 0
+    init_meta: dict[str, Any] | None = None
+    if args.init:
+        # continue from an earlier run (a second cosine cycle); its data stream is continued
+        # rather than replayed by offsetting the batch seeds by its step count
+        blob = torch.load(args.init, map_location="cpu", weights_only=True)
+        model.load_state_dict(
+            {k: v.float() if v.is_floating_point() else v for k, v in blob["state_dict"].items()}
+        )
+        init_meta = blob["meta"]
+        start_step = int(init_meta.get("total_steps", init_meta["step"]))
     tokenizer = open_clip.get_tokenizer(MODEL_NAME)
     tokens = TokenCache(tokenizer)
     opt = torch.optim.AdamW(param_groups(model, args.wd), lr=args.lr, betas=(0.9, 0.98), eps=1e-6)
@@ -292,6 +305,15 @@ def train(args: argparse.Namespace) -> None:
         "schedule": "3% warm-up, cosine to 0 over the budget",
         "budget_minutes": args.minutes,
         "fixed_steps": args.steps,
+        "init": None
+        if init_meta is None
+        else {
+            "checkpoint": str(args.init),
+            "steps": init_meta.get("step"),
+            "train_seconds": init_meta.get("train_seconds"),
+            "recipe": init_meta.get("recipe"),
+        },
+        "data_step_offset": start_step,
         "autocast": "bf16" if args.bf16 else "none (fp32)",
         "token_table_init_std": 0.002,
         "data": "fresh batch per step: World.sample_batch(batch, seed*1000003 + step)",
@@ -313,7 +335,9 @@ def train(args: argparse.Namespace) -> None:
             break
         for g in opt.param_groups:
             g["lr"] = args.lr * lr_factor(progress)
-        images, captions, _ = world.sample_batch(args.batch, args.seed * 1_000_003 + step)
+        images, captions, _ = world.sample_batch(
+            args.batch, args.seed * 1_000_003 + start_step + step
+        )
         toks = tokens(captions)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
             img = F.normalize(model.encode_image(normalize(images)).float(), dim=-1)
@@ -362,6 +386,17 @@ def train(args: argparse.Namespace) -> None:
         "partial": False,
         "step": step,
         "train_seconds": round(wall, 1),
+        # over all cycles when continuing from --init
+        "total_steps": start_step + step,
+        "total_train_seconds": round(
+            wall
+            + float(
+                (init_meta or {}).get(
+                    "total_train_seconds", (init_meta or {}).get("train_seconds", 0)
+                )
+            ),
+            1,
+        ),
         "images_seen": step * args.batch,
         "recipe": recipe,
         "eval_template": EVAL_TEMPLATE,
@@ -378,6 +413,8 @@ def train(args: argparse.Namespace) -> None:
         "checkpoint_bytes": out.stat().st_size,
         "steps": step,
         "train_seconds": round(wall, 1),
+        "total_steps": meta["total_steps"],
+        "total_train_seconds": meta["total_train_seconds"],
         "eval_seconds": round(time.time() - t1, 1),
         "images_seen": step * args.batch,
         "final_loss_ema": ema,
@@ -406,6 +443,7 @@ def main(argv: list[str] | None = None) -> None:
         "--steps", type=int, default=0, help="fixed step count instead of the time budget"
     )
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--init", default="", help="continue from this checkpoint (second cycle)")
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument(
         "--bf16",
