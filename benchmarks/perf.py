@@ -1,0 +1,759 @@
+"""Speed of the service next to the bare model, in one run on one machine.
+
+    python -m benchmarks.perf --model liteembed-tiny
+    python -m benchmarks.perf --model ViT-B-32          # random weights: speed only
+
+Three parts, each printed as a markdown table and written to benchmarks/results/perf-<model>.json:
+
+1. classify: the bare model (preprocess + encode, in this process, same torch threads) at batch 1
+   and batch 32, against POST /v1/classify on a real `liteembed serve` subprocess (uvicorn) over
+   HTTP at concurrency 1 and 16. Measured in interleaved rounds so background load hits both
+   sides alike; the ratios are per round, then the median.
+2. training: POST -> ready for a 4-shot class with the default steps (server default: the short
+   text context) and with the full 77-token context (a second server with
+   LITEEMBED_TRAIN_OPTIONS='{"short_context": false}'); the engine's per-step time both ways; and
+   the batched speed-up (4 classes in one learn_classes call vs one by one).
+3. scale: /classify latency at concurrency 1 with 10 ... 100,000 ready classes (rows inserted
+   directly into the server's database, generation bumped), as a ratio to 10 classes, plus the
+   API process's resident memory at each size and the latency while the matrix reloads.
+
+This is a measurement, not a test: nothing asserts on time. The client runs on the same CPU as
+the server, so on a small machine the HTTP numbers include the client's own cost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+DEFAULT_CACHE = ROOT / ".liteembed-cache" / "perf"
+
+
+# --- small helpers ---------------------------------------------------------------------------
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q)) if values else float("nan")
+
+
+def summarize(latencies_s: list[float], wall_s: float, items: int) -> dict[str, float]:
+    ms = [v * 1000 for v in latencies_s]
+    return {
+        "p50_ms": percentile(ms, 50),
+        "p99_ms": percentile(ms, 99),
+        "mean_ms": float(np.mean(ms)) if ms else float("nan"),
+        "throughput_per_s": items / wall_s if wall_s > 0 else float("nan"),
+        "count": items,
+    }
+
+
+def median_of(rounds: list[dict[str, Any]], key: str) -> float:
+    return float(statistics.median(r[key] for r in rounds))
+
+
+def test_image(size: int = 256, seed: int = 0) -> bytes:
+    """A smooth random picture as a JPEG (a photo-like decode cost, not a solid colour)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    image = Image.fromarray(small).resize((size, size), Image.Resampling.BICUBIC)
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def machine() -> dict[str, Any]:
+    import torch
+
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "load_average_at_start": [round(x, 2) for x in load],
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# --- the server under test --------------------------------------------------------------------
+
+
+class Server:
+    """`liteembed serve` in a subprocess, on a fresh SQLite file, embedded worker."""
+
+    def __init__(self, args: argparse.Namespace, workdir: Path, **settings: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.database_url = f"sqlite:///{workdir / f'perf-{uuid.uuid4().hex[:8]}.db'}"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LITEEMBED_")}
+        env.update(
+            {
+                "LITEEMBED_MODEL": args.model,
+                "LITEEMBED_PRETRAINED": args.pretrained,
+                "LITEEMBED_DEVICE": args.device,
+                "LITEEMBED_PRECISION": args.precision,
+                "LITEEMBED_CACHE_DIR": str(args.cache_dir),
+                "LITEEMBED_DATABASE_URL": self.database_url,
+                "LITEEMBED_LOG_LEVEL": "WARNING",
+                "LITEEMBED_CLASSIFIER_DTYPE": args.classifier_dtype,
+            }
+        )
+        env.update({f"LITEEMBED_{k.upper()}": v for k, v in settings.items()})
+        self.log = open(workdir / f"server-{self.port}.log", "wb")  # noqa: SIM115
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "workers.cli", "serve", "--port", str(self.port)],
+            cwd=ROOT,
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        self.model_id = ""
+
+    def wait_ready(self, timeout: float) -> None:
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"server exited with {self.process.returncode}; see {self.log.name}"
+                )
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.25)
+        else:
+            raise RuntimeError(f"server not ready after {timeout} s; see {self.log.name}")
+        # The model id as the server reports it (rows for the scale test must carry it).
+        probe = httpx.post(
+            f"{self.url}/v1/classify",
+            files={"image": ("x.jpg", test_image(), "image/jpeg")},
+            timeout=120,
+        )
+        probe.raise_for_status()
+        self.model_id = probe.json()["model"]
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.log.close()
+
+
+@contextmanager
+def running(args: argparse.Namespace, workdir: Path, **settings: str) -> Iterator[Server]:
+    server = Server(args, workdir, **settings)
+    try:
+        server.wait_ready(args.start_timeout)
+        yield server
+    finally:
+        server.stop()
+
+
+# --- rows written straight into the server's database ------------------------------------------
+
+
+def replace_ready_classes(database_url: str, model_id: str, count: int, dim: int, tag: str) -> None:
+    """Delete every class and insert `count` ready ones with random unit embeddings."""
+    from sqlalchemy import delete, insert
+
+    from service.db import make_engine, make_session_factory, session_scope
+    from service.models import PersonalizedClass, bump_generation, utcnow
+
+    engine = make_engine(database_url)
+    factory = make_session_factory(engine)
+    rng = np.random.default_rng(count)
+    with session_scope(factory) as session:
+        session.execute(delete(PersonalizedClass))
+    chunk = 5000
+    for start in range(0, count, chunk):
+        n = min(chunk, count - start)
+        vectors = rng.normal(size=(n, dim)).astype(np.float32)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        now = utcnow()
+        rows = [
+            {
+                "id": str(uuid.uuid4()),
+                "name": f"{tag}-{start + i}",
+                "name_key": f"{tag}-{start + i}",
+                "model_id": model_id,
+                "status": "ready",
+                "progress": 1.0,
+                "embedding": vectors[i].tobytes(),
+                "dim": dim,
+                "hints": [],
+                "confusers": [],
+                "created_at": now,
+                "updated_at": now,
+            }
+            for i in range(n)
+        ]
+        with session_scope(factory) as session:
+            session.execute(insert(PersonalizedClass), rows)
+    with session_scope(factory) as session:
+        bump_generation(session)
+    engine.dispose()
+
+
+def bump(database_url: str) -> None:
+    from service.db import make_engine, make_session_factory, session_scope
+    from service.models import bump_generation
+
+    engine = make_engine(database_url)
+    with session_scope(make_session_factory(engine)) as session:
+        bump_generation(session)
+    engine.dispose()
+
+
+# --- HTTP load ---------------------------------------------------------------------------------
+
+
+def classify_sequential(
+    url: str, image: bytes, *, count: int, warmup: int = 2, data: dict[str, Any] | None = None
+) -> dict[str, float]:
+    import httpx
+
+    latencies = []
+    with httpx.Client(base_url=url, timeout=300) as client:
+        files = {"image": ("q.jpg", image, "image/jpeg")}
+        for _ in range(warmup):
+            client.post("/v1/classify", files=files, data=data or {}).raise_for_status()
+        started = time.perf_counter()
+        for _ in range(count):
+            t = time.perf_counter()
+            client.post("/v1/classify", files=files, data=data or {}).raise_for_status()
+            latencies.append(time.perf_counter() - t)
+        wall = time.perf_counter() - started
+    return summarize(latencies, wall, count)
+
+
+def classify_concurrent(
+    url: str, image: bytes, *, concurrency: int, count: int
+) -> dict[str, float]:
+    import httpx
+
+    async def run() -> dict[str, float]:
+        latencies: list[float] = []
+        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as client:
+            files = {"image": ("q.jpg", image, "image/jpeg")}
+
+            async def one() -> None:
+                t = time.perf_counter()
+                response = await client.post("/v1/classify", files=files)
+                response.raise_for_status()
+                latencies.append(time.perf_counter() - t)
+
+            await asyncio.gather(*(one() for _ in range(concurrency)))  # warm the connections
+            latencies.clear()
+            queue: asyncio.Queue[int] = asyncio.Queue()
+            for i in range(count):
+                queue.put_nowait(i)
+
+            async def worker() -> None:
+                while True:
+                    try:
+                        queue.get_nowait()
+                    except asyncio.QueueEmpty:
+                        return
+                    await one()
+
+            started = time.perf_counter()
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+            wall = time.perf_counter() - started
+        return summarize(latencies, wall, count)
+
+    return asyncio.run(run())
+
+
+# --- part 1: classify ---------------------------------------------------------------------------
+
+
+def bare_encode(backend: Any, image: bytes, *, batch: int, count: int) -> dict[str, float]:
+    """Preprocess + encode in this process: the floor the service is measured against."""
+    from liteembed.images import decode_image
+
+    pil = decode_image(image)
+    images = [pil] * batch
+    backend.encode_image_batch(backend.preprocess_images(images))  # warm-up
+    latencies = []
+    started = time.perf_counter()
+    for _ in range(count):
+        t = time.perf_counter()
+        backend.encode_image_batch(backend.preprocess_images(images))
+        latencies.append(time.perf_counter() - t)
+    wall = time.perf_counter() - started
+    return summarize(latencies, wall, count * batch)
+
+
+def decode_ms(image: bytes, repeats: int = 50) -> float:
+    from liteembed.images import decode_image
+
+    t = time.perf_counter()
+    for _ in range(repeats):
+        decode_image(image)
+    return (time.perf_counter() - t) / repeats * 1000
+
+
+def part_classify(args: argparse.Namespace, server: Server, backend: Any) -> dict[str, Any]:
+    image = test_image()
+    dim = int(backend.embed_dim)
+    replace_ready_classes(server.database_url, server.model_id, 10, dim, "base")
+    wait_for_size(server, 10, "base")
+    # Counts sized so each measurement lasts a few seconds on this machine.
+    probe = bare_encode(backend, image, batch=1, count=3)
+    per_image_s = max(probe["p50_ms"] / 1000, 1e-4)
+    n1 = int(min(max(args.seconds / per_image_s, 20), 2000))
+    n32 = int(min(max(args.seconds / (per_image_s * 32), 3), 200))
+    n16 = int(min(max(args.seconds / per_image_s, 64), 4000))
+    rounds = []
+    for r in range(args.rounds):
+        bare1 = bare_encode(backend, image, batch=1, count=n1)
+        svc1 = classify_sequential(server.url, image, count=n1)
+        bare32 = bare_encode(backend, image, batch=32, count=n32)
+        svc16 = classify_concurrent(server.url, image, concurrency=16, count=n16)
+        rounds.append(
+            {
+                "bare_b1": bare1,
+                "service_c1": svc1,
+                "bare_b32": bare32,
+                "service_c16": svc16,
+                "overhead_c1": svc1["p50_ms"] / bare1["p50_ms"] - 1,
+                "throughput_ratio_c16": svc16["throughput_per_s"] / bare32["throughput_per_s"],
+            }
+        )
+        print(
+            f"  round {r + 1}: bare b1 {bare1['p50_ms']:.2f} ms, service c1 "
+            f"{svc1['p50_ms']:.2f} ms; bare b32 {bare32['throughput_per_s']:.1f}/s, service c16 "
+            f"{svc16['throughput_per_s']:.1f}/s",
+            flush=True,
+        )
+    return {
+        "image": {"format": "JPEG", "size": [256, 256], "bytes": len(image)},
+        "decode_ms": decode_ms(image),
+        "rounds": rounds,
+        "overhead_c1": statistics.median(r["overhead_c1"] for r in rounds),
+        "throughput_ratio_c16": statistics.median(r["throughput_ratio_c16"] for r in rounds),
+        "batch_settings": {"max_batch": 32, "max_wait_ms": 5.0},
+    }
+
+
+# --- part 2: training ---------------------------------------------------------------------------
+
+
+def four_shot_files(seed: int) -> list[tuple[str, Any]]:
+    return [
+        ("images", (f"e{i}.jpg", test_image(seed=seed * 10 + i), "image/jpeg")) for i in range(4)
+    ]
+
+
+def post_and_wait(url: str, names: list[str], seed: int, timeout: float) -> dict[str, Any]:
+    """POST one 4-shot class per name (back to back), then wait for all to be ready."""
+    import httpx
+
+    with httpx.Client(base_url=url, timeout=120) as client:
+        started = time.perf_counter()
+        ids = []
+        for n, name in enumerate(names):
+            response = client.post(
+                "/v1/classes", data={"name": name}, files=four_shot_files(seed + n)
+            )
+            response.raise_for_status()
+            ids.append(response.json()["id"])
+        done: dict[str, float] = {}
+        bodies: dict[str, Any] = {}
+        deadline = time.monotonic() + timeout
+        while len(done) < len(ids):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"classes not ready after {timeout} s: {bodies}")
+            for class_id in ids:
+                if class_id in done:
+                    continue
+                body = client.get(f"/v1/classes/{class_id}").json()
+                if body["status"] == "failed":
+                    raise RuntimeError(f"training failed: {body['error']}")
+                if body["status"] == "ready":
+                    done[class_id] = time.perf_counter() - started
+                    bodies[class_id] = body
+            time.sleep(0.02)
+    diagnostics = [bodies[i]["diagnostics"] or {} for i in ids]
+    return {
+        "seconds_each": [done[i] for i in ids],
+        "seconds_all": max(done.values()),
+        "steps_run": [d.get("steps_run") for d in diagnostics],
+        "stop_reason": [d.get("stop_reason") for d in diagnostics],
+        "batch_sizes": [d.get("batch_size") for d in diagnostics],
+        "engine_seconds": [d.get("seconds") for d in diagnostics],
+    }
+
+
+def engine_training(backend: Any, vocabulary: Any, steps: int) -> dict[str, Any]:
+    """Per-step time (short vs full context) and the batched speed-up, in this process."""
+    from liteembed import ClassRequest, learn_class, learn_classes
+    from liteembed.config import OptimizationConfig
+    from liteembed.images import decode_image
+
+    def images(seed: int) -> list[Any]:
+        return [decode_image(test_image(seed=seed * 10 + i)) for i in range(4)]
+
+    def timed(fn: Callable[[], Any]) -> float:
+        t = time.perf_counter()
+        fn()
+        return time.perf_counter() - t
+
+    out: dict[str, Any] = {"steps": steps}
+    fixed = OptimizationConfig(early_stopping=False)
+    learn_class(backend, vocabulary, "warmup", images(99), config=fixed.with_(steps=2))
+    for label, short in (("short", True), ("full", False)):
+        config = fixed.with_(short_context=short)
+        one = timed(
+            lambda c=config: learn_class(
+                backend, vocabulary, "zorb", images(1), config=c.with_(steps=1)
+            )
+        )  # noqa: E501
+        many = timed(
+            lambda c=config: learn_class(
+                backend, vocabulary, "zorb", images(1), config=c.with_(steps=steps + 1)
+            )
+        )  # noqa: E501
+        out[f"step_ms_{label}"] = (many - one) / steps * 1000
+        out[f"setup_s_{label}"] = one
+    out["step_speedup_short"] = out["step_ms_full"] / out["step_ms_short"]
+
+    config = fixed.with_(steps=steps)
+    requests = [ClassRequest(f"zorb{i}", images(i + 1)) for i in range(4)]
+    alone = sum(
+        timed(lambda r=r: learn_class(backend, vocabulary, r.name, r.images, config=config))
+        for r in requests
+    )
+    together = timed(lambda: learn_classes(backend, vocabulary, requests, config=config))
+    out.update(
+        {
+            "four_alone_s": alone,
+            "four_batched_s": together,
+            "batched_speedup": alone / together,
+        }
+    )
+    return out
+
+
+# --- part 3: scale ------------------------------------------------------------------------------
+
+
+def wait_for_size(server: Server, size: int, tag: str, timeout: float = 600) -> float:
+    """Until /classify ranks the new rows (the refresher picked up the generation)."""
+    import httpx
+
+    image = test_image(seed=5)
+    want = min(size, 1000)
+    started = time.perf_counter()
+    with httpx.Client(base_url=server.url, timeout=300) as client:
+        while time.perf_counter() - started < timeout:
+            predictions = client.post(
+                "/v1/classify",
+                files={"image": ("q.jpg", image, "image/jpeg")},
+                data={"top_k": want},
+            ).json()["predictions"]
+            if len(predictions) == want and all(
+                p["label"].startswith(f"{tag}-") for p in predictions
+            ):
+                return time.perf_counter() - started
+            time.sleep(0.2)
+    raise RuntimeError(f"the server never showed {size} classes")
+
+
+def part_scale(args: argparse.Namespace, server: Server, dim: int) -> dict[str, Any]:
+    image = test_image(seed=3)
+    rows = []
+    probe = classify_sequential(server.url, image, count=5)
+    count = int(min(max(args.seconds / (probe["p50_ms"] / 1000), 20), 1000))
+    for size in args.sizes:
+        tag = f"s{size}"
+        t = time.perf_counter()
+        replace_ready_classes(server.database_url, server.model_id, size, dim, tag)
+        insert_s = time.perf_counter() - t
+        visible_s = wait_for_size(server, size, tag)
+        latency = classify_sequential(server.url, image, count=count)
+        rows.append(
+            {
+                "classes": size,
+                "c1": latency,
+                "rss_mb": rss_mb(server.pid),
+                "insert_s": insert_s,
+                "visible_after_s": visible_s,
+            }
+        )
+        print(
+            f"  {size} classes: p50 {latency['p50_ms']:.2f} ms, p99 {latency['p99_ms']:.2f} ms, "
+            f"RSS {rows[-1]['rss_mb']:.0f} MB",
+            flush=True,
+        )
+    base = rows[0]["c1"]["p50_ms"]
+    for row in rows:
+        row["ratio_to_first"] = row["c1"]["p50_ms"] / base
+
+    # Reloads under load: bump the generation (forces a full rebuild of the largest matrix)
+    # every `reload_every` seconds while measuring; latency should not jump by the build time.
+    stop = threading.Event()
+    reloads = 0
+
+    def reloader() -> None:
+        nonlocal reloads
+        while not stop.wait(args.reload_every):
+            bump(server.database_url)
+            reloads += 1
+
+    thread = threading.Thread(target=reloader, daemon=True)
+    thread.start()
+    during = classify_sequential(server.url, image, count=count)
+    stop.set()
+    thread.join()
+    return {
+        "rows": rows,
+        "during_reloads": {
+            "classes": args.sizes[-1],
+            "c1": during,
+            "reloads": reloads,
+            "reload_every_s": args.reload_every,
+        },
+    }
+
+
+# --- report ---------------------------------------------------------------------------------
+
+
+def markdown(result: dict[str, Any]) -> str:
+    lines = [
+        f"### {result['model']} ({result['device']}, {result['machine']['cores']} cores, "
+        f"{result['machine']['cpu']}, torch {result['machine']['torch']})",
+        "",
+        f"Command: `{result['command']}`; {result['date']}; load average at start "
+        f"{result['machine']['load_average_at_start']}.",
+        "",
+    ]
+    c = result.get("classify")
+    if c:
+        rounds = c["rounds"]
+
+        def med(part: str, key: str) -> float:
+            return statistics.median(r[part][key] for r in rounds)
+
+        lines += [
+            "**Classify** (256x256 JPEG; bare = preprocess + encode in-process; service = "
+            "POST /v1/classify over HTTP to a uvicorn subprocess, 10 classes; medians of "
+            f"{len(rounds)} interleaved rounds)",
+            "",
+            "| path | p50 ms | p99 ms | images/s |",
+            "|---|---:|---:|---:|",
+        ]
+        for part, label in (
+            ("bare_b1", "bare model, batch 1"),
+            ("service_c1", "service, concurrency 1"),
+            ("bare_b32", "bare model, batch 32 (per batch)"),
+            ("service_c16", "service, concurrency 16"),
+        ):
+            lines.append(
+                f"| {label} | {med(part, 'p50_ms'):.2f} | {med(part, 'p99_ms'):.2f} | "
+                f"{med(part, 'throughput_per_s'):.1f} |"
+            )
+        lines += [
+            "",
+            f"Service overhead at c=1 (p50 vs bare batch 1): **{c['overhead_c1'] * 100:+.1f}%** "
+            f"(target <= +15%). Throughput at c=16 vs bare batch 32: "
+            f"**{c['throughput_ratio_c16'] * 100:.0f}%** (target >= 85%). JPEG decode alone: "
+            f"{c['decode_ms']:.2f} ms.",
+            "",
+        ]
+    t = result.get("training")
+    if t:
+        e = t["engine"]
+        lines += [
+            "**Training** (4-shot class, default steps and early stopping; POST -> ready on a "
+            "warm server with the embedded worker)",
+            "",
+            "| | POST -> ready s | steps run | engine step ms |",
+            "|---|---:|---:|---:|",
+            f"| short text context (default) | {t['short']['seconds_all']:.2f} | "
+            f"{t['short']['steps_run'][0]} | {e['step_ms_short']:.1f} |",
+            f"| full 77-token context | {t['full']['seconds_all']:.2f} | "
+            f"{t['full']['steps_run'][0]} | {e['step_ms_full']:.1f} |",
+            "",
+            f"Per-step speed-up of the short context: {e['step_speedup_short']:.1f}x. Batched "
+            f"training, 4 classes x {e['steps']} fixed steps: one by one "
+            f"{e['four_alone_s']:.2f} s, "
+            f"in one batch {e['four_batched_s']:.2f} s (**{e['batched_speedup']:.1f}x**). Through "
+            f"the service, 4 classes posted together: all ready in "
+            f"{t['four_posted']['seconds_all']:.2f} s (batch sizes seen: "
+            f"{t['four_posted']['batch_sizes']}).",
+            "",
+        ]
+    s = result.get("scale")
+    if s:
+        lines += [
+            f"**Scale** (/classify at concurrency 1, top_k 5; class matrix "
+            f"{result['classifier_dtype']})",
+            "",
+            "| ready classes | p50 ms | p99 ms | ratio to 10 | API RSS MB |",
+            "|---:|---:|---:|---:|---:|",
+        ]
+        for row in s["rows"]:
+            lines.append(
+                f"| {row['classes']:,} | {row['c1']['p50_ms']:.2f} | {row['c1']['p99_ms']:.2f} | "
+                f"{row['ratio_to_first']:.2f} | {row['rss_mb']:.0f} |"
+            )
+        d = s["during_reloads"]
+        lines += [
+            "",
+            f"While the {d['classes']:,}-class matrix was rebuilt {d['reloads']} times (a "
+            f"generation bump every {d['reload_every_s']} s): p50 {d['c1']['p50_ms']:.2f} ms, "
+            f"p99 {d['c1']['p99_ms']:.2f} ms.",
+            "",
+        ]
+    if result.get("note"):
+        lines += [result["note"], ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.perf", description=__doc__)
+    parser.add_argument("--model", default="liteembed-tiny")
+    parser.add_argument("--pretrained", default="random")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", default="auto")
+    parser.add_argument("--classifier-dtype", default="float32", choices=["float32", "float16"])
+    parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=4.0, help="per measurement")
+    parser.add_argument("--sizes", default="10,1000,10000,100000")
+    parser.add_argument("--train-steps", type=int, default=10, help="engine per-step timing")
+    parser.add_argument("--reload-every", type=float, default=1.0)
+    parser.add_argument("--parts", default="classify,training,scale")
+    parser.add_argument("--start-timeout", type=float, default=900)
+    parser.add_argument("--note", default="", help="what else ran on the machine")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    args.sizes = [int(s) for s in args.sizes.split(",")]
+    parts = set(args.parts.split(","))
+
+    from liteembed.backend import load_backend
+    from liteembed.vocab import load_vocabulary
+
+    result: dict[str, Any] = {
+        "model": args.model,
+        "pretrained": args.pretrained,
+        "device": args.device,
+        "precision": args.precision,
+        "classifier_dtype": args.classifier_dtype,
+        "command": "python -m benchmarks.perf "
+        + " ".join(argv if argv is not None else sys.argv[1:]),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "note": args.note,
+    }
+    args.cache_dir.mkdir(parents=True, exist_ok=True)
+    backend = load_backend(
+        args.model, args.pretrained, device=args.device, precision=args.precision
+    )
+    # Built (or read from the cache) here first, so the servers start warm.
+    vocabulary = load_vocabulary(backend, args.cache_dir)
+    out = (
+        args.out
+        or RESULTS / f"perf-{args.model}{'-' + args.device if args.device != 'cpu' else ''}.json"
+    )
+    with tempfile.TemporaryDirectory(prefix="liteembed-perf-") as tmp:
+        workdir = Path(tmp)
+        if parts & {"classify", "scale"} or "training" in parts:
+            print(f"[{args.model}] server (default settings)", flush=True)
+            with running(args, workdir) as server:
+                if "classify" in parts:
+                    print("classify:", flush=True)
+                    result["classify"] = part_classify(args, server, backend)
+                if "training" in parts:
+                    print("training (short context, via the service):", flush=True)
+                    post_and_wait(server.url, ["warmup"], 90, timeout=1800)
+                    short = post_and_wait(server.url, ["zorb"], 1, timeout=1800)
+                    four = post_and_wait(
+                        server.url, ["quib", "plax", "vorn", "gleb"], 2, timeout=3600
+                    )
+                    result["training"] = {"short": short, "four_posted": four}
+                    print(
+                        f"  ready in {short['seconds_all']:.2f} s; 4 in {four['seconds_all']:.2f} s"
+                    )
+                if "scale" in parts:
+                    print("scale:", flush=True)
+                    result["scale"] = part_scale(args, server, int(backend.embed_dim))
+        if "training" in parts:
+            print("training (full context, via the service):", flush=True)
+            with running(args, workdir, train_options='{"short_context": false}') as server:
+                post_and_wait(server.url, ["warmup"], 90, timeout=1800)
+                result["training"]["full"] = post_and_wait(server.url, ["zorb"], 1, timeout=3600)
+            print("training (engine, in-process):", flush=True)
+            result["training"]["engine"] = engine_training(backend, vocabulary, args.train_steps)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    table = markdown(result)
+    out.with_suffix(".md").write_text(table + "\n")
+    print()
+    print(table)
+    print(f"written: {out} and {out.with_suffix('.md')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
