@@ -259,3 +259,32 @@ def _run_call(job: _Job) -> None:
         job.future.set_result(job.call())
     except BaseException as exc:
         job.future.set_exception(exc)
+
+
+def single_threaded_torch() -> None:
+    """Make torch ops on the calling thread single-threaded; other threads keep their count.
+
+    For the preprocessing pool: its few small tensor ops (to-tensor, normalise) would otherwise
+    each start an OpenMP team as wide as the machine while the model thread's team holds every
+    core, and on a small CPU the two teams spin-wait on each other. `torch.set_num_threads` is
+    process-wide, so the per-thread OpenMP setting is changed directly; where torch's OpenMP
+    runtime cannot be found this does nothing.
+    """
+    import ctypes
+
+    torch.get_num_threads()  # torch copies its setting into each new thread on first use: do it now
+    for path in _openmp_libraries():
+        try:
+            ctypes.CDLL(path).omp_set_num_threads(1)
+            return
+        except (OSError, AttributeError):
+            continue
+
+
+def _openmp_libraries() -> list[str]:
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split()[-1] for line in maps if "omp" in line and ".so" in line}
+    except OSError:
+        return []
+    return sorted(p for p in paths if "/lib" in p and ("libgomp" in p or "libiomp" in p))

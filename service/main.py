@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 
 from service.api.limits import BodySizeLimit
 from service.api.routes import classes, classify, health
-from service.batcher import ModelRunner
+from service.batcher import ModelRunner, single_threaded_torch
 from service.classifier import ClassMatrixCache
 from service.core.config import Settings, get_settings
 from service.db import make_engine, make_session_factory
@@ -99,7 +99,9 @@ def _warm_up(app: FastAPI) -> Iterator[None]:
     runner.start()
     settings: Settings = app.state.settings
     app.state.preprocess_pool = ThreadPoolExecutor(
-        settings.classify_preprocess_threads, thread_name_prefix="liteembed-preprocess"
+        settings.classify_preprocess_threads,
+        thread_name_prefix="liteembed-preprocess",
+        initializer=single_threaded_torch,
     )
     try:
         yield

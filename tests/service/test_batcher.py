@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from service.batcher import MatrixMismatch, ModelRunner
+from service.batcher import MatrixMismatch, ModelRunner, single_threaded_torch
 from service.classifier import (
     ClassMatrixCache,
     _assemble,
@@ -316,3 +316,14 @@ def test_concurrent_requests_share_the_runner(client: Any, make_image: Any) -> N
     for a, b in zip(alone, together, strict=True):
         assert [p["label"] for p in a] == [p["label"] for p in b]
         np.testing.assert_allclose([p["score"] for p in a], [p["score"] for p in b], rtol=1e-4)
+
+
+def test_preprocessing_threads_run_torch_single_threaded() -> None:
+    main_threads = torch.get_num_threads()
+    with ThreadPoolExecutor(1, initializer=single_threaded_torch) as pool:
+        inside = pool.submit(torch.get_num_threads).result()
+    assert inside == 1
+    assert torch.get_num_threads() == main_threads  # the model thread's setting is untouched
+    other = ThreadPoolExecutor(1)
+    assert other.submit(torch.get_num_threads).result() == main_threads
+    other.shutdown()
