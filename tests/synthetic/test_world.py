@@ -52,7 +52,7 @@ def test_render_pil_matches_tensor(world: World) -> None:
     x = world.render_tensor(["starfish", "leaf"], n=2, seed=3)
     assert len(imgs) == 4
     assert all(im.size == (64, 64) and im.mode == "RGB" for im in imgs)
-    back = torch.from_numpy(np.asarray(imgs[1])).float() / 255
+    back = torch.from_numpy(np.array(imgs[1])).float() / 255
     # tensors are already quantised to 8 bits, so the PIL round trip is exact
     assert torch.allclose(back.permute(2, 0, 1), x[1], atol=1e-6)
 
