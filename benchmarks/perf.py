@@ -144,6 +144,8 @@ class Server:
                 "LITEEMBED_CLASSIFIER_DTYPE": args.classifier_dtype,
             }
         )
+        if args.torch_threads:
+            env["LITEEMBED_TORCH_THREADS"] = str(args.torch_threads)
         env.update({f"LITEEMBED_{k.upper()}": v for k, v in settings.items()})
         self.log = open(workdir / f"server-{self.port}.log", "wb")  # noqa: SIM115
         self.process = subprocess.Popen(
@@ -581,7 +583,8 @@ def part_scale(args: argparse.Namespace, server: Server, dim: int) -> dict[str, 
 def markdown(result: dict[str, Any]) -> str:
     lines = [
         f"### {result['model']} ({result['device']}, {result['machine']['cores']} cores, "
-        f"{result['machine']['cpu']}, torch {result['machine']['torch']})",
+        f"{result['machine']['cpu']}, torch {result['machine']['torch']}, "
+        f"{result['torch_threads']} torch thread(s))",
         "",
         f"Command: `{result['command']}`; {result['date']}; load average at start "
         f"{result['machine']['load_average_at_start']}.",
@@ -678,6 +681,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--classifier-dtype", default="float32", choices=["float32", "float16"])
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
+    parser.add_argument(
+        "--torch-threads", type=int, default=None, help="for this process and the servers alike"
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=4.0, help="per measurement")
     parser.add_argument("--sizes", default="10,1000,10000,100000")
@@ -691,8 +697,13 @@ def main(argv: list[str] | None = None) -> int:
     args.sizes = [int(s) for s in args.sizes.split(",")]
     parts = set(args.parts.split(","))
 
+    import torch
+
     from liteembed.backend import load_backend
     from liteembed.vocab import load_vocabulary
+
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)  # the bare model gets what the server gets
 
     result: dict[str, Any] = {
         "model": args.model,
@@ -700,6 +711,7 @@ def main(argv: list[str] | None = None) -> int:
         "device": args.device,
         "precision": args.precision,
         "classifier_dtype": args.classifier_dtype,
+        "torch_threads": args.torch_threads or torch.get_num_threads(),
         "command": "python -m benchmarks.perf "
         + " ".join(argv if argv is not None else sys.argv[1:]),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),

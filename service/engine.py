@@ -59,6 +59,11 @@ def load_runtime(settings: Settings) -> Runtime:
     from liteembed.backend import load_backend
     from liteembed.vocab import load_vocabulary
 
+    if settings.torch_threads is not None:
+        import torch
+
+        # Before the first torch op of the model thread: each thread copies the count on first use.
+        torch.set_num_threads(settings.torch_threads)
     log.info("loading model %s (%s) on %s", settings.model, settings.pretrained, settings.device)
     backend = load_backend(
         settings.model,

@@ -32,6 +32,10 @@ class Settings(BaseSettings):
     device: str = "auto"
     precision: str = "auto"
     cache_dir: Path = Path("./.liteembed-cache")
+    # torch's CPU threads in this process (unset: torch's default, one per core). On a CPU shared
+    # with other busy processes, 1 can be many times faster: a wide OpenMP team spin-waits for
+    # cores that another process holds (benchmarks/perf.py measures both).
+    torch_threads: int | None = Field(default=None, ge=1)
     seed: int = 0
     train_steps: int | None = None
     # Any other OptimizationConfig field, as JSON: '{"early_stopping": false, "lr": 0.05}'.
