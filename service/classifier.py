@@ -11,7 +11,6 @@ snapshot and a rebuild never blocks one.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
@@ -71,8 +70,9 @@ class PackedStrings:
         return len(self._buffer) + self._offsets.nbytes
 
 
-def _key_hash(key: str) -> np.uint64:
-    return np.frombuffer(hashlib.blake2b(key.encode(), digest_size=8).digest(), dtype=np.uint64)[0]
+def _key_hash(key: str) -> np.int64:
+    # Python's own string hash: cached, C-speed, and only ever compared within this process.
+    return np.int64(hash(key))
 
 
 @dataclass(frozen=True)
@@ -180,7 +180,7 @@ def _assemble(
         return PackedStrings(values)  # type: ignore[arg-type]
 
     packed_keys = pack(keys)
-    hashes = np.array([_key_hash(k) for k in packed_keys], dtype=np.uint64)
+    hashes = np.fromiter(map(hash, packed_keys), dtype=np.int64, count=len(packed_keys))
     order = np.argsort(hashes, kind="stable")
     return ClassMatrix(
         generation=generation,
