@@ -56,13 +56,15 @@ class Trainer:
         lease = self._claim(class_id)
         if lease is None:
             return
-        # Other queued classes of the same model ride along: one batched optimisation costs far
-        # less than running them one after another. Their own messages find them ready (or
-        # training under a fresh heartbeat) later and do nothing.
-        leases = {class_id: lease} | self._claim_companions(class_id)
-        heartbeat = _Heartbeat(self, leases)
-        heartbeat.start()
+        leases = {class_id: lease}
+        heartbeat: _Heartbeat | None = None
         try:
+            # Other queued classes of the same model ride along: one batched optimisation costs
+            # far less than running them one after another. Their own messages find them ready
+            # (or training under a fresh heartbeat) later and do nothing.
+            self._claim_companions(class_id, leases)
+            heartbeat = _Heartbeat(self, leases)
+            heartbeat.start()
             self._run_batch(leases, heartbeat)
         except BaseException as exc:
             # Infrastructure trouble (DB, model load, time limit): hand the rows back so a retry
@@ -71,14 +73,18 @@ class Trainer:
                 self._release(held_id, held_lease, f"{type(exc).__name__}: {exc}")
             raise
         finally:
-            heartbeat.stop()
+            if heartbeat is not None:
+                heartbeat.stop()
 
-    def _claim_companions(self, class_id: str) -> dict[str, str]:
+    def _claim_companions(self, class_id: str, leases: dict[str, str]) -> None:
         """Claim up to `train_batch_max - 1` other queued rows of the same model, oldest first,
-        with the same compare-and-set as `_claim` (a row another worker took is skipped)."""
+        with the same compare-and-set as `_claim` (a row another worker took is skipped).
+
+        Each claim goes into `leases` as soon as it is won, so an error half-way still hands
+        every claimed row back."""
         s = self.settings
         if s.train_batch_max <= 1:
-            return {}
+            return
         cls = PersonalizedClass
         with session_scope(self.sessions) as session:
             model_id = session.scalar(select(cls.model_id).where(cls.id == class_id))
@@ -93,7 +99,7 @@ class Trainer:
                 .order_by(cls.created_at, cls.id)
                 .limit(s.train_batch_max - 1)
             ).all()
-        claimed: dict[str, str] = {}
+        claimed = 0
         for other_id, attempts in candidates:
             lease = str(uuid.uuid4())
             now = utcnow()
@@ -114,10 +120,10 @@ class Trainer:
                     .execution_options(synchronize_session=False)
                 ).rowcount
             if won == 1:
-                claimed[other_id] = lease
+                leases[other_id] = lease
+                claimed += 1
         if claimed:
-            log.info("class %s: training %d queued class(es) with it", class_id, len(claimed))
-        return claimed
+            log.info("class %s: training %d queued class(es) with it", class_id, claimed)
 
     def _claim(self, class_id: str) -> str | None:
         s = self.settings

@@ -188,3 +188,20 @@ def test_batching_can_be_switched_off(setup: Any) -> None:
     trainer.train_class(first)
     assert get(factory, first).status == Status.ready  # type: ignore[union-attr]
     assert get(factory, second).status == Status.queued  # type: ignore[union-attr]
+
+
+def test_infrastructure_error_hands_every_batched_row_back(setup: Any, monkeypatch: Any) -> None:
+    _, factory, trainer = setup
+    first = add_class(factory, "zorb")
+    second = add_class(factory, "plax")
+
+    def broken(*_args: Any) -> None:
+        raise RuntimeError("database went away")
+
+    monkeypatch.setattr(trainer, "_run_batch", broken)
+    with pytest.raises(RuntimeError):
+        trainer.train_class(first)
+    for class_id in (first, second):
+        row = get(factory, class_id)
+        assert row is not None and row.status == Status.queued and row.lease is None
+        assert row.attempts == 1 and row.error and "database went away" in row.error
