@@ -29,6 +29,7 @@ import io
 import json
 import os
 import platform
+import shlex
 import signal
 import socket
 import statistics
@@ -584,7 +585,7 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [
         f"### {result['model']} ({result['device']}, {result['machine']['cores']} cores, "
         f"{result['machine']['cpu']}, torch {result['machine']['torch']}, "
-        f"{result['torch_threads']} torch thread(s))",
+        f"{result.get('torch_threads', result['machine']['torch_threads'])} torch thread(s))",
         "",
         f"Command: `{result['command']}`; {result['date']}; load average at start "
         f"{result['machine']['load_average_at_start']}.",
@@ -620,7 +621,12 @@ def markdown(result: dict[str, Any]) -> str:
             f"Service overhead at c=1 (p50 vs bare batch 1): **{c['overhead_c1'] * 100:+.1f}%** "
             f"(target <= +15%). Throughput at c=16 vs bare batch 32: "
             f"**{c['throughput_ratio_c16'] * 100:.0f}%** (target >= 85%). JPEG decode alone: "
-            f"{c['decode_ms']:.2f} ms.",
+            f"{c['decode_ms']:.2f} ms. Per round (overhead c=1 / throughput ratio c=16): "
+            + ", ".join(
+                f"{r['overhead_c1'] * 100:+.1f}% / {r['throughput_ratio_c16'] * 100:.0f}%"
+                for r in rounds
+            )
+            + ".",
             "",
         ]
     t = result.get("training")
@@ -693,7 +699,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--start-timeout", type=float, default=900)
     parser.add_argument("--note", default="", help="what else ran on the machine")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--render", type=Path, default=None, help="re-print a result JSON")
     args = parser.parse_args(argv)
+    if args.render is not None:
+        print(markdown(json.loads(args.render.read_text())))
+        return 0
     args.sizes = [int(s) for s in args.sizes.split(",")]
     parts = set(args.parts.split(","))
 
@@ -713,7 +723,7 @@ def main(argv: list[str] | None = None) -> int:
         "classifier_dtype": args.classifier_dtype,
         "torch_threads": args.torch_threads or torch.get_num_threads(),
         "command": "python -m benchmarks.perf "
-        + " ".join(argv if argv is not None else sys.argv[1:]),
+        + shlex.join(argv if argv is not None else sys.argv[1:]),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine(),
         "note": args.note,
