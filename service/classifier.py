@@ -251,6 +251,11 @@ class ClassMatrixCache:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
+    @property
+    def current(self) -> ClassMatrix | None:
+        """The snapshot as it is now, without building one (for metrics)."""
+        return self._snapshot
+
     def bind_model(self, model_id: str, dim: int) -> None:
         self._model = (model_id, dim)
 

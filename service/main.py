@@ -67,6 +67,7 @@ def create_app(
     app.state.checks = {}
     app.state.background_checks = lambda: {k: bool(f()) for k, f in app.state.checks.items()}
     metrics.add_state_collector(session_factory, lambda: queue_depth(app.state.broker))
+    metrics.add_gauges(lambda: _runner_gauges(app))
 
     app.include_router(health.router)
     app.include_router(classes.router)
@@ -109,6 +110,24 @@ def _warm_up(app: FastAPI) -> Iterator[None]:
         classifier.stop()
         runner.stop()
         app.state.preprocess_pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _runner_gauges(app: FastAPI) -> dict[str, tuple[str, float]]:
+    stats = app.state.model_runner.stats
+    snapshot = app.state.classifier.current
+    return {
+        "liteembed_classify_batches": ("Image batches encoded for /classify", stats.batches),
+        "liteembed_classify_batched_images": ("Images in those batches", stats.images),
+        "liteembed_classify_largest_batch": ("Largest batch so far", stats.largest_batch),
+        "liteembed_class_matrix_classes": (
+            "Classes in the in-memory class matrix",
+            snapshot.size if snapshot is not None else 0,
+        ),
+        "liteembed_class_matrix_bytes": (
+            "Memory held by the class matrix snapshot",
+            snapshot.nbytes if snapshot is not None else 0,
+        ),
+    }
 
 
 def _model_runner(app: FastAPI, settings: Settings) -> ModelRunner:

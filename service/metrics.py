@@ -38,6 +38,27 @@ class Metrics:
     def add_state_collector(self, session_factory: Any, queue_depth: Callable[[], int]) -> None:
         self.registry.register(_StateCollector(session_factory, queue_depth))
 
+    def add_gauges(self, read: Callable[[], dict[str, tuple[str, float]]]) -> None:
+        """Values read at scrape time: name -> (help, value)."""
+        self.registry.register(_GaugeCollector(read))
+
+
+class _GaugeCollector(Collector):
+    def __init__(self, read: Callable[[], dict[str, tuple[str, float]]]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        try:
+            values = self._read()
+        except Exception:
+            log.exception("metrics: cannot read gauges")
+            return
+        for name, (text, value) in values.items():
+            yield GaugeMetricFamily(name, text, value=value)
+
+    def describe(self) -> Iterable[GaugeMetricFamily]:
+        return []
+
 
 class _StateCollector(Collector):
     """Jobs by status and queue depth, read at scrape time (the DB is the source of truth)."""

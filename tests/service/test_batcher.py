@@ -316,6 +316,9 @@ def test_concurrent_requests_share_the_runner(client: Any, make_image: Any) -> N
     for a, b in zip(alone, together, strict=True):
         assert [p["label"] for p in a] == [p["label"] for p in b]
         np.testing.assert_allclose([p["score"] for p in a], [p["score"] for p in b], rtol=1e-4)
+    metrics = client.get("/metrics").text
+    assert "liteembed_classify_batched_images 24.0" in metrics
+    assert "liteembed_class_matrix_classes 0.0" in metrics
 
 
 def test_preprocessing_threads_run_torch_single_threaded() -> None:
