@@ -8,7 +8,6 @@ removes them at the end; nothing else on those servers is touched.
 
 from __future__ import annotations
 
-import io
 import os
 import shutil
 import time
@@ -17,9 +16,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
-from PIL import Image
+from service_helpers import class_images, image_bytes, truncate_postgres
 
 from service.core.config import Settings
 
@@ -136,16 +134,6 @@ def postgres_database(postgres_server_url: str) -> Iterator[str]:
         admin.dispose()
 
 
-def _truncate_postgres(url: str) -> None:
-    from sqlalchemy import create_engine, text
-
-    engine = create_engine(url)
-    with engine.begin() as conn:
-        conn.execute(text("TRUNCATE class_images, classes"))
-        conn.execute(text("UPDATE class_generation SET value = 0"))
-    engine.dispose()
-
-
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path, sqlite_template: Path) -> str:
     """Each test runs against SQLite and against PostgreSQL, on an empty migrated schema."""
@@ -154,7 +142,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path, sqlite_template
         shutil.copy(sqlite_template, path)
         return f"sqlite:///{path}"
     url: str = request.getfixturevalue("postgres_database")
-    _truncate_postgres(url)
+    truncate_postgres(url)
     return url
 
 
@@ -221,42 +209,9 @@ def client(settings: Settings, make_client: Callable[..., Any]) -> Any:
 # --- images --------------------------------------------------------------------------------------
 
 
-# Chosen as the most separable triple for the random-weight tiny model's image encoder.
-COLOURS: dict[str, tuple[int, int, int]] = {
-    "green": (20, 140, 40),
-    "yellow": (240, 220, 30),
-    "magenta": (220, 30, 220),
-    "blue": (20, 30, 160),
-}
-
-
-def image_bytes(
-    colour: tuple[int, int, int], *, seed: int = 0, size: int = 48, fmt: str = "PNG"
-) -> bytes:
-    """A solid colour with a little noise, so each example differs but stays recognisable."""
-    rng = np.random.default_rng(seed)
-    pixels = np.clip(
-        np.array(colour, dtype=np.float32) + rng.normal(0, 12, (size, size, 3)), 0, 255
-    ).astype(np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format=fmt)
-    return buffer.getvalue()
-
-
 @pytest.fixture
 def make_image() -> Callable[..., bytes]:
     return image_bytes
-
-
-def class_images(colour: str, count: int = 4, *, first_seed: int = 0) -> list[tuple[str, Any]]:
-    """The `files=` list for POST /v1/classes."""
-    return [
-        (
-            "images",
-            (f"{colour}{i}.png", image_bytes(COLOURS[colour], seed=first_seed + i), "image/png"),
-        )
-        for i in range(count)
-    ]
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import COLOURS, class_images, image_bytes
+from service_helpers import COLOURS, class_images, image_bytes
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis]
 
@@ -72,9 +72,9 @@ def stack(
     redis_namespace: str,
     cache_dir: Path,
 ) -> Iterator[Callable[..., Any]]:
-    from conftest import _truncate_postgres
+    from service_helpers import truncate_postgres
 
-    _truncate_postgres(postgres_database)
+    truncate_postgres(postgres_database)
     procs: list[Processes] = []
 
     def make(redis_url: str = redis_server_url, **extra: str) -> Any:

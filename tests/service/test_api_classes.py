@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 import numpy as np
-from conftest import COLOURS
+from service_helpers import COLOURS
 
 
 def register(client: Any, name: str, files: list[Any], **data: Any) -> Any:

@@ -9,7 +9,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from conftest import COLOURS, image_bytes
+from service_helpers import COLOURS, image_bytes
 
 from service.db import make_engine, make_session_factory
 from service.models import ClassImage, PersonalizedClass, Status, utcnow
