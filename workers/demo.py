@@ -167,7 +167,7 @@ def run_demo(
     shots: int = 5,
     test_per_class: int = 10,
     base_images: int = 24,
-    use_hints: bool = False,
+    use_hints: bool = True,
     model: str = "liteembed-mini",
     pretrained: str = "default",
     port: int | None = None,

@@ -18,6 +18,7 @@ def test_demo_runs_end_to_end_through_the_service() -> None:
         test_per_class=2,
         base_images=2,
         train_options={"steps": 5},
+        use_hints=False,
         out=lines.append,
     )
     text = "\n".join(lines)
