@@ -273,10 +273,11 @@ def single_threaded_torch() -> None:
     import ctypes
 
     torch.get_num_threads()  # torch copies its setting into each new thread on first use: do it now
+    # Every OpenMP runtime in the process, not just the first: another package may bring its own
+    # copy (scikit-learn vendors libgomp), and only torch's decides torch's team size.
     for path in _openmp_libraries():
         try:
             ctypes.CDLL(path).omp_set_num_threads(1)
-            return
         except (OSError, AttributeError):
             continue
 
