@@ -1,4 +1,4 @@
-"""`liteembed`: serve the API, run a queue worker, apply migrations."""
+"""`liteembed`: serve the API, run a queue worker, apply migrations, run the demo."""
 
 from __future__ import annotations
 
@@ -25,7 +25,20 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--workers", type=int, default=1, help="API processes (Redis mode only)")
     commands.add_parser("worker", help="run one queue worker process (needs LITEEMBED_REDIS_URL)")
     commands.add_parser("migrate", help="bring the database schema up to date")
+    demo = commands.add_parser(
+        "demo", help="start the service with the mini CLIP and personalise three unseen classes"
+    )
+    demo.add_argument("--classes", nargs="+", default=None, help="held-out classes of the world")
+    demo.add_argument("--shots", type=int, default=5, help="images uploaded per class")
+    demo.add_argument("--no-hints", action="store_true", help="register without category hints")
     args = parser.parse_args(argv)
+    if args.command == "demo":
+        # The demo starts its own `liteembed serve` subprocess with its own settings.
+        from workers.demo import DEFAULT_CLASSES, run_demo
+
+        return run_demo(
+            classes=args.classes or DEFAULT_CLASSES, shots=args.shots, use_hints=not args.no_hints
+        )
 
     settings = get_settings()
     logging.basicConfig(
