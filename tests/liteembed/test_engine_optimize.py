@@ -195,7 +195,8 @@ def test_batch_equals_alone(backend: ClipBackend, vocabulary: Vocabulary) -> Non
 
 
 def test_early_stopping(backend: ClipBackend, vocabulary: Vocabulary) -> None:
-    config = OptimizationConfig(steps=30)
+    # Explicit switches: the shipped defaults (10 steps, augmentation, no early stop) differ.
+    config = OptimizationConfig(steps=30, early_stopping=True, augment_views=0)
     stopped = learn_class(backend, vocabulary, NAME, solid_images(RED), config=config)
     assert stopped.diagnostics["stop_reason"] == "converged"
     assert stopped.diagnostics["steps_run"] < config.steps
@@ -298,7 +299,8 @@ def test_mixed_modes_and_sizes_are_accepted(backend: ClipBackend, vocabulary: Vo
         Image.new("RGB", (40, 40), RED).convert("P"),
         Image.new("CMYK", (50, 50), (0, 220, 220, 30)),
     ]
-    learned = learn_class(backend, vocabulary, NAME, images, config=OptimizationConfig(steps=3))
+    config = OptimizationConfig(steps=3, augment_views=0)
+    learned = learn_class(backend, vocabulary, NAME, images, config=config)
     assert learned.diagnostics["views"] == 4
 
 
