@@ -12,7 +12,7 @@ import dataclasses
 import logging
 import threading
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import dramatiq
@@ -109,14 +109,7 @@ class Trainer:
                     .where(
                         cls.id == other_id, cls.status == Status.queued, cls.attempts == attempts
                     )
-                    .values(
-                        status=Status.training.value,
-                        attempts=cls.attempts + 1,
-                        lease=lease,
-                        heartbeat_at=now,
-                        progress=0.0,
-                        updated_at=now,
-                    )
+                    .values(**_claimed_values(lease, now))
                     .execution_options(synchronize_session=False)
                 ).rowcount
             if won == 1:
@@ -160,14 +153,7 @@ class Trainer:
                     PersonalizedClass.status == row.status,
                     PersonalizedClass.attempts == row.attempts,
                 )
-                .values(
-                    status=Status.training.value,
-                    attempts=PersonalizedClass.attempts + 1,
-                    lease=lease,
-                    heartbeat_at=now,
-                    progress=0.0,
-                    updated_at=now,
-                )
+                .values(**_claimed_values(lease, now))
                 .execution_options(synchronize_session=False)
             ).rowcount
         if claimed != 1:
@@ -430,3 +416,15 @@ def register_train_actor(broker: dramatiq.Broker, trainer: Trainer) -> dramatiq.
             "max_retries": trainer.settings.job_max_retries,
         },
     )
+
+
+def _claimed_values(lease: str, now: datetime) -> dict[str, Any]:
+    """The columns a successful claim sets: one more attempt, held by `lease`, fresh heartbeat."""
+    return {
+        "status": Status.training.value,
+        "attempts": PersonalizedClass.attempts + 1,
+        "lease": lease,
+        "heartbeat_at": now,
+        "progress": 0.0,
+        "updated_at": now,
+    }
