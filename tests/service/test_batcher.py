@@ -330,3 +330,43 @@ def test_preprocessing_threads_run_torch_single_threaded() -> None:
     other = ThreadPoolExecutor(1)
     assert other.submit(torch.get_num_threads).result() == main_threads
     other.shutdown()
+
+
+def test_a_new_ready_class_is_appended_and_a_delete_rebuilds(database_url: str) -> None:
+    """Appending equals a full rebuild in content; anything but additions falls back to one."""
+    from sqlalchemy import delete
+
+    from service.classifier import extend_matrix
+    from service.db import make_engine, make_session_factory, session_scope
+    from service.models import PersonalizedClass, bump_generation
+
+    vectors = random_matrix(300, 16)
+    _insert_ready(database_url, "m@1", vectors)
+    engine = make_engine(database_url)
+    factory = make_session_factory(engine)
+    cache = ClassMatrixCache(factory, refresh_seconds=60)
+    first = cache.snapshot("m@1", 16)
+    _insert_ready(database_url, "m@1", random_matrix(2, 16, seed=3), first=300)
+    with factory() as session:
+        appended = extend_matrix(session, first, 16)
+        rebuilt = build_matrix(session, "m@1", 16)
+    assert appended is not None and appended.size == 302 == rebuilt.size
+    assert appended.generation == rebuilt.generation
+    np.testing.assert_array_equal(appended.matrix, rebuilt.matrix)
+    assert list(appended.ids) == list(rebuilt.ids) and list(appended.names) == list(rebuilt.names)
+    for key in ("class 0", "class 299", "class 300", "class 301"):
+        assert appended.index_of(key) == rebuilt.index_of(key)
+    assert appended.index_of("class 302") is None
+    cache.refresh()  # the cache takes the append path and keeps the old rows' storage intact
+    assert cache.snapshot("m@1", 16).size == 302 and first.size == 300
+
+    with session_scope(factory) as session:
+        session.execute(delete(PersonalizedClass).where(PersonalizedClass.name_key == "class 7"))
+        bump_generation(session)
+    with factory() as session:
+        assert extend_matrix(session, cache.snapshot("m@1", 16), 16) is None  # a row left
+    cache.refresh()
+    after = cache.snapshot("m@1", 16)
+    assert after.size == 301 and after.index_of("class 7") is None
+    assert after.index_of("class 301") is not None
+    engine.dispose()
