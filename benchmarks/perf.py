@@ -214,19 +214,32 @@ def running(args: argparse.Namespace, workdir: Path, **settings: str) -> Iterato
 
 def replace_ready_classes(database_url: str, model_id: str, count: int, dim: int, tag: str) -> None:
     """Delete every class and insert `count` ready ones with random unit embeddings."""
-    from sqlalchemy import delete, insert
+    from sqlalchemy import delete
 
     from service.db import make_engine, make_session_factory, session_scope
-    from service.models import PersonalizedClass, bump_generation, utcnow
+    from service.models import PersonalizedClass
 
     engine = make_engine(database_url)
     factory = make_session_factory(engine)
-    rng = np.random.default_rng(count)
     with session_scope(factory) as session:
         session.execute(delete(PersonalizedClass))
+    insert_ready_classes(factory, model_id, count, dim, tag, seed=count)
+    engine.dispose()
+
+
+def insert_ready_classes(
+    factory: Any, model_id: str, count: int, dim: int, tag: str, *, seed: int, first: int = 0
+) -> None:
+    """Insert `count` ready classes with random unit embeddings and bump the generation."""
+    from sqlalchemy import insert
+
+    from service.db import session_scope
+    from service.models import PersonalizedClass, bump_generation, utcnow
+
+    rng = np.random.default_rng(seed)
     chunk = 5000
-    for start in range(0, count, chunk):
-        n = min(chunk, count - start)
+    for start in range(first, first + count, chunk):
+        n = min(chunk, first + count - start)
         vectors = rng.normal(size=(n, dim)).astype(np.float32)
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
         now = utcnow()
@@ -251,7 +264,22 @@ def replace_ready_classes(database_url: str, model_id: str, count: int, dim: int
             session.execute(insert(PersonalizedClass), rows)
     with session_scope(factory) as session:
         bump_generation(session)
-    engine.dispose()
+
+
+def delete_one_class(factory: Any, model_id: str) -> None:
+    """Delete the newest ready class and bump the generation: forces a full rebuild."""
+    from sqlalchemy import delete, select
+
+    from service.db import session_scope
+    from service.models import PersonalizedClass, bump_generation
+
+    cls = PersonalizedClass
+    with session_scope(factory) as session:
+        newest = session.scalar(
+            select(cls.id).where(cls.model_id == model_id).order_by(cls.created_at.desc()).limit(1)
+        )
+        session.execute(delete(cls).where(cls.id == newest))
+        bump_generation(session)
 
 
 def bump(database_url: str) -> None:
@@ -551,28 +579,63 @@ def part_scale(args: argparse.Namespace, server: Server, dim: int) -> dict[str, 
     for row in rows:
         row["ratio_to_first"] = row["c1"]["p50_ms"] / base
 
-    # Reloads under load: bump the generation (forces a full rebuild of the largest matrix)
-    # every `reload_every` seconds while measuring; latency should not jump by the build time.
-    stop = threading.Event()
-    reloads = 0
+    # Changes under load, every `reload_every` seconds while measuring; latency should not jump
+    # by the build time. "append": a class becomes ready (the common change; the API appends
+    # it to its matrix). "rebuild": a class is deleted (the API rebuilds the matrix in full).
+    from service.db import make_engine, make_session_factory
 
-    def reloader() -> None:
-        nonlocal reloads
-        while not stop.wait(args.reload_every):
-            bump(server.database_url)
-            reloads += 1
+    engine = make_engine(server.database_url)
+    factory = make_session_factory(engine)
+    largest = args.sizes[-1]
+    added = 0
 
-    thread = threading.Thread(target=reloader, daemon=True)
-    thread.start()
-    during = classify_sequential(server.url, image, count=count)
-    stop.set()
-    thread.join()
+    def add_one() -> None:
+        nonlocal added
+        insert_ready_classes(
+            factory,
+            server.model_id,
+            1,
+            dim,
+            f"s{largest}",
+            seed=10**6 + added,
+            first=largest + added,
+        )
+        added += 1
+
+    def under_changes(change: Any) -> tuple[dict[str, float], int]:
+        stop = threading.Event()
+        changes = 0
+
+        def changer() -> None:
+            nonlocal changes
+            while not stop.wait(args.reload_every):
+                change()
+                changes += 1
+
+        thread = threading.Thread(target=changer, daemon=True)
+        thread.start()
+        during = classify_sequential(server.url, image, count=count)
+        stop.set()
+        thread.join()
+        return during, changes
+
+    appending, appends = under_changes(add_one)
+    rebuilding, rebuilds = under_changes(lambda: delete_one_class(factory, server.model_id))
+    engine.dispose()
     return {
         "rows": rows,
         "during_reloads": {
             "classes": args.sizes[-1],
-            "c1": during,
-            "reloads": reloads,
+            "c1": appending,
+            "reloads": appends,
+            "kind": "append",
+            "reload_every_s": args.reload_every,
+        },
+        "during_rebuilds": {
+            "classes": args.sizes[-1],
+            "c1": rebuilding,
+            "reloads": rebuilds,
+            "kind": "rebuild",
             "reload_every_s": args.reload_every,
         },
     }
@@ -666,14 +729,20 @@ def markdown(result: dict[str, Any]) -> str:
                 f"| {row['classes']:,} | {row['c1']['p50_ms']:.2f} | {row['c1']['p99_ms']:.2f} | "
                 f"{row['ratio_to_first']:.2f} | {row['rss_mb']:.0f} |"
             )
-        d = s["during_reloads"]
-        lines += [
-            "",
-            f"While the {d['classes']:,}-class matrix was rebuilt {d['reloads']} times (a "
-            f"generation bump every {d['reload_every_s']} s): p50 {d['c1']['p50_ms']:.2f} ms, "
-            f"p99 {d['c1']['p99_ms']:.2f} ms.",
-            "",
-        ]
+        lines.append("")
+        for key, what in (
+            ("during_reloads", "a class became ready (appended to the matrix)"),
+            ("during_rebuilds", "a class was deleted (full rebuild)"),
+        ):
+            d = s.get(key)
+            if d is None:  # results written before this part measured both kinds
+                continue
+            lines.append(
+                f"While {what} every {d['reload_every_s']} s at {d['classes']:,} classes "
+                f"({d['reloads']} times): p50 {d['c1']['p50_ms']:.2f} ms, "
+                f"p99 {d['c1']['p99_ms']:.2f} ms."
+            )
+        lines.append("")
     if result.get("note"):
         lines += [result["note"], ""]
     return "\n".join(lines)
