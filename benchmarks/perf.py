@@ -696,7 +696,7 @@ def markdown(result: dict[str, Any]) -> str:
     if t:
         e = t["engine"]
         lines += [
-            "**Training** (4-shot class, default steps and early stopping; POST -> ready on a "
+            "**Training** (4-shot class, the engine's default settings; POST -> ready on a "
             "warm server with the embedded worker)",
             "",
             "| | POST -> ready s | steps run | engine step ms |",
