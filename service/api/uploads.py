@@ -72,12 +72,7 @@ class CheckedImage:
 
 
 def read_image(upload: UploadFile, settings: Settings, *, field: str) -> CheckedImage:
-    from liteembed.errors import (
-        ImageTooLargeError,
-        InvalidImageError,
-        LiteEmbedError,
-        UnsupportedImageTypeError,
-    )
+    from liteembed.errors import ImageTooLargeError, UnsupportedImageTypeError
     from liteembed.images import decode_image
 
     label = f"{field} {upload.filename!r}" if upload.filename else field
@@ -102,8 +97,6 @@ def read_image(upload: UploadFile, settings: Settings, *, field: str) -> Checked
         raise error(status.HTTP_413_CONTENT_TOO_LARGE, f"{label}: {exc}") from None
     except UnsupportedImageTypeError as exc:
         raise error(status.HTTP_415_UNSUPPORTED_MEDIA_TYPE, f"{label}: {exc}") from None
-    except (InvalidImageError, LiteEmbedError) as exc:
-        raise error(400, f"{label} is not a readable image: {exc}") from None
-    except Exception as exc:  # a decoder bug must still read as a bad upload, not a 500
+    except Exception as exc:  # InvalidImageError, and a decoder bug must not become a 500
         raise error(400, f"{label} is not a readable image: {exc}") from None
     return CheckedImage(data=data, image=image)

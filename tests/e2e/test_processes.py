@@ -149,6 +149,16 @@ def status_of(base: str, class_id: str) -> dict[str, Any]:
     return dict(httpx.get(f"{base}/v1/classes/{class_id}", headers=AUTH).json())
 
 
+def wait_finished(base: str, class_id: str, process: Any, what: str) -> dict[str, Any]:
+    """The class's JSON once it is ready or failed (the caller asserts which)."""
+
+    def finished() -> dict[str, Any] | None:
+        body = status_of(base, class_id)
+        return body if body["status"] in ("ready", "failed") else None
+
+    return dict(wait_until(finished, 180, process, what))
+
+
 def test_register_train_classify_list_delete(stack: Any) -> None:
     procs = stack()
     api, base = start_api(procs)
@@ -157,12 +167,7 @@ def test_register_train_classify_list_delete(stack: Any) -> None:
     names = {"green": "zorb", "magenta": "plax"}
     ids = {colour: register(base, name, colour) for colour, name in names.items()}
     for class_id in ids.values():
-        body = wait_until(
-            lambda cid=class_id: (s := status_of(base, cid))["status"] in ("ready", "failed") and s,
-            180,
-            worker,
-            "training never finished",
-        )
+        body = wait_finished(base, class_id, worker, "training never finished")
         assert body["status"] == "ready", body
 
     # The API process picks the worker's results up from the database within its refresh period.
@@ -219,12 +224,7 @@ def test_worker_sigkilled_mid_training_comes_back(stack: Any, postgres_database:
     # A fresh worker: the message comes back through Dramatiq's heartbeat redelivery or the
     # reconciler (a stale heartbeat), and the class ends ready, once.
     second = procs.start("worker-2", "worker", env={"LITEEMBED_TRAIN_STEPS": "60"})
-    body = wait_until(
-        lambda: (s := status_of(base, class_id))["status"] in ("ready", "failed") and s,
-        180,
-        second,
-        "the killed job never came back",
-    )
+    body = wait_finished(base, class_id, second, "the killed job never came back")
     assert body["status"] == "ready", body
     assert body["attempts"] == 2
     from sqlalchemy import create_engine, text
@@ -300,12 +300,7 @@ def test_redis_restart_loses_nothing(stack: Any, own_redis: Any) -> None:
     restart_redis()
     worker = procs.start("worker", "worker")
     for class_id in ids:
-        body = wait_until(
-            lambda cid=class_id: (s := status_of(base, cid))["status"] in ("ready", "failed") and s,
-            180,
-            worker,
-            "lost jobs were never re-sent",
-        )
+        body = wait_finished(base, class_id, worker, "lost jobs were never re-sent")
         assert body["status"] == "ready", body
         assert body["attempts"] == 1
     assert "re-sent" in logs(worker)

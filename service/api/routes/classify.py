@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 import numpy as np
 from fastapi import APIRouter, File, Form, Request, UploadFile
 
+from liteembed.vocab import WORD_TEMPLATE
 from service.api.deps import ClassifierDep, ClientDep, RuntimeDep, SettingsDep
 from service.api.schemas import ClassifyOut, Prediction
 from service.api.uploads import error, name_key, read_image, validate_words
@@ -23,9 +24,6 @@ if TYPE_CHECKING:
 
 router = APIRouter(tags=["classify"])
 
-# CLIP's own text feature for a plain label: the prompt the vocabulary features are built with.
-PLAIN_LABEL_TEMPLATE = "a photo of a {}."
-
 
 class TextFeatureCache:
     """Plain-label text features, shared across requests (labels repeat a lot)."""
@@ -35,20 +33,27 @@ class TextFeatureCache:
         self._capacity = capacity
         self._lock = threading.Lock()
 
-    def missing(self, model_id: str, labels: list[str]) -> list[str]:
+    def found(self, model_id: str, labels: list[str]) -> dict[str, np.ndarray]:
+        """The cached features among `labels`; the caller keeps them, so a later eviction by a
+        concurrent request cannot take one away between this call and their use."""
         with self._lock:
-            return [label for label in labels if (model_id, label) not in self._items]
+            return {
+                label: self._items[(model_id, label)]
+                for label in labels
+                if (model_id, label) in self._items
+            }
 
-    def add(self, model_id: str, labels: list[str], features: np.ndarray) -> None:
+    def add(self, model_id: str, labels: list[str], features: np.ndarray) -> dict[str, np.ndarray]:
+        added = {
+            label: np.ascontiguousarray(feature, dtype=np.float32)
+            for label, feature in zip(labels, features, strict=True)
+        }
         with self._lock:
-            for label, feature in zip(labels, features, strict=True):
-                self._items[(model_id, label)] = np.ascontiguousarray(feature, dtype=np.float32)
+            for label, feature in added.items():
+                self._items[(model_id, label)] = feature
             while len(self._items) > self._capacity:
                 self._items.popitem(last=False)
-
-    def lookup(self, model_id: str, labels: list[str]) -> list[np.ndarray]:
-        with self._lock:
-            return [self._items[(model_id, label)] for label in labels]
+        return added
 
 
 _text_features = TextFeatureCache()
@@ -121,16 +126,18 @@ async def classify(
         else:
             vectors.append(snapshot.vector(index))
             class_ids.append(snapshot.ids[index])
-    missing = _text_features.missing(runtime.model_id, plain)
+    # CLIP's own feature for a plain label, in the prompt the vocabulary features are built with.
+    plain_features = _text_features.found(runtime.model_id, plain)
+    missing = [label for label in plain if label not in plain_features]
     if missing:
-        prompts = [PLAIN_LABEL_TEMPLATE.format(label) for label in missing]
+        prompts = [WORD_TEMPLATE.format(label) for label in missing]
         # On the model thread too: a text forward pass would otherwise compete with the batches.
         features = await asyncio.wrap_future(
             runner.call(lambda: runtime.backend.encode_texts(prompts).float().cpu().numpy())
         )
-        _text_features.add(runtime.model_id, missing, features)
-    plain_features = iter(_text_features.lookup(runtime.model_id, plain))
-    matrix = np.stack([v if v is not None else next(plain_features) for v in vectors])
+        plain_features |= _text_features.add(runtime.model_id, missing, features)
+    rows = zip(vectors, clean_labels, strict=True)
+    matrix = np.stack([v if v is not None else plain_features[label] for v, label in rows])
     if matrix.shape[1] != encoded.feature.shape[0]:
         raise error(503, "the class matrix does not match the loaded model; try again shortly")
     indices, scores = top_k_softmax(
