@@ -4,9 +4,15 @@ Each API process holds one immutable snapshot: a contiguous (C x D) matrix (floa
 to halve the memory) of the ready classes of the active model, plus their names, name keys and
 ids packed into a few flat arrays (no Python object per class, so 10^5 classes cost the matrix
 plus a few MB). A background thread compares the database's generation counter with the
-snapshot's at most every `classifier_refresh_seconds`, rebuilds off the request path when they
+snapshot's at most every `classifier_refresh_seconds`, updates off the request path when they
 differ, and swaps the reference (an atomic assignment), so a request always sees one consistent
-snapshot and a rebuild never blocks one.
+snapshot.
+
+Updates are incremental: classes that became ready are appended (into spare rows of the same
+buffer when there are any), and classes that left are dropped using the removal log
+(`class_removals`). A full re-read of every embedding, seconds of per-row Python at 10^5
+classes, happens only at start, on a model change, or when the increments cannot be proven to
+account for every row.
 """
 
 from __future__ import annotations
@@ -23,7 +29,13 @@ import torch
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.models import PersonalizedClass, Status, read_generation
+from service.models import (
+    ClassRemoval,
+    PersonalizedClass,
+    Status,
+    read_generation,
+    read_removals_floor,
+)
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +43,10 @@ log = logging.getLogger(__name__)
 _FETCH_ROWS = 4096
 # Beyond this many classes, top-k picks candidates with argpartition (O(C)) before sorting them.
 _PARTITION_FROM = 64
+# Spare rows reserved when an append has to grow the matrix: appends then write into the spare
+# rows instead of copying the whole matrix each time (the copy of 200 MB was what stalled).
+_SPARE_FRACTION = 8  # one spare row per 8 classes, at least _SPARE_MIN
+_SPARE_MIN = 256
 
 _DTYPES = {"float32": np.float32, "float16": np.float16}
 
@@ -57,6 +73,16 @@ class PackedStrings:
         packed._offsets = np.concatenate(offsets)
         return packed
 
+    def take(self, keep: np.ndarray) -> PackedStrings:
+        """The strings where the boolean mask `keep` is true, in order; vectorised, no loop."""
+        lengths = np.diff(self._offsets)
+        packed = PackedStrings()
+        selected = np.frombuffer(self._buffer, dtype=np.uint8)[np.repeat(keep, lengths)]
+        packed._buffer = selected.tobytes()
+        packed._offsets = np.zeros(int(keep.sum()) + 1, dtype=np.int64)
+        np.cumsum(lengths[keep], out=packed._offsets[1:])
+        return packed
+
     def __len__(self) -> int:
         return len(self._offsets) - 1
 
@@ -77,6 +103,19 @@ def _key_hash(key: str) -> np.int64:
     return np.int64(hash(key))
 
 
+class RowStore:
+    """A matrix buffer with spare rows, shared by the snapshots appended from one another.
+
+    Snapshots are immutable views of its first `used` rows at their time; an append writes only
+    rows no snapshot can see yet. `used` says which snapshot is the tip: only the tip may append
+    in place (any other snapshot copies), so two snapshots never write the same spare rows.
+    """
+
+    def __init__(self, buffer: np.ndarray, used: int) -> None:
+        self.buffer = buffer
+        self.used = used
+
+
 @dataclass(frozen=True)
 class ClassMatrix:
     generation: int
@@ -90,6 +129,8 @@ class ClassMatrix:
     key_rows: np.ndarray
     # Latest `updated_at` among the rows in the matrix: newer ready rows can be appended.
     ready_through: datetime | None = None
+    # The buffer `matrix` is a view of, when it has spare rows for appends.
+    store: RowStore | None = None
 
     @property
     def size(self) -> int:
@@ -98,8 +139,9 @@ class ClassMatrix:
     @property
     def nbytes(self) -> int:
         """Memory held by this snapshot (what grows with the class count)."""
+        matrix = self.store.buffer if self.store is not None else self.matrix
         return int(
-            self.matrix.nbytes
+            matrix.nbytes
             + self.names.nbytes
             + self.keys.nbytes
             + self.ids.nbytes
@@ -107,16 +149,72 @@ class ClassMatrix:
             + self.key_rows.nbytes
         )
 
-    def index_of(self, key: str) -> int | None:
-        """Row of the class whose name_key is `key`, or None."""
+    def index_of(self, key: str, class_id: str | None = None) -> int | None:
+        """Row of the class whose name_key is `key` (and whose id is `class_id`, if given)."""
         target = _key_hash(key)
         start = int(np.searchsorted(self.key_hashes, target, side="left"))
         while start < len(self.key_hashes) and self.key_hashes[start] == target:
             row = int(self.key_rows[start])
-            if self.keys[row] == key:  # a hash collision must not return a stranger
+            # A hash collision must not return a stranger, nor a new class under an old name.
+            if self.keys[row] == key and (class_id is None or self.ids[row] == class_id):
                 return row
             start += 1
         return None
+
+    def without(self, rows: list[int]) -> ClassMatrix:
+        """This snapshot less `rows`, with the order of the others kept. O(C) in C, no loop."""
+        keep = np.ones(self.size, dtype=bool)
+        keep[rows] = False
+        kept = int(keep.sum())
+        spare = max(kept // _SPARE_FRACTION, _SPARE_MIN)
+        buffer = np.empty((kept + spare, self.matrix.shape[1]), dtype=self.matrix.dtype)
+        np.compress(keep, self.matrix, axis=0, out=buffer[:kept])
+        new_row = np.cumsum(keep) - 1  # old row -> row after the removal
+        entries = keep[self.key_rows]
+        return dataclasses.replace(
+            self,
+            matrix=buffer[:kept],
+            names=self.names.take(keep),
+            keys=self.keys.take(keep),
+            ids=self.ids.take(keep),
+            key_hashes=self.key_hashes[entries],
+            key_rows=new_row[self.key_rows[entries]],
+            store=RowStore(buffer, kept),
+        )
+
+    def with_rows(
+        self, block: np.ndarray, names: list[str], keys: list[str], ids: list[str]
+    ) -> ClassMatrix:
+        """This snapshot plus the rows of `block` (float32, L2-normalised) at the end.
+
+        Written into spare rows when this snapshot is the tip of its store, so the cost is the
+        new rows, not the matrix; otherwise (or when full) copied once into a bigger buffer.
+        """
+        size, count = self.size, block.shape[0]
+        store = self.store
+        if store is None or store.used != size or store.buffer.shape[0] < size + count:
+            spare = max((size + count) // _SPARE_FRACTION, _SPARE_MIN)
+            buffer = np.empty((size + count + spare, block.shape[1]), dtype=self.matrix.dtype)
+            buffer[:size] = self.matrix
+            store = RowStore(buffer, size)
+        store.buffer[size : size + count] = block  # rows no snapshot can see yet
+        store.used = size + count
+        new_keys = PackedStrings(keys)
+        hashes = np.fromiter(map(hash, new_keys), dtype=np.int64, count=count)
+        order = np.argsort(hashes, kind="stable")
+        hashes = hashes[order]
+        # Merged into the sorted index in O(C) (np.insert), not re-sorted.
+        at = np.searchsorted(self.key_hashes, hashes, side="right")
+        return dataclasses.replace(
+            self,
+            matrix=store.buffer[: size + count],
+            names=PackedStrings.join([self.names, PackedStrings(names)]),
+            keys=PackedStrings.join([self.keys, new_keys]),
+            ids=PackedStrings.join([self.ids, PackedStrings(ids)]),
+            key_hashes=np.insert(self.key_hashes, at, hashes),
+            key_rows=np.insert(self.key_rows, at, np.arange(size, size + count)[order]),
+            store=store,
+        )
 
     def vector(self, row: int) -> np.ndarray:
         return np.asarray(self.matrix[row], dtype=np.float32)
@@ -243,18 +341,30 @@ def build_matrix(session: Session, model_id: str, dim: int, dtype: str = "float3
     return _assemble(generation, model_id, matrix, names, keys, ids, through)
 
 
-def extend_matrix(session: Session, snap: ClassMatrix, dim: int) -> ClassMatrix | None:
-    """`snap` plus the rows that became ready since it was built, or None when anything else
-    changed (a delete, a replaced row, a row it cannot account for): then rebuild in full.
+def update_matrix(session: Session, snap: ClassMatrix, dim: int) -> ClassMatrix | None:
+    """`snap` less the classes that left and plus the ones that became ready since it was
+    built, or None when that cannot be proven to account for every ready row: then the caller
+    rebuilds in full.
 
     Why: a full rebuild at 10^5 classes is seconds of per-row Python holding the GIL, which
-    stalls requests; a class becoming ready is by far the most common change, and appending it
-    touches only the new rows (plus one copy of the matrix, done in C).
+    stalls requests; an update touches only the changed rows plus one C-speed pass over the
+    matrix when rows leave.
     """
     if snap.ready_through is None:
         return None
     generation = read_generation(session)
     cls = PersonalizedClass
+    removed = session.execute(
+        select(ClassRemoval.class_id, ClassRemoval.name_key).where(
+            ClassRemoval.model_id == snap.model_id, ClassRemoval.generation > snap.generation
+        )
+    ).all()
+    # Read after the log: a prune that landed in between moves the floor, and is seen here.
+    if read_removals_floor(session) > snap.generation:
+        return None
+    gone = sorted(
+        {row for class_id, key in removed if (row := snap.index_of(key, class_id)) is not None}
+    )
     ready = (cls.model_id == snap.model_id, cls.status == Status.ready)
     total = int(session.scalar(select(func.count()).select_from(cls).where(*ready)) or 0)
     rows = session.execute(
@@ -262,35 +372,24 @@ def extend_matrix(session: Session, snap: ClassMatrix, dim: int) -> ClassMatrix 
         .where(*ready, cls.updated_at > snap.ready_through)
         .order_by(cls.created_at, cls.id)
     ).all()
-    # Every ready row is either in the snapshot or new: otherwise rows left, or one was missed.
-    if total != snap.size + len(rows):
+    # Every ready row is either kept from the snapshot or new; otherwise a change was missed
+    # (a removal not logged, a row committed with an older timestamp): rebuild.
+    if total != snap.size - len(gone) + len(rows):
         return None
     if any(r.embedding is None or len(r.embedding) != 4 * dim for r in rows):
         return None
-    if not rows:
-        return dataclasses.replace(snap, generation=generation)
-    block = np.frombuffer(b"".join(r.embedding for r in rows), dtype=np.float32)
-    block = block.reshape(len(rows), dim).astype(snap.matrix.dtype)
-    matrix = np.concatenate([snap.matrix, block])
-    new_keys = PackedStrings([r.name_key for r in rows])
-    hashes = np.concatenate(
-        [snap.key_hashes, np.fromiter(map(hash, new_keys), dtype=np.int64, count=len(rows))]
-    )
-    positions = np.concatenate(
-        [snap.key_rows, np.arange(snap.size, snap.size + len(rows), dtype=np.int64)]
-    )
-    order = np.argsort(hashes, kind="stable")
-    return ClassMatrix(
-        generation=generation,
-        model_id=snap.model_id,
-        matrix=matrix,
-        names=PackedStrings.join([snap.names, PackedStrings([r.name for r in rows])]),
-        keys=PackedStrings.join([snap.keys, new_keys]),
-        ids=PackedStrings.join([snap.ids, PackedStrings([r.id for r in rows])]),
-        key_hashes=hashes[order],
-        key_rows=positions[order],
-        ready_through=max(snap.ready_through, max(r.updated_at for r in rows)),
-    )
+    updated = snap.without(gone) if gone else snap
+    if rows:
+        block = np.frombuffer(b"".join(r.embedding for r in rows), dtype=np.float32)
+        updated = updated.with_rows(
+            block.reshape(len(rows), dim),
+            [r.name for r in rows],
+            [r.name_key for r in rows],
+            [r.id for r in rows],
+        )
+        latest = max(r.updated_at for r in rows)
+        updated = dataclasses.replace(updated, ready_through=max(snap.ready_through, latest))
+    return dataclasses.replace(updated, generation=generation)
 
 
 class ClassMatrixCache:
@@ -347,12 +446,12 @@ class ClassMatrixCache:
                     return
                 snap = None
                 if not force and current is not None and current.model_id == model_id:
-                    snap = extend_matrix(session, current, dim)
+                    snap = update_matrix(session, current, dim)
                 if snap is None:
                     snap = build_matrix(session, model_id, dim, self._dtype)
             self._snapshot = snap
         log.debug(
-            "class matrix rebuilt: %d classes, %.1f MB, generation %d",
+            "class matrix now: %d classes, %.1f MB, generation %d",
             snap.size,
             snap.nbytes / 1e6,
             snap.generation,

@@ -19,6 +19,9 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    delete,
+    func,
+    select,
     update,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
@@ -106,26 +109,95 @@ class Generation(Base):
     """A counter bumped in the same transaction as every change to the set of ready classes.
 
     Every API process compares it with the value its class matrix was built from: one primary-key
-    read instead of re-reading all embeddings.
+    read instead of re-reading all embeddings. The bump takes the row's write lock until commit,
+    so generation values are handed out in commit order.
     """
 
     __tablename__ = "class_generation"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     value: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Removals at or below this generation were pruned from `class_removals`: a class matrix
+    # built before it cannot learn what left since, and must be rebuilt in full.
+    removals_floor: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+
+
+class ClassRemoval(Base):
+    """A class that left (deleted, or replaced under its name), with the generation it left at.
+
+    Why: an API process holding 10^5 classes drops these rows from its matrix in place instead
+    of re-reading every embedding, which would stall requests for seconds. Pruned after
+    `removal_log_retention_seconds` by the reconciler.
+    """
+
+    __tablename__ = "class_removals"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    generation: Mapped[int] = mapped_column(BigInteger, index=True)
+    class_id: Mapped[str] = mapped_column(String(36))
+    model_id: Mapped[str] = mapped_column(String(200))
+    name_key: Mapped[str] = mapped_column(String(200))
+    removed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 GENERATION_ROW = 1
 
 
-def bump_generation(session: Session) -> None:
+def bump_generation(session: Session) -> int:
+    """Advance the generation in the caller's transaction; returns the new value."""
     result = session.execute(
         update(Generation).where(Generation.id == GENERATION_ROW).values(value=Generation.value + 1)
     )
     if result.rowcount == 0:  # type: ignore[attr-defined]
-        session.add(Generation(id=GENERATION_ROW, value=1))
+        session.add(Generation(id=GENERATION_ROW, value=1, removals_floor=0))
+        session.flush()
+        return 1
+    return int(session.scalar(select(Generation.value).where(Generation.id == GENERATION_ROW)))
 
 
 def read_generation(session: Session) -> int:
     row = session.get(Generation, GENERATION_ROW, populate_existing=True)
     return row.value if row is not None else 0
+
+
+def read_removals_floor(session: Session) -> int:
+    floor = session.scalar(select(Generation.removals_floor).where(Generation.id == GENERATION_ROW))
+    return int(floor or 0)
+
+
+def remove_class(session: Session, row: PersonalizedClass) -> None:
+    """Delete a class in the caller's transaction: bump the generation and log the removal.
+
+    The one way a class leaves, so that every API process can follow it without a rebuild.
+    """
+    generation = bump_generation(session)
+    session.add(
+        ClassRemoval(
+            generation=generation,
+            class_id=row.id,
+            model_id=row.model_id,
+            name_key=row.name_key,
+        )
+    )
+    session.delete(row)
+
+
+def prune_removals(session: Session, older_than: datetime) -> int:
+    """Forget removals logged before `older_than`; returns how many went.
+
+    Everything up to the newest such generation goes and the floor moves there. That is safe
+    because generations are assigned in commit order: every removal at or below it has
+    committed already.
+    """
+    through = session.scalar(
+        select(func.max(ClassRemoval.generation)).where(ClassRemoval.removed_at < older_than)
+    )
+    if through is None:
+        return 0
+    gone = session.execute(delete(ClassRemoval).where(ClassRemoval.generation <= through)).rowcount  # type: ignore[attr-defined]
+    session.execute(
+        update(Generation)
+        .where(Generation.id == GENERATION_ROW, Generation.removals_floor < through)
+        .values(removals_floor=through)
+    )
+    return int(gone or 0)

@@ -8,8 +8,12 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from service.core.config import QUEUE_NAME, Settings, get_settings
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 log = logging.getLogger("liteembed")
 
@@ -62,16 +66,22 @@ def migrations_dir() -> Path:
     raise SystemExit("liteembed: cannot find the migrations/ directory")
 
 
-def migrate(settings: Settings) -> None:
-    from alembic import command
+def alembic_config(database_url: str) -> Config:
+    """Alembic's configuration for `database_url`, with no alembic.ini needed."""
     from alembic.config import Config
 
     config = Config()
     config.set_main_option("script_location", str(migrations_dir()))
-    config.attributes["database_url"] = settings.database_url
-    if settings.database_url.startswith("sqlite"):
-        _sqlite_parent(settings.database_url).mkdir(parents=True, exist_ok=True)
-    command.upgrade(config, "head")
+    config.attributes["database_url"] = database_url
+    if database_url.startswith("sqlite"):
+        _sqlite_parent(database_url).mkdir(parents=True, exist_ok=True)
+    return config
+
+
+def migrate(settings: Settings) -> None:
+    from alembic import command
+
+    command.upgrade(alembic_config(settings.database_url), "head")
     log.info("database schema is up to date")
 
 

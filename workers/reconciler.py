@@ -17,7 +17,7 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.core.config import Settings
-from service.models import PersonalizedClass, Status, utcnow
+from service.models import PersonalizedClass, Status, prune_removals, utcnow
 from service.queue import send_train
 
 log = logging.getLogger(__name__)
@@ -72,6 +72,13 @@ def reconcile_once(
                 log.exception("reconciler: could not re-send %s; next pass will retry", class_id)
     if sent:
         log.warning("reconciler: re-sent %d stuck job(s): %s", len(sent), ", ".join(sent))
+    with session_factory() as session:
+        pruned = prune_removals(
+            session, now - timedelta(seconds=settings.removal_log_retention_seconds)
+        )
+        session.commit()
+    if pruned:
+        log.info("reconciler: pruned %d old entries from the removal log", pruned)
     return sent
 
 

@@ -64,6 +64,9 @@ class Settings(BaseSettings):
     stale_after_seconds: float = 120.0
     queued_resend_seconds: float = 300.0
     reconcile_interval_seconds: float = 30.0
+    # How long deleted classes stay in the removal log that API processes follow. A process whose
+    # class matrix is older than the log rebuilds it in full (slow at 10^5 classes, but correct).
+    removal_log_retention_seconds: float = Field(default=3600.0, gt=0)
     broker_heartbeat_timeout_ms: int = 60_000
     broker_maintenance_chance: int = 1000
 

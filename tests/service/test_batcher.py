@@ -332,41 +332,196 @@ def test_preprocessing_threads_run_torch_single_threaded() -> None:
     other.shutdown()
 
 
-def test_a_new_ready_class_is_appended_and_a_delete_rebuilds(database_url: str) -> None:
-    """Appending equals a full rebuild in content; anything but additions falls back to one."""
-    from sqlalchemy import delete
+def _assert_same_content(updated: Any, rebuilt: Any) -> None:
+    """An incrementally updated snapshot holds exactly what a full rebuild reads."""
+    assert updated.size == rebuilt.size and updated.generation == rebuilt.generation
+    np.testing.assert_array_equal(updated.matrix, rebuilt.matrix)
+    assert list(updated.ids) == list(rebuilt.ids)
+    assert list(updated.names) == list(rebuilt.names)
+    assert list(updated.keys) == list(rebuilt.keys)
+    for row, key in enumerate(rebuilt.keys):
+        assert updated.index_of(key) == row
+    np.testing.assert_array_equal(np.sort(updated.key_hashes), updated.key_hashes)
 
-    from service.classifier import extend_matrix
-    from service.db import make_engine, make_session_factory, session_scope
-    from service.models import PersonalizedClass, bump_generation
 
-    vectors = random_matrix(300, 16)
-    _insert_ready(database_url, "m@1", vectors)
+def _remove(factory: Any, *keys: str) -> None:
+    """Delete classes the way the API does (logged), one transaction each."""
+    from sqlalchemy import select
+
+    from service.db import session_scope
+    from service.models import PersonalizedClass, remove_class
+
+    for key in keys:
+        with session_scope(factory) as session:
+            row = session.scalars(
+                select(PersonalizedClass).where(PersonalizedClass.name_key == key)
+            ).one()
+            remove_class(session, row)
+
+
+def test_a_new_ready_class_is_appended_in_place(database_url: str) -> None:
+    """Appending equals a full rebuild in content, writes into spare rows, and never changes
+    what an older snapshot sees."""
+    from service.classifier import update_matrix
+    from service.db import make_engine, make_session_factory
+
+    _insert_ready(database_url, "m@1", random_matrix(300, 16))
     engine = make_engine(database_url)
     factory = make_session_factory(engine)
     cache = ClassMatrixCache(factory, refresh_seconds=60)
     first = cache.snapshot("m@1", 16)
+    before = first.matrix.copy()
     _insert_ready(database_url, "m@1", random_matrix(2, 16, seed=3), first=300)
     with factory() as session:
-        appended = extend_matrix(session, first, 16)
+        appended = update_matrix(session, first, 16)
         rebuilt = build_matrix(session, "m@1", 16)
-    assert appended is not None and appended.size == 302 == rebuilt.size
-    assert appended.generation == rebuilt.generation
-    np.testing.assert_array_equal(appended.matrix, rebuilt.matrix)
-    assert list(appended.ids) == list(rebuilt.ids) and list(appended.names) == list(rebuilt.names)
-    for key in ("class 0", "class 299", "class 300", "class 301"):
-        assert appended.index_of(key) == rebuilt.index_of(key)
+    assert appended is not None
+    _assert_same_content(appended, rebuilt)
     assert appended.index_of("class 302") is None
-    cache.refresh()  # the cache takes the append path and keeps the old rows' storage intact
-    assert cache.snapshot("m@1", 16).size == 302 and first.size == 300
+    np.testing.assert_array_equal(first.matrix, before)
+    assert first.size == 300 and len(first.ids) == 300
 
+    _insert_ready(database_url, "m@1", random_matrix(3, 16, seed=4), first=302)
+    with factory() as session:
+        again = update_matrix(session, appended, 16)
+        # `first` is no longer the tip of the shared buffer: it must copy, not overwrite the
+        # rows `appended` and `again` see.
+        branch = update_matrix(session, first, 16)
+        rebuilt = build_matrix(session, "m@1", 16)
+    assert again is not None and branch is not None
+    assert again.store is appended.store  # the spare rows were used: no copy of the matrix
+    assert branch.store is not appended.store
+    _assert_same_content(again, rebuilt)
+    _assert_same_content(branch, rebuilt)
+    np.testing.assert_array_equal(appended.matrix, rebuilt.matrix[:302])
+    engine.dispose()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_a_deleted_class_leaves_the_matrix_without_a_rebuild(database_url: str, dtype: str) -> None:
+    from service.classifier import update_matrix
+    from service.db import make_engine, make_session_factory
+
+    _insert_ready(database_url, "m@1", random_matrix(300, 16))
+    engine = make_engine(database_url)
+    factory = make_session_factory(engine)
+    cache = ClassMatrixCache(factory, refresh_seconds=60, dtype=dtype)
+    first = cache.snapshot("m@1", 16)
+    _remove(factory, "class 7", "class 0", "class 299")
+    _insert_ready(database_url, "m@1", random_matrix(2, 16, seed=3), first=300)
+    with factory() as session:
+        updated = update_matrix(session, first, 16)
+        rebuilt = build_matrix(session, "m@1", 16, dtype)
+    assert updated is not None and updated.size == 299
+    _assert_same_content(updated, rebuilt)
+    for key in ("class 0", "class 7", "class 299"):
+        assert updated.index_of(key) is None
+    assert first.size == 300 and first.index_of("class 7") == 7  # the old snapshot is intact
+
+    # The cache takes the same path: nothing is re-read in full.
+    cache.refresh()
+    _assert_same_content(cache.snapshot("m@1", 16), rebuilt)
+    engine.dispose()
+
+
+def test_a_replaced_class_drops_the_old_row_and_appends_the_new(database_url: str) -> None:
+    """Same name, new id: the removal log names the old id, so the new row is not dropped."""
+    from sqlalchemy import update
+
+    from service.classifier import update_matrix
+    from service.db import make_engine, make_session_factory, session_scope
+    from service.models import PersonalizedClass
+
+    _insert_ready(database_url, "m@1", random_matrix(10, 16))
+    engine = make_engine(database_url)
+    factory = make_session_factory(engine)
+    with factory() as session:
+        first = build_matrix(session, "m@1", 16)
+    _remove(factory, "class 4")
+    _insert_ready(database_url, "m@1", random_matrix(1, 16, seed=8), first=4)  # same name
+    with session_scope(factory) as session:  # ids must differ from the removed row's
+        session.execute(
+            update(PersonalizedClass)
+            .where(PersonalizedClass.id == "00000000-0000-0000-0000-000000000004")
+            .values(id="00000000-0000-0000-0000-0000000000aa")
+        )
+    with factory() as session:
+        updated = update_matrix(session, first, 16)
+        rebuilt = build_matrix(session, "m@1", 16)
+    assert updated is not None
+    _assert_same_content(updated, rebuilt)
+    row = updated.index_of("class 4")
+    assert row == 9 and updated.ids[row].endswith("aa")
+    engine.dispose()
+
+
+def test_changes_it_cannot_account_for_fall_back_to_a_full_rebuild(database_url: str) -> None:
+    from sqlalchemy import delete
+
+    from service.classifier import update_matrix
+    from service.db import make_engine, make_session_factory, session_scope
+    from service.models import PersonalizedClass, bump_generation, prune_removals, utcnow
+
+    _insert_ready(database_url, "m@1", random_matrix(50, 16))
+    engine = make_engine(database_url)
+    factory = make_session_factory(engine)
+    cache = ClassMatrixCache(factory, refresh_seconds=60)
+    first = cache.snapshot("m@1", 16)
+
+    # A row deleted behind the log's back: the counts disagree.
     with session_scope(factory) as session:
         session.execute(delete(PersonalizedClass).where(PersonalizedClass.name_key == "class 7"))
         bump_generation(session)
     with factory() as session:
-        assert extend_matrix(session, cache.snapshot("m@1", 16), 16) is None  # a row left
+        assert update_matrix(session, first, 16) is None
     cache.refresh()
     after = cache.snapshot("m@1", 16)
-    assert after.size == 301 and after.index_of("class 7") is None
-    assert after.index_of("class 301") is not None
+    assert after.size == 49 and after.index_of("class 7") is None
+
+    # The log was pruned past the snapshot: it cannot know what left, so it rebuilds.
+    _remove(factory, "class 8")
+    with session_scope(factory) as session:
+        assert prune_removals(session, utcnow()) == 1
+    with factory() as session:
+        assert update_matrix(session, after, 16) is None
+        assert prune_removals(session, utcnow()) == 0  # nothing left to prune
+    cache.refresh()
+    assert cache.snapshot("m@1", 16).size == 48
     engine.dispose()
+
+
+def test_pruning_keeps_recent_removals_and_raises_the_floor(database_url: str) -> None:
+    from datetime import timedelta
+
+    from sqlalchemy import func, select
+
+    from service.db import make_engine, make_session_factory, session_scope
+    from service.models import ClassRemoval, prune_removals, read_removals_floor, utcnow
+
+    _insert_ready(database_url, "m@1", random_matrix(5, 16))
+    engine = make_engine(database_url)
+    factory = make_session_factory(engine)
+    _remove(factory, "class 0", "class 1")
+    cutoff = utcnow()
+    _remove(factory, "class 2")
+    with session_scope(factory) as session:
+        generations = session.scalars(
+            select(ClassRemoval.generation).order_by(ClassRemoval.generation)
+        ).all()
+        assert len(generations) == 3 and len(set(generations)) == 3
+        assert prune_removals(session, cutoff - timedelta(hours=1)) == 0
+        assert prune_removals(session, cutoff) == 2
+    with factory() as session:
+        assert session.scalar(select(func.count()).select_from(ClassRemoval)) == 1
+        assert read_removals_floor(session) == generations[1]
+    engine.dispose()
+
+
+def test_packed_strings_take_keeps_the_selected_in_order() -> None:
+    from service.classifier import PackedStrings
+
+    values = ["a", "", "héllo", "x" * 300, "日本", "z"]
+    keep = np.array([True, True, False, True, True, False])
+    taken = PackedStrings(values).take(keep)
+    assert list(taken) == ["a", "", "x" * 300, "日本"]
+    assert list(PackedStrings(values).take(np.zeros(6, dtype=bool))) == []

@@ -17,9 +17,46 @@ def test_upgrade_head_matches_the_models(database_url: str) -> None:
     with engine.connect() as conn:
         context = MigrationContext.configure(conn, opts={"compare_type": True})
         assert compare_metadata(context, Base.metadata) == []
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0001"
-        assert conn.execute(text("SELECT value FROM class_generation WHERE id = 1")).scalar() == 0
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0002"
+        counter = conn.execute(text("SELECT value, removals_floor FROM class_generation")).all()
+        assert [tuple(row) for row in counter] == [(0, 0)]
     engine.dispose()
+
+
+def test_upgrading_a_database_in_use_keeps_its_classes(tmp_path: Any) -> None:
+    """0001 -> head on a database with a class and a generation: both survive, and the new
+    removal log works; downgrading back to 0001 works too."""
+    from alembic import command
+
+    from service.db import make_engine, make_session_factory, session_scope
+    from service.models import ClassRemoval, PersonalizedClass, remove_class
+    from workers.cli import alembic_config
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    config = alembic_config(url)
+    command.upgrade(config, "0001")
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE class_generation SET value = 41"))
+        conn.execute(
+            text(
+                "INSERT INTO classes (id, name, name_key, model_id, status, progress, attempts,"
+                " hints, confusers, created_at, updated_at) VALUES ('c1', 'Tea', 'tea', 'm',"
+                " 'ready', 1.0, 1, '[]', '[]', '2026-11-01 00:00:00', '2026-11-01 00:00:00')"
+            )
+        )
+    engine.dispose()
+    command.upgrade(config, "head")
+    engine = make_engine(url)
+    with session_scope(make_session_factory(engine)) as session:
+        row = session.get(PersonalizedClass, "c1")
+        assert row is not None and row.name == "Tea"
+        remove_class(session, row)
+    with session_scope(make_session_factory(engine)) as session:
+        removal = session.query(ClassRemoval).one()
+        assert (removal.class_id, removal.name_key, removal.generation) == ("c1", "tea", 42)
+    engine.dispose()
+    command.downgrade(config, "0001")
 
 
 def test_health_ready_metrics_docs(client: Any) -> None:

@@ -18,7 +18,7 @@ from service.api.deps import (
 )
 from service.api.schemas import ClassList, ClassOut, EmbeddingOut
 from service.api.uploads import error, name_key, read_image, validate_name, validate_words
-from service.models import ClassImage, PersonalizedClass, Status, bump_generation, utcnow
+from service.models import ClassImage, PersonalizedClass, Status, remove_class, utcnow
 from service.queue import try_send_train
 
 router = APIRouter(prefix="/v1/classes", tags=["classes"])
@@ -80,7 +80,7 @@ def register_class(
     if existing is not None:
         # The old row goes in the same transaction; its running job notices and stops.
         replaced_ready = existing.status == Status.ready
-        session.delete(existing)
+        remove_class(session, existing)
         session.flush()
     now = utcnow()
     row = PersonalizedClass(
@@ -98,8 +98,6 @@ def register_class(
     )
     row.images = [ClassImage(position=i, data=c.data) for i, c in enumerate(checked)]
     session.add(row)
-    if existing is not None:
-        bump_generation(session)
     try:
         session.commit()
     except IntegrityError:
@@ -155,8 +153,7 @@ def get_class(session: SessionDep, class_id: str) -> ClassOut:
 )
 def delete_class(session: SessionDep, classifier: ClassifierDep, class_id: str) -> Response:
     row = _get_or_404(session, class_id)
-    session.delete(row)
-    bump_generation(session)
+    remove_class(session, row)
     session.commit()
     # This process drops it from /classify before answering; others within the refresh period.
     classifier.refresh_now()
