@@ -1,4 +1,4 @@
-"""Removal log: API processes drop a deleted class from their matrix without a full rebuild.
+"""Removal log and a ready-rows index: API processes follow class changes without a rebuild.
 
 Revision ID: 0002
 Revises: 0001
@@ -35,11 +35,13 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id"),
     )
     op.create_index("ix_class_removals_generation", "class_removals", ["generation"])
+    op.create_index("ix_classes_ready", "classes", ["model_id", "status", "updated_at"])
     # Every class deleted before this revision is already out of every matrix that will be
     # built from now on; nothing to backfill.
 
 
 def downgrade() -> None:
+    op.drop_index("ix_classes_ready", table_name="classes")
     op.drop_index("ix_class_removals_generation", table_name="class_removals")
     op.drop_table("class_removals")
     with op.batch_alter_table("class_generation") as batch:

@@ -69,7 +69,7 @@ def side_by_side_scale() -> dict[str, Any]:
         "reference": {"classes": 10, "ratio": "sized p50 / reference p50"},
         "rows": [row(10, 250.0, 248.0, 1.01), row(100000, 275.0, 250.0, 1.09)],
         "during_reloads": during("append"),
-        "during_rebuilds": during("rebuild"),
+        "during_rebuilds": during("delete"),
     }
 
 
@@ -96,6 +96,7 @@ def test_scale_table_shows_the_same_window_reference_and_ratio() -> None:
     assert len(reloads) == 2
     for line in reloads:
         assert "reference in the same window: p50 250.00 ms, p99 300.00 ms" in line
+    assert "deleted (dropped in place via the removal log)" in reloads[1]
 
 
 def test_results_from_before_the_reference_server_still_render() -> None:
@@ -107,11 +108,13 @@ def test_results_from_before_the_reference_server_still_render() -> None:
     for key in ("during_reloads", "during_rebuilds"):
         del scale[key]["reference_c1"], scale[key]["pair_ratio_median"]
     del scale["during_reloads"]["kind"]  # the oldest format: every bump rebuilt
+    scale["during_rebuilds"]["kind"] = "rebuild"  # deletes before the removal log
     text = perf.markdown(result_with(scale))
     assert "| ready classes | p50 ms | p99 ms | ratio to 10 | API RSS MB |" in text
     assert "| 100,000 | 275.00 | 330.00 | 1.10 | 2700 |" in text
     assert "reference" not in text
     assert "the matrix was rebuilt (a generation bump)" in text
+    assert "a class was deleted (full rebuild)" in text
 
 
 @pytest.mark.parametrize("path", sorted(RESULTS.glob("perf-*.json")), ids=lambda p: p.name)
