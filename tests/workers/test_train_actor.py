@@ -205,3 +205,31 @@ def test_infrastructure_error_hands_every_batched_row_back(setup: Any, monkeypat
         row = get(factory, class_id)
         assert row is not None and row.status == Status.queued and row.lease is None
         assert row.attempts == 1 and row.error and "database went away" in row.error
+
+
+def test_reconciler_prunes_the_removal_log_after_its_retention(setup: Any) -> None:
+    from sqlalchemy import func, select, update
+
+    from service.models import ClassRemoval, read_removals_floor, remove_class
+
+    settings, factory, _ = setup
+    broker = make_broker(settings)
+    for name in ("a", "b"):
+        class_id = add_class(factory, name, enqueued_at=utcnow())
+        with factory() as session:
+            remove_class(session, session.get(PersonalizedClass, class_id))
+            session.commit()
+    with factory() as session:
+        session.execute(
+            update(ClassRemoval)
+            .where(ClassRemoval.name_key == "a")
+            .values(
+                removed_at=utcnow() - timedelta(seconds=settings.removal_log_retention_seconds + 5)
+            )
+        )
+        session.commit()
+    reconcile_once(factory, broker, settings)
+    with factory() as session:
+        assert session.scalars(select(ClassRemoval.name_key)).all() == ["b"]
+        kept = session.scalar(select(func.min(ClassRemoval.generation)))
+        assert 0 < read_removals_floor(session) < kept
