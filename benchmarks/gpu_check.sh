@@ -46,7 +46,7 @@ if [[ "${PERF_QUICK:-0}" == "1" ]]; then
 else
   ARGS+=(--rounds 3 --seconds 3)
 fi
-NOTE="GPU run via benchmarks/gpu_check.sh ($PRECISION); the class matrix product stays on the CPU."
+NOTE="GPU run via benchmarks/gpu_check.sh ($PRECISION); class matrix product and top-k on the GPU."
 for MODEL in liteembed-tiny ViT-B-32; do
   echo "== $MODEL" | tee -a "$LOG"
   "$PY" -m benchmarks.perf --model "$MODEL" "${ARGS[@]}" --note "$NOTE" \

@@ -137,6 +137,10 @@ class ClassMatrix:
     ready_through: datetime | None = None
     # The buffer `matrix` is a view of, when it has spare rows for appends.
     store: RowStore | None = None
+    # Copies of `matrix` on an accelerator, made on first use there (never copied by replace).
+    _on_device: dict[str, torch.Tensor] = dataclasses.field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     @property
     def size(self) -> int:
@@ -238,6 +242,15 @@ class ClassMatrix:
         """Cosines (B, C) of `features` (B, D) float32 against every class."""
         return class_logits(self.matrix, features)
 
+    def on_device(self, device: torch.device) -> torch.Tensor:
+        """The matrix on `device`, uploaded once per snapshot (a class change makes a new one)."""
+        key = str(device)
+        weights = self._on_device.get(key)
+        if weights is None:
+            weights = torch.from_numpy(self.matrix).to(device)
+            self._on_device[key] = weights  # a racing second upload is wasted, not wrong
+        return weights
+
 
 def class_logits(matrix: np.ndarray, features: np.ndarray) -> np.ndarray:
     """`features @ matrix.T` as float32, one product for the whole batch.
@@ -277,6 +290,36 @@ def top_k_softmax(logits: np.ndarray, scale: float, k: int) -> tuple[np.ndarray,
     order = np.lexsort((candidates, -scaled[candidates]))[:k]
     best = candidates[order]
     return best.astype(np.int64), np.exp(scaled[best].astype(np.float64) - peak) / total
+
+
+def top_k_softmax_on_device(
+    weights: torch.Tensor, features: np.ndarray, scale: float, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """`top_k_softmax` for a batch, computed where `weights` lives (an accelerator).
+
+    Why: next to a GPU encode of a few ms, reading 10^5 classes on the CPU and copying B x C
+    logits back would dominate; on the device the product, the log-sum-exp over all classes and
+    the top-k run there, and only (B, k) values come back. Returns (indices, probabilities),
+    each (B, k') with k' = min(k, C), best first, ties broken by the lower index as on the CPU.
+    """
+    count = weights.shape[0]
+    k = min(k, count)
+    batch = features.shape[0]
+    if k <= 0:
+        return np.zeros((batch, 0), dtype=np.int64), np.zeros((batch, 0), dtype=np.float64)
+    feats = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
+    feats = feats.to(weights.device, weights.dtype)
+    scaled = (feats @ weights.T).float() * scale
+    log_total = torch.logsumexp(scaled, dim=1, keepdim=True)
+    values, indices = torch.topk(scaled, k, dim=1)
+    probabilities = torch.exp(values - log_total).double().cpu().numpy()
+    indices_np = indices.cpu().numpy().astype(np.int64)
+    values_np = values.cpu().numpy()
+    for row in range(batch):  # topk's order among equal values is unspecified
+        order = np.lexsort((indices_np[row], -values_np[row]))
+        indices_np[row] = indices_np[row][order]
+        probabilities[row] = probabilities[row][order]
+    return indices_np, probabilities
 
 
 def empty_matrix(model_id: str, dim: int, dtype: str = "float32") -> ClassMatrix:

@@ -204,6 +204,54 @@ def test_runner_scores_a_batch_against_the_class_matrix(make_runner: Any) -> Non
     assert encoder.batches == [1, 5]
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_device_top_k_equals_the_cpu_top_k(dtype: Any) -> None:
+    """The accelerator path's arithmetic, run here on the CPU: same winners, same probabilities."""
+    from service.classifier import top_k_softmax_on_device
+
+    matrix = random_matrix(20_000, DIM).astype(dtype)
+    matrix[7] = matrix[3]  # an exact tie: the lower index must come first on both paths
+    queries = random_matrix(4, DIM, seed=5)
+    queries[0] = matrix[3].astype(np.float32)
+    weights = torch.from_numpy(matrix)
+    best, probabilities = top_k_softmax_on_device(weights, queries, 60.0, 10)
+    assert best.shape == probabilities.shape == (4, 10)
+    logits = class_logits(matrix, queries)
+    for row in range(4):
+        want, want_p = top_k_softmax(logits[row], 60.0, 10)
+        assert best[row].tolist() == want.tolist()
+        np.testing.assert_allclose(probabilities[row], want_p, rtol=1e-4)
+    assert best[0][:2].tolist() == [3, 7]
+    few, few_p = top_k_softmax_on_device(weights[:3], queries, 60.0, 10)  # k > C
+    assert few.shape == (4, 3)
+    np.testing.assert_allclose(few_p.sum(axis=1), 1.0, rtol=1e-6)
+
+
+def test_runner_scores_on_the_device_path_like_the_cpu_path(make_runner: Any) -> None:
+    """Forced onto the torch path (what a GPU server takes) with the CPU as its device."""
+    matrix = random_matrix(3000, DIM)
+    snapshot = snapshot_of(matrix)
+    queries = random_matrix(4, DIM, seed=3)
+
+    def encode(batch: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(queries[batch[:, 0, 0, 0].long().numpy()])
+
+    on_device = make_runner(
+        encode,
+        snapshot=lambda: snapshot,
+        logit_scale=lambda: 50.0,
+        score_device=torch.device("cpu"),
+    )
+    on_cpu = make_runner(encode, snapshot=lambda: snapshot, logit_scale=lambda: 50.0)
+    for i in range(4):
+        a = on_device.encode(pixels(i), top_k=2 + i).result(10)
+        b = on_cpu.encode(pixels(i), top_k=2 + i).result(10)
+        assert a.indices is not None and b.indices is not None and a.scores is not None
+        assert a.indices.tolist() == b.indices.tolist() and len(a.indices) == 2 + i
+        np.testing.assert_allclose(a.scores, b.scores, rtol=1e-4)
+    assert "cpu" in snapshot._on_device  # uploaded once, kept with the snapshot
+
+
 def test_runner_reports_a_matrix_of_the_wrong_width(make_runner: Any) -> None:
     snapshot = snapshot_of(random_matrix(10, DIM + 1))
     runner = make_runner(FakeEncoder(), snapshot=lambda: snapshot)
