@@ -172,14 +172,16 @@ class ClassMatrix:
         return None
 
     def without(self, rows: list[int]) -> ClassMatrix:
-        """This snapshot less `rows`, with the order of the others kept. O(C) in C, no loop."""
+        """This snapshot less `rows`, with the order of the others kept: one C-speed pass over
+        the matrix and the packed strings; Python loops only over the removed rows."""
         keep = np.ones(self.size, dtype=bool)
         keep[rows] = False
         kept = int(keep.sum())
         buffer = np.empty((kept + _spare_rows(kept), self.matrix.shape[1]), self.matrix.dtype)
         if len(rows) <= _SLICE_COPY_MAX:
-            # The runs between removed rows, each one memcpy (numpy drops the GIL for it):
-            # measured 20x faster at 10^5 rows than np.compress or a boolean index.
+            # The runs between removed rows, each one contiguous copy: at 10^5 x 512 rows it
+            # took 28 ms against 58 ms for a boolean index and 93 ms for np.compress (one-off
+            # timing on the 2-core VM).
             edges = [-1, *sorted(rows), self.size]
             filled = 0
             for after, before in zip(edges[:-1], edges[1:], strict=True):
