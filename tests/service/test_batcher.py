@@ -573,3 +573,72 @@ def test_packed_strings_take_keeps_the_selected_in_order() -> None:
     taken = PackedStrings(values).take(keep)
     assert list(taken) == ["a", "", "x" * 300, "日本"]
     assert list(PackedStrings(values).take(np.zeros(6, dtype=bool))) == []
+
+
+def test_random_changes_follow_incrementally_and_equal_a_rebuild(
+    database_url: str, monkeypatch: Any
+) -> None:
+    """Appends, deletes and replacements in random order: after each refresh the cache holds
+    exactly what a full rebuild reads, and it never had to rebuild to get there."""
+    import random
+
+    from sqlalchemy import update
+
+    import service.classifier as classifier
+    from service.db import make_engine, make_session_factory, session_scope
+    from service.models import PersonalizedClass
+
+    _insert_ready(database_url, "m@1", random_matrix(200, 16))
+    engine = make_engine(database_url)
+    factory = make_session_factory(engine)
+    cache = ClassMatrixCache(factory, refresh_seconds=60)
+    cache.snapshot("m@1", 16)
+    rebuilds = 0
+    real_build = classifier.build_matrix
+
+    def counting_build(*args: Any, **kwargs: Any) -> Any:
+        nonlocal rebuilds
+        rebuilds += 1
+        return real_build(*args, **kwargs)
+
+    monkeypatch.setattr(classifier, "build_matrix", counting_build)
+    rng = random.Random(7)
+    alive = set(range(200))
+    next_index = 200
+    for step in range(30):
+        action = rng.choice(["append", "delete", "replace", "mixed"])
+        if action in ("append", "mixed"):
+            count = rng.randint(1, 5)
+            _insert_ready(
+                database_url, "m@1", random_matrix(count, 16, seed=100 + step), first=next_index
+            )
+            alive.update(range(next_index, next_index + count))
+            next_index += count
+        if action in ("delete", "mixed"):
+            gone = rng.sample(sorted(alive), rng.randint(1, 4))
+            _remove(factory, *(f"class {i}" for i in gone))
+            alive.difference_update(gone)
+        if action == "replace":  # the same name comes back as a new class (new id)
+            index = rng.choice(sorted(alive))
+            _remove(factory, f"class {index}")
+            _insert_ready(database_url, "m@1", random_matrix(1, 16, seed=500 + step), first=index)
+            with session_scope(factory) as session:
+                session.execute(
+                    update(PersonalizedClass)
+                    .where(PersonalizedClass.name_key == f"class {index}")
+                    .values(id=f"replaced-{step}-{index}")
+                )
+        cache.refresh()
+        with factory() as session:
+            rebuilt = real_build(session, "m@1", 16)
+        current = cache.snapshot("m@1", 16)
+        assert current.size == len(alive)
+        # Same set of classes with the same vectors (rows may sit in another order: an append
+        # goes to the end, a rebuild orders by creation time).
+        by_id = {current.ids[r]: current.matrix[r] for r in range(current.size)}
+        assert set(by_id) == set(rebuilt.ids)
+        for row, class_id in enumerate(rebuilt.ids):
+            np.testing.assert_array_equal(by_id[class_id], rebuilt.matrix[row])
+            assert current.ids[current.index_of(rebuilt.keys[row])] == class_id
+    assert rebuilds == 0
+    engine.dispose()
