@@ -80,10 +80,6 @@ def summarize(latencies_s: list[float], wall_s: float, items: int) -> dict[str, 
     }
 
 
-def median_of(rounds: list[dict[str, Any]], key: str) -> float:
-    return float(statistics.median(r[key] for r in rounds))
-
-
 def test_image(size: int = 256, seed: int = 0) -> bytes:
     """A smooth random picture as a JPEG (a photo-like decode cost, not a solid colour)."""
     from PIL import Image
@@ -289,16 +285,6 @@ def delete_one_class(factory: Any, model_id: str) -> None:
             select(cls).where(cls.model_id == model_id).order_by(cls.created_at.desc()).limit(1)
         ).one()
         remove_class(session, newest)
-
-
-def bump(database_url: str) -> None:
-    from service.db import make_engine, make_session_factory, session_scope
-    from service.models import bump_generation
-
-    engine = make_engine(database_url)
-    with session_scope(make_session_factory(engine)) as session:
-        bump_generation(session)
-    engine.dispose()
 
 
 # --- HTTP load ---------------------------------------------------------------------------------
@@ -879,8 +865,10 @@ def scale_markdown(s: dict[str, Any], classifier_dtype: str) -> list[str]:
     return lines
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.perf", description=__doc__)
+def add_server_arguments(
+    parser: argparse.ArgumentParser, *, torch_threads: int | None = None
+) -> None:
+    """The options `Server` reads from its namespace (shared with benchmarks/profile_server.py)."""
     parser.add_argument("--model", default="liteembed-tiny")
     parser.add_argument("--pretrained", default="random")
     parser.add_argument("--device", default="cpu")
@@ -888,15 +876,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--classifier-dtype", default="float32", choices=["float32", "float16"])
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
     parser.add_argument(
-        "--torch-threads", type=int, default=None, help="for this process and the servers alike"
+        "--torch-threads",
+        type=int,
+        default=torch_threads,
+        help="for this process and the servers alike",
     )
+    parser.add_argument("--start-timeout", type=float, default=900)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.perf", description=__doc__)
+    add_server_arguments(parser)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=4.0, help="per measurement")
     parser.add_argument("--sizes", default="10,1000,10000,100000")
     parser.add_argument("--train-steps", type=int, default=10, help="engine per-step timing")
     parser.add_argument("--reload-every", type=float, default=1.0)
     parser.add_argument("--parts", default="classify,training,scale")
-    parser.add_argument("--start-timeout", type=float, default=900)
     parser.add_argument("--note", default="", help="what else ran on the machine")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--render", type=Path, default=None, help="re-print a result JSON")

@@ -112,11 +112,10 @@ def summarize_profile(
     for thread, samples in threads.items():
         # Recorded without --idle: py-spy keeps only samples where the thread was running
         # (it asks the OS), so a thread's samples over the window's samples is its busy share.
-        busy = samples
-        busy_count = sum(c for _, c in busy)
+        busy_count = sum(c for _, c in samples)
         role = role_of(samples)
         leaves: Counter[str] = Counter()
-        for frames, c in busy:
+        for frames, c in samples:
             leaves[frames[-1] if frames else "?"] += c
         rows.append(
             {
@@ -128,7 +127,7 @@ def summarize_profile(
             }
         )
         if role == "event loop":
-            for frames, c in busy:
+            for frames, c in samples:
                 loop_split[library_of(frames)] += c
     rows.sort(key=lambda r: -r["busy_share"])
     loop_total = sum(loop_split.values())
@@ -182,17 +181,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.profile_server", description=__doc__
     )
-    parser.add_argument("--model", default="liteembed-tiny")
-    parser.add_argument("--pretrained", default="random")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--precision", default="auto")
-    parser.add_argument("--classifier-dtype", default="float32", choices=["float32", "float16"])
-    parser.add_argument("--cache-dir", type=Path, default=perf.DEFAULT_CACHE)
-    parser.add_argument("--torch-threads", type=int, default=1)
+    perf.add_server_arguments(parser, torch_threads=1)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
-    parser.add_argument("--start-timeout", type=float, default=900)
     parser.add_argument("--note", default="")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--render", type=Path, default=None, help="re-print a result JSON")
