@@ -1,4 +1,4 @@
-"""Every switch of the LiteEmbed reconstruction (method.md).
+"""Every switch of the LiteEmbed reconstruction (docs/method.md).
 
 The defaults were chosen on the validation held-out classes of the mini CLIP's world, never on
 the test classes (benchmarks/results/validation_search.md): 10 steps (more overfit 4 shots),

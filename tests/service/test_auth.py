@@ -1,4 +1,4 @@
-"""401/403 over every route: admin keys do everything, client keys what design.md lists."""
+"""401/403 over every route: admin keys do everything, client keys what the README lists."""
 
 from __future__ import annotations
 
