@@ -19,9 +19,9 @@ from service.batcher import ModelRunner, single_threaded_torch
 from service.classifier import ClassMatrixCache
 from service.core.config import Settings, get_settings
 from service.db import make_engine, make_session_factory
-from service.engine import RuntimeHolder
 from service.metrics import Metrics, MetricsMiddleware
 from service.queue import make_broker, queue_depth
+from service.runtime import RuntimeHolder
 
 log = logging.getLogger(__name__)
 

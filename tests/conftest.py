@@ -160,7 +160,7 @@ def sqlite_url(tmp_path: Path, sqlite_template: Path) -> str:
 def shared_runtime(make_settings: Callable[..., Settings]) -> Any:
     """One loaded tiny model for all in-process tests (every app would load the same weights)."""
     pytest.importorskip("liteembed.backend", reason="the engine (liteembed/) is not installed")
-    from service.engine import RuntimeHolder
+    from service.runtime import RuntimeHolder
 
     holder = RuntimeHolder(make_settings("sqlite://"))
     holder.get()

@@ -22,7 +22,6 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.core.config import QUEUE_NAME, TRAIN_ACTOR_NAME, Settings
 from service.db import session_scope
-from service.engine import Runtime, RuntimeHolder
 from service.models import (
     ClassImage,
     PersonalizedClass,
@@ -31,6 +30,7 @@ from service.models import (
     bump_generation,
     utcnow,
 )
+from service.runtime import Runtime, RuntimeHolder
 
 log = logging.getLogger(__name__)
 

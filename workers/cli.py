@@ -128,8 +128,8 @@ def worker_command(settings: Settings) -> int:
     import dramatiq
 
     from service.db import make_engine, make_session_factory
-    from service.engine import RuntimeHolder
     from service.queue import make_broker
+    from service.runtime import RuntimeHolder
     from workers.actors import Trainer, register_train_actor
     from workers.reconciler import Reconciler
 

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from service.classifier import ClassMatrixCache
 from service.core.config import Settings
-from service.engine import Runtime, RuntimeHolder
+from service.runtime import Runtime, RuntimeHolder
 
 
 # The trivial dependencies are `async def` on purpose: FastAPI runs a plain `def` dependency

@@ -17,7 +17,7 @@ from service.api.uploads import error, name_key, read_image, validate_words
 from service.batcher import MatrixMismatch, ModelRunner
 from service.classifier import top_k_softmax
 from service.core.config import Settings
-from service.engine import Runtime
+from service.runtime import Runtime
 
 if TYPE_CHECKING:
     import torch

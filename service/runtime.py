@@ -9,17 +9,23 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 from service.core.config import Settings
+
+if TYPE_CHECKING:  # importing liteembed loads torch; the API starts answering before that
+    from liteembed.backend import ClipBackend
+    from liteembed.vocab import Vocabulary
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class Runtime:
-    backend: Any  # liteembed.backend.ClipBackend
-    vocabulary: Any  # liteembed.vocab.Vocabulary
+    """The loaded model and its vocabulary: what every request and training job works with."""
+
+    backend: ClipBackend
+    vocabulary: Vocabulary
     vocabulary_words: frozenset[str]
 
     @property
