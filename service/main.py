@@ -12,6 +12,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 
 from service.api.limits import BodySizeLimit
 from service.api.routes import classes, classify, health
@@ -47,7 +48,9 @@ def create_app(
             yield
         engine.dispose()
 
-    app = FastAPI(
+    # /docs and /redoc load their scripts from the installed package, not a CDN, so they render
+    # on air-gapped machines.
+    app = FastAPIOffline(
         title="LiteEmbed",
         version="1.0",
         summary="Teach CLIP a new class from a few images, then classify with it.",
