@@ -1,70 +1,60 @@
 """LiteEmbed engine: learn a new CLIP word from a few images, on any open_clip model.
 
-Callers use only what this module re-exports (docs/engine-api.md).
+Callers use only what this module re-exports (docs/engine-api.md). The re-exports load on first
+use (PEP 562), so `liteembed.client` and other light submodules import without torch.
 """
 
-from liteembed.backend import ClipBackend, load_backend, register_model_configs
-from liteembed.baselines import (
-    ClassRepresentation,
-    FewShotMethod,
-    ImagePrototype,
-    LiteEmbed,
-    TextualInversion,
-    ZeroShotName,
-)
-from liteembed.config import OptimizationConfig
-from liteembed.errors import (
-    CheckpointError,
-    ImageTooLargeError,
-    InvalidImageError,
-    InvalidNameError,
-    LiteEmbedError,
-    ModelNotFoundError,
-    NoImagesError,
-    OptimizationCancelled,
-    UnknownHintError,
-    UnsupportedImageTypeError,
-)
-from liteembed.images import decode_image, to_rgb
-from liteembed.optimize import (
-    ClassRequest,
-    LearnedClass,
-    ProgressEvent,
-    learn_class,
-    learn_classes,
-    validate_name,
-)
-from liteembed.vocab import Vocabulary, load_vocabulary
+from __future__ import annotations
 
-__all__ = [
-    "CheckpointError",
-    "ClassRepresentation",
-    "ClassRequest",
-    "ClipBackend",
-    "FewShotMethod",
-    "ImagePrototype",
-    "ImageTooLargeError",
-    "InvalidImageError",
-    "InvalidNameError",
-    "LearnedClass",
-    "LiteEmbed",
-    "LiteEmbedError",
-    "ModelNotFoundError",
-    "NoImagesError",
-    "OptimizationCancelled",
-    "OptimizationConfig",
-    "ProgressEvent",
-    "TextualInversion",
-    "UnknownHintError",
-    "UnsupportedImageTypeError",
-    "Vocabulary",
-    "ZeroShotName",
-    "decode_image",
-    "learn_class",
-    "learn_classes",
-    "load_backend",
-    "load_vocabulary",
-    "register_model_configs",
-    "to_rgb",
-    "validate_name",
-]
+import importlib
+from typing import Any
+
+# Each public name and the submodule that defines it.
+_EXPORTS: dict[str, str] = {
+    "ClipBackend": "liteembed.backend",
+    "load_backend": "liteembed.backend",
+    "register_model_configs": "liteembed.backend",
+    "ClassRepresentation": "liteembed.baselines",
+    "FewShotMethod": "liteembed.baselines",
+    "ImagePrototype": "liteembed.baselines",
+    "LiteEmbed": "liteembed.baselines",
+    "TextualInversion": "liteembed.baselines",
+    "ZeroShotName": "liteembed.baselines",
+    "OptimizationConfig": "liteembed.config",
+    "CheckpointError": "liteembed.errors",
+    "ImageTooLargeError": "liteembed.errors",
+    "InvalidImageError": "liteembed.errors",
+    "InvalidNameError": "liteembed.errors",
+    "LiteEmbedError": "liteembed.errors",
+    "ModelNotFoundError": "liteembed.errors",
+    "NoImagesError": "liteembed.errors",
+    "OptimizationCancelled": "liteembed.errors",
+    "UnknownHintError": "liteembed.errors",
+    "UnsupportedImageTypeError": "liteembed.errors",
+    "decode_image": "liteembed.images",
+    "to_rgb": "liteembed.images",
+    "ClassRequest": "liteembed.optimize",
+    "LearnedClass": "liteembed.optimize",
+    "ProgressEvent": "liteembed.optimize",
+    "learn_class": "liteembed.optimize",
+    "learn_classes": "liteembed.optimize",
+    "validate_name": "liteembed.optimize",
+    "Vocabulary": "liteembed.vocab",
+    "load_vocabulary": "liteembed.vocab",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'liteembed' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+

@@ -1,0 +1,61 @@
+"""Python client of the LiteEmbed service (httpx; sync `Client` and asyncio `AsyncClient`).
+
+    from liteembed.client import Client
+
+    with Client("http://127.0.0.1:8000", key="...") as client:
+        info = client.register_class("zorb", ["zorb1.png", "zorb2.png"], hints=["star"])
+        client.wait_ready(info.id)
+        print(client.classify("test.png").top)
+
+It imports neither torch nor the service: a client machine needs only httpx and pydantic.
+"""
+
+from liteembed.client._calls import ImageSource
+from liteembed.client.aio import AsyncClient
+from liteembed.client.errors import (
+    ApiError,
+    BadRequest,
+    Conflict,
+    ConnectionFailed,
+    Forbidden,
+    InvalidRequest,
+    LiteEmbedClientError,
+    NotFound,
+    PayloadTooLarge,
+    ServerError,
+    ServiceUnavailable,
+    TrainingFailed,
+    Unauthorized,
+    UnsupportedMediaType,
+    WaitTimeout,
+)
+from liteembed.client.models import Classification, ClassInfo, ClassPage, Embedding, Prediction
+from liteembed.client.retry import RetryPolicy
+from liteembed.client.sync import Client
+
+__all__ = [
+    "ApiError",
+    "AsyncClient",
+    "BadRequest",
+    "ClassInfo",
+    "ClassPage",
+    "Classification",
+    "Client",
+    "Conflict",
+    "ConnectionFailed",
+    "Embedding",
+    "Forbidden",
+    "ImageSource",
+    "InvalidRequest",
+    "LiteEmbedClientError",
+    "NotFound",
+    "PayloadTooLarge",
+    "Prediction",
+    "RetryPolicy",
+    "ServerError",
+    "ServiceUnavailable",
+    "TrainingFailed",
+    "Unauthorized",
+    "UnsupportedMediaType",
+    "WaitTimeout",
+]

@@ -1,0 +1,73 @@
+"""Typed results of the service's JSON responses."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+ClassStatus = Literal["queued", "training", "ready", "failed"]
+
+
+class _Result(BaseModel):
+    # Fields the service adds later are ignored, so an older client keeps working.
+    model_config = ConfigDict(frozen=True, extra="ignore", protected_namespaces=())
+
+
+class ClassInfo(_Result):
+    """A registered class and its training job."""
+
+    id: str
+    name: str
+    model: str
+    status: ClassStatus
+    progress: float
+    attempts: int
+    error: str | None = None
+    hints: list[str] = []
+    confusers: list[str] = []
+    dim: int | None = None
+    created_at: datetime
+    updated_at: datetime
+    diagnostics: dict[str, Any] | None = None
+
+    @property
+    def finished(self) -> bool:
+        """Ready or failed: nothing will change any more."""
+        return self.status in ("ready", "failed")
+
+
+class ClassPage(_Result):
+    """One page of `GET /v1/classes`; `total` counts every match."""
+
+    items: list[ClassInfo]
+    total: int
+
+
+class Prediction(_Result):
+    label: str
+    score: float
+    # The registered class behind the label; None for a plain word.
+    class_id: str | None = None
+
+
+class Classification(_Result):
+    """Predictions for one image, best first."""
+
+    model: str
+    predictions: list[Prediction]
+
+    @property
+    def top(self) -> Prediction | None:
+        return self.predictions[0] if self.predictions else None
+
+
+class Embedding(_Result):
+    """A ready class's learned word: its CLIP text feature and its token embedding."""
+
+    model: str
+    dim: int
+    templates: list[str]
+    text_feature: list[float]
+    token_embedding: list[float]
