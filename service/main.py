@@ -14,6 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
 
+from service.admin import mount_admin
 from service.api.limits import BodySizeLimit
 from service.api.routes import classes, classify, health
 from service.batcher import ModelRunner, single_threaded_torch
@@ -75,6 +76,7 @@ def create_app(
     app.include_router(health.router)
     app.include_router(classes.router)
     app.include_router(classify.router)
+    mount_admin(app)
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)

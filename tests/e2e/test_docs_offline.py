@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -12,25 +11,14 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 import uvicorn
+from browser import chromium
 
 from service.core.config import Settings
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM = "/usr/bin/chromium"
 # A page, and the (resource type, URL) of every request it made off the server.
 OfflinePage = tuple[Any, list[tuple[str, str]]]
-# Chromium's own background traffic is switched off, so every request left is the page's.
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 @pytest.fixture
@@ -59,10 +47,6 @@ def live_server(sqlite_url: str, make_settings: Callable[..., Settings]) -> Iter
 def offline_page(live_server: str) -> Iterator[OfflinePage]:
     """A Chromium page whose requests to any host but the server are refused and recorded
     (resource type and URL)."""
-    if not shutil.which(CHROMIUM):
-        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (.ci/run does)")
-    from playwright.sync_api import sync_playwright
-
     server_host = urlsplit(live_server).netloc
     blocked: list[tuple[str, str]] = []
 
@@ -74,14 +58,10 @@ def offline_page(live_server: str) -> Iterator[OfflinePage]:
             blocked.append((route.request.resource_type, url))
             route.abort()
 
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    with chromium() as browser:
         page = browser.new_page()
         page.route("**/*", only_local)
-        try:
-            yield page, blocked
-        finally:
-            browser.close()
+        yield page, blocked
 
 
 def test_swagger_ui_renders_every_operation_offline(

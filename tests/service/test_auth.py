@@ -14,6 +14,7 @@ ROUTES: list[tuple[str, str, str]] = [  # method, path, who may call it
     ("GET", "/v1/classes/{id}", "client"),
     ("GET", "/v1/classes", "admin"),
     ("GET", "/v1/classes/{id}/embedding", "client"),
+    ("GET", "/v1/classes/{id}/thumbnail", "client"),
     ("POST", "/v1/classify", "client"),
     ("DELETE", "/v1/classes/{id}", "admin"),
 ]
@@ -71,5 +72,6 @@ def test_auth_matrix(secured: Any, make_image: Any, method: str, path: str, who:
 
 
 def test_open_routes_need_no_key(secured: Any) -> None:
-    for path in ("/healthz", "/readyz", "/metrics", "/docs", "/openapi.json"):
+    # /admin is a static page: it shows nothing until the browser sends an admin key.
+    for path in ("/healthz", "/readyz", "/metrics", "/docs", "/openapi.json", "/admin"):
         assert secured.get(path).status_code == 200, path

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile, status
@@ -18,6 +19,7 @@ from service.api.deps import (
 )
 from service.api.schemas import ClassList, ClassOut, EmbeddingOut
 from service.api.uploads import error, name_key, read_image, validate_name, validate_words
+from service.core.config import Settings
 from service.models import ClassImage, PersonalizedClass, Status, remove_class, utcnow
 from service.queue import try_send_train
 
@@ -171,3 +173,44 @@ def export_embedding(session: SessionDep, class_id: str) -> EmbeddingOut:
     if row.status != Status.ready or row.embedding is None:
         raise error(409, f"class {class_id} is {row.status}, not ready")
     return EmbeddingOut.of(row)
+
+
+@router.get(
+    "/{class_id}/thumbnail",
+    response_class=Response,
+    dependencies=[ClientDep],
+    summary="A small JPEG of the class's first image",
+    responses={200: {"content": {"image/jpeg": {}}, "description": "the thumbnail"}},
+)
+def thumbnail(
+    session: SessionDep,
+    settings: SettingsDep,
+    class_id: str,
+    size: Annotated[int, Query(ge=16, le=512, description="longest side in pixels")] = 128,
+) -> Response:
+    row = _get_or_404(session, class_id)
+    first = session.scalars(
+        select(ClassImage.data)
+        .where(ClassImage.class_id == row.id)
+        .order_by(ClassImage.position)
+        .limit(1)
+    ).first()
+    if first is None:
+        raise error(404, f"class {class_id} has no images")
+    # A class's images never change (a replacement is a new id), so browsers may keep it.
+    return Response(
+        _jpeg_thumbnail(first, size, settings),
+        media_type="image/jpeg",
+        headers={"Cache-Control": "private, max-age=86400"},
+    )
+
+
+def _jpeg_thumbnail(data: bytes, size: int, settings: Settings) -> bytes:
+    from liteembed.images import decode_image
+
+    # The bytes passed the same checks at upload, so decoding them again is safe.
+    image = decode_image(data, max_pixels=settings.max_image_pixels)
+    image.thumbnail((size, size))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=85)
+    return buffer.getvalue()
