@@ -18,6 +18,7 @@ COPY pyproject.toml README.md ./
 COPY liteembed ./liteembed
 COPY service ./service
 COPY workers ./workers
+COPY cli ./cli
 RUN pip install -c constraints.txt .
 # Migrations are run from the work dir by `liteembed migrate`.
 COPY alembic.ini ./

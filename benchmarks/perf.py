@@ -156,7 +156,7 @@ class Server:
         env.update({f"LITEEMBED_{k.upper()}": v for k, v in settings.items()})
         self.log = open(workdir / f"server-{self.port}.log", "wb")  # noqa: SIM115
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "workers.cli", "serve", "--port", str(self.port)],
+            [sys.executable, "-m", "cli.main", "serve", "--port", str(self.port)],
             cwd=ROOT,
             env=env,
             stdout=self.log,

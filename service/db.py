@@ -1,13 +1,22 @@
-"""Database engine and sessions for SQLite (the default) and PostgreSQL."""
+"""Database engine, sessions and schema migrations for SQLite (the default) and PostgreSQL."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
+
+from service.core.config import Settings
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+
+log = logging.getLogger(__name__)
 
 
 def make_engine(url: str) -> Engine:
@@ -47,3 +56,40 @@ def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+def migrations_dir() -> Path:
+    """The Alembic scripts: next to the source in a checkout, else in the working directory
+    (the container image copies them to its work dir)."""
+    for base in (Path(__file__).resolve().parents[1], Path.cwd()):
+        if (base / "migrations" / "env.py").is_file():
+            return base / "migrations"
+    raise SystemExit("liteembed: cannot find the migrations/ directory")
+
+
+def alembic_config(database_url: str) -> Config:
+    """Alembic's configuration for `database_url`, with no alembic.ini needed."""
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(migrations_dir()))
+    config.attributes["database_url"] = database_url
+    if database_url.startswith("sqlite"):
+        sqlite_parent(database_url).mkdir(parents=True, exist_ok=True)
+    return config
+
+
+def migrate(settings: Settings) -> None:
+    """Bring the schema up to date (`alembic upgrade head`)."""
+    from alembic import command
+
+    command.upgrade(alembic_config(settings.database_url), "head")
+    log.info("database schema is up to date")
+
+
+def sqlite_parent(url: str) -> Path:
+    """The directory an SQLite URL's file lives in (created before the first migration)."""
+    from sqlalchemy.engine import make_url
+
+    database = make_url(url).database
+    return Path(database).expanduser().resolve().parent if database else Path.cwd()

@@ -92,7 +92,7 @@ def make_settings(cache_dir: Path) -> Callable[..., Settings]:
 
 
 def _migrate(url: str) -> None:
-    from workers.cli import migrate
+    from service.db import migrate
 
     migrate(Settings(_env_file=None, database_url=url))  # type: ignore[call-arg]
 

@@ -39,7 +39,7 @@ class Processes:
     def start(self, name: str, *args: str, env: dict[str, str] | None = None) -> Any:
         log = open(self.tmp_path / f"{name}.log", "ab")  # noqa: SIM115
         process = subprocess.Popen(
-            [sys.executable, "-m", "workers.cli", *args],
+            [sys.executable, "-m", "cli.main", *args],
             env={**self.env, **(env or {})},
             stdout=log,
             stderr=subprocess.STDOUT,

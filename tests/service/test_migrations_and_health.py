@@ -28,9 +28,8 @@ def test_upgrading_a_database_in_use_keeps_its_classes(tmp_path: Any) -> None:
     removal log works; downgrading back to 0001 works too."""
     from alembic import command
 
-    from service.db import make_engine, make_session_factory, session_scope
+    from service.db import alembic_config, make_engine, make_session_factory, session_scope
     from service.models import ClassRemoval, PersonalizedClass, remove_class
-    from workers.cli import alembic_config
 
     url = f"sqlite:///{tmp_path / 'old.db'}"
     config = alembic_config(url)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from workers.cli import main
+from cli.main import main
 
 
 def test_demo_command_rejects_a_class_the_world_does_not_have(

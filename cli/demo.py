@@ -86,7 +86,7 @@ def start_server(
     command = [
         sys.executable,
         "-c",
-        "from workers.cli import main; raise SystemExit(main())",
+        "from cli.main import main; raise SystemExit(main())",
         "serve",
         "--port",
         str(port),

@@ -7,13 +7,9 @@ import logging
 import signal
 import sys
 import threading
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 from service.core.config import QUEUE_NAME, Settings, get_settings
-
-if TYPE_CHECKING:
-    from alembic.config import Config
+from service.db import migrate
 
 log = logging.getLogger("liteembed")
 
@@ -38,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "demo":
         # The demo starts its own `liteembed serve` subprocess with its own settings.
-        from workers.demo import DEFAULT_CLASSES, run_demo
+        from cli.demo import DEFAULT_CLASSES, run_demo
 
         return run_demo(
             classes=args.classes or DEFAULT_CLASSES, shots=args.shots, use_hints=not args.no_hints
@@ -55,41 +51,6 @@ def main(argv: list[str] | None = None) -> int:
         return worker_command(settings)
     migrate(settings)
     return 0
-
-
-def migrations_dir() -> Path:
-    """The Alembic scripts: next to the source in a checkout, else in the working directory
-    (the container image copies them to its work dir)."""
-    for base in (Path(__file__).resolve().parents[1], Path.cwd()):
-        if (base / "migrations" / "env.py").is_file():
-            return base / "migrations"
-    raise SystemExit("liteembed: cannot find the migrations/ directory")
-
-
-def alembic_config(database_url: str) -> Config:
-    """Alembic's configuration for `database_url`, with no alembic.ini needed."""
-    from alembic.config import Config
-
-    config = Config()
-    config.set_main_option("script_location", str(migrations_dir()))
-    config.attributes["database_url"] = database_url
-    if database_url.startswith("sqlite"):
-        _sqlite_parent(database_url).mkdir(parents=True, exist_ok=True)
-    return config
-
-
-def migrate(settings: Settings) -> None:
-    from alembic import command
-
-    command.upgrade(alembic_config(settings.database_url), "head")
-    log.info("database schema is up to date")
-
-
-def _sqlite_parent(url: str) -> Path:
-    from sqlalchemy.engine import make_url
-
-    database = make_url(url).database
-    return Path(database).expanduser().resolve().parent if database else Path.cwd()
 
 
 def serve_command(settings: Settings, host: str | None, port: int, workers: int) -> int:

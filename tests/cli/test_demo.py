@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from workers.demo import run_demo
+from cli.demo import run_demo
 
 
 @pytest.mark.slow
