@@ -276,15 +276,16 @@ def delete_one_class(factory: Any, model_id: str) -> None:
     """Delete the newest ready class the way the API does (logged in the removal log)."""
     from sqlalchemy import select
 
+    from service.crud import remove_class
     from service.db import session_scope
-    from service.models import PersonalizedClass, remove_class
+    from service.models import PersonalizedClass
 
     cls = PersonalizedClass
     with session_scope(factory) as session:
         newest = session.scalars(
             select(cls).where(cls.model_id == model_id).order_by(cls.created_at.desc()).limit(1)
         ).one()
-        remove_class(session, newest)
+        remove_class(session=session, row=newest)
 
 
 # --- HTTP load ---------------------------------------------------------------------------------

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
-import threading
 
-from service.core.config import QUEUE_NAME, Settings, get_settings
+from service.core.config import Settings, get_settings
 from service.db import migrate
 
 log = logging.getLogger("liteembed")
@@ -73,7 +71,7 @@ def serve_command(settings: Settings, host: str | None, port: int, workers: int)
         # PostgreSQL is migrated once by `liteembed migrate`, not by every API process.
         migrate(settings)
     uvicorn.run(
-        "workers.embedded:create_app_with_worker",
+        "workers:create_app_with_worker",
         factory=True,
         host=host,
         port=port,
@@ -84,48 +82,9 @@ def serve_command(settings: Settings, host: str | None, port: int, workers: int)
 
 
 def worker_command(settings: Settings) -> int:
-    """One process, one thread: one copy of the model per GPU, loaded in this process after
-    start (never inherited through a fork)."""
-    import dramatiq
+    from workers import run_worker_process
 
-    from service.db import make_engine, make_session_factory
-    from service.queue import make_broker
-    from service.runtime import RuntimeHolder
-    from workers.actors import Trainer, register_train_actor
-    from workers.reconciler import Reconciler
-
-    if settings.redis_url is None:
-        log.error("liteembed worker needs LITEEMBED_REDIS_URL (without it, serve runs the worker)")
-        return 2
-    session_factory = make_session_factory(make_engine(settings.database_url))
-    broker = make_broker(settings)
-    runtime = RuntimeHolder(settings)
-    trainer = Trainer(settings, session_factory, runtime)
-    register_train_actor(broker, trainer)
-    # Load before consuming: a broken model configuration fails the process loudly at start.
-    try:
-        runtime.get()
-    except Exception:
-        log.error("worker: the model could not be loaded: %s", runtime.error)
-        return 1
-
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    worker = dramatiq.Worker(broker, queues={QUEUE_NAME}, worker_threads=1, worker_timeout=1000)
-    # Hold only the running message: a prefetched one would wait behind it, unavailable to
-    # idle workers on other GPUs.
-    worker.queue_prefetch = 1
-    worker.start()
-    reconciler = Reconciler(session_factory, broker, settings)
-    reconciler.start()
-    log.info("worker ready: model %s, queue %s", runtime.loaded.model_id, QUEUE_NAME)  # type: ignore[union-attr]
-    stop.wait()
-    log.info("worker stopping (finishing the current job)")
-    reconciler.stop()
-    worker.stop(timeout=settings.job_time_limit_seconds * 1000)
-    broker.close()
-    return 0
+    return run_worker_process(settings)
 
 
 if __name__ == "__main__":

@@ -22,13 +22,13 @@ from service.classifier import ClassMatrixCache
 from service.core.config import Settings, get_settings
 from service.db import make_engine, make_session_factory
 from service.metrics import Metrics, MetricsMiddleware
-from service.queue import make_broker, queue_depth
+from service.queue import make_producer
 from service.runtime import RuntimeHolder
 
 log = logging.getLogger(__name__)
 
 # Something run for the lifetime of the app (the embedded worker); it gets the app to find
-# the broker, sessions and model in app.state.
+# the queue producer, sessions and model in app.state.
 Background = Callable[[FastAPI], AbstractContextManager[None]]
 
 
@@ -60,7 +60,7 @@ def create_app(
     app.state.settings = settings
     app.state.engine = engine
     app.state.session_factory = session_factory
-    app.state.broker = make_broker(settings)
+    app.state.producer = make_producer(settings)
     app.state.runtime = RuntimeHolder(settings)
     app.state.classifier = ClassMatrixCache(
         session_factory, settings.classifier_refresh_seconds, settings.classifier_dtype
@@ -70,7 +70,7 @@ def create_app(
     app.state.metrics = metrics
     app.state.checks = {}
     app.state.background_checks = lambda: {k: bool(f()) for k, f in app.state.checks.items()}
-    metrics.add_state_collector(session_factory, lambda: queue_depth(app.state.broker))
+    metrics.add_state_collector(session_factory, lambda: app.state.producer.depth())
     metrics.add_gauges(lambda: _runner_gauges(app))
 
     app.include_router(health.router)

@@ -19,8 +19,6 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
-    delete,
-    func,
     select,
     update,
 )
@@ -130,7 +128,7 @@ class ClassRemoval(Base):
 
     Why: an API process holding 10^5 classes drops these rows from its matrix in place instead
     of re-reading every embedding, which would stall requests for seconds. Pruned after
-    `removal_log_retention_seconds` by the reconciler.
+    `removal_log_retention_seconds` by the reconciler (`crud.prune_removals`).
     """
 
     __tablename__ = "class_removals"
@@ -166,41 +164,3 @@ def read_generation(session: Session) -> int:
 def read_removals_floor(session: Session) -> int:
     floor = session.scalar(select(Generation.removals_floor).where(Generation.id == GENERATION_ROW))
     return int(floor or 0)
-
-
-def remove_class(session: Session, row: PersonalizedClass) -> None:
-    """Delete a class in the caller's transaction: bump the generation and log the removal.
-
-    The one way a class leaves, so that every API process can follow it without a rebuild.
-    """
-    generation = bump_generation(session)
-    session.add(
-        ClassRemoval(
-            generation=generation,
-            class_id=row.id,
-            model_id=row.model_id,
-            name_key=row.name_key,
-        )
-    )
-    session.delete(row)
-
-
-def prune_removals(session: Session, older_than: datetime) -> int:
-    """Forget removals logged before `older_than`; returns how many went.
-
-    Everything up to the newest such generation goes and the floor moves there. That is safe
-    because generations are assigned in commit order: every removal at or below it has
-    committed already.
-    """
-    through = session.scalar(
-        select(func.max(ClassRemoval.generation)).where(ClassRemoval.removed_at < older_than)
-    )
-    if through is None:
-        return 0
-    gone = session.execute(delete(ClassRemoval).where(ClassRemoval.generation <= through)).rowcount  # type: ignore[attr-defined]
-    session.execute(
-        update(Generation)
-        .where(Generation.id == GENERATION_ROW, Generation.removals_floor < through)
-        .values(removals_floor=through)
-    )
-    return int(gone or 0)

@@ -1,4 +1,8 @@
-"""The queue producer: which broker, and how a training job is sent.
+"""The queue producer: the broker connection, and how a job is sent.
+
+With `workers/_broker.py` (the consumer side) this is one of the two modules that know the queue
+library; changing the backend changes these two. Jobs are sent by actor name, so nothing here
+imports a worker (imports flow workers -> service, never back).
 
 Messages carry only the class id; the row in the database holds everything else. The API sends
 after its transaction has committed, so a worker never sees an id it cannot read.
@@ -7,6 +11,7 @@ after its transaction has committed, so a worker never sees an id it cannot read
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
@@ -25,8 +30,60 @@ from service.core.config import QUEUE_NAME, TRAIN_ACTOR_NAME, Settings
 log = logging.getLogger(__name__)
 
 
-def make_broker(settings: Settings) -> dramatiq.Broker:
-    """RedisBroker when a Redis URL is configured, else the in-memory StubBroker.
+class Producer:
+    """Sends jobs to the queue and looks at it; shared by the API and the reconciler.
+
+    `broker` is the Dramatiq broker itself, for `workers/_broker.py` to consume from (the
+    embedded worker must use the very same in-memory broker).
+    """
+
+    def __init__(self, broker: dramatiq.Broker) -> None:
+        self.broker = broker
+
+    def send(self, actor_name: str, *args: Any) -> None:
+        # Built as a bare message so the sender never needs the actor object.
+        message = dramatiq.Message(
+            queue_name=QUEUE_NAME,
+            actor_name=actor_name,
+            args=args,
+            kwargs={},
+            options={},
+        )
+        self.broker.enqueue(message)
+
+    def send_train(self, class_id: str) -> None:
+        self.send(TRAIN_ACTOR_NAME, class_id)
+
+    def try_send_train(self, class_id: str) -> bool:
+        """Send, but a broker outage must not fail a request whose row is already committed:
+        the reconciler re-sends rows that stay queued."""
+        try:
+            self.send_train(class_id)
+            return True
+        except Exception:
+            log.exception("could not enqueue class %s; the reconciler will re-send it", class_id)
+            return False
+
+    def depth(self) -> int:
+        """Messages waiting in the queue (not counting those a worker holds)."""
+        broker = self.broker
+        if isinstance(broker, RedisBroker):
+            return int(broker.client.llen(f"{broker.namespace}:{QUEUE_NAME}"))
+        if isinstance(broker, StubBroker):
+            return broker.queues[QUEUE_NAME].qsize()
+        return 0
+
+    def ping(self) -> None:
+        """Raise if the broker cannot be reached (the in-memory one always can)."""
+        if isinstance(self.broker, RedisBroker):
+            self.broker.client.ping()
+
+    def close(self) -> None:
+        self.broker.close()
+
+
+def make_producer(settings: Settings) -> Producer:
+    """Redis when a Redis URL is configured, else the in-memory queue (embedded worker only).
 
     The middleware list is spelled out (Dramatiq's defaults minus Prometheus, which would open
     its own port): the service exports its own /metrics.
@@ -52,41 +109,4 @@ def make_broker(settings: Settings) -> dramatiq.Broker:
     else:
         broker = StubBroker(middleware=middleware)
     broker.declare_queue(QUEUE_NAME)
-    return broker
-
-
-def send_train(broker: dramatiq.Broker, class_id: str) -> None:
-    # Built as a bare message so the API never imports the worker's actor (imports flow
-    # workers -> service, never back).
-    message = dramatiq.Message(
-        queue_name=QUEUE_NAME,
-        actor_name=TRAIN_ACTOR_NAME,
-        args=(class_id,),
-        kwargs={},
-        options={},
-    )
-    broker.enqueue(message)
-
-
-def try_send_train(broker: dramatiq.Broker, class_id: str) -> bool:
-    """Send, but a broker outage must not fail a request whose row is already committed: the
-    reconciler re-sends rows that stay queued."""
-    try:
-        send_train(broker, class_id)
-        return True
-    except Exception:
-        log.exception("could not enqueue class %s; the reconciler will re-send it", class_id)
-        return False
-
-
-def queue_depth(broker: dramatiq.Broker) -> int:
-    if isinstance(broker, RedisBroker):
-        return int(broker.client.llen(f"{broker.namespace}:{QUEUE_NAME}"))
-    if isinstance(broker, StubBroker):
-        return broker.queues[QUEUE_NAME].qsize()
-    return 0
-
-
-def ping(broker: dramatiq.Broker) -> None:
-    if isinstance(broker, RedisBroker):
-        broker.client.ping()
+    return Producer(broker)

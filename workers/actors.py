@@ -11,30 +11,20 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
-import uuid
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
-import dramatiq
 import numpy as np
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.core.config import QUEUE_NAME, TRAIN_ACTOR_NAME, Settings
+from service import crud
+from service.core.config import Settings
 from service.db import session_scope
-from service.models import (
-    ClassImage,
-    PersonalizedClass,
-    Status,
-    as_utc,
-    bump_generation,
-    utcnow,
-)
+from service.models import ClassImage, PersonalizedClass, Status
 from service.runtime import Runtime, RuntimeHolder
 
 log = logging.getLogger(__name__)
-
-_CRASH_REASON = "the worker stopped before finishing (crash, kill or time limit)"
 
 
 class Trainer:
@@ -77,90 +67,33 @@ class Trainer:
                 heartbeat.stop()
 
     def _claim_companions(self, class_id: str, leases: dict[str, str]) -> None:
-        """Claim up to `train_batch_max - 1` other queued rows of the same model, oldest first,
-        with the same compare-and-set as `_claim` (a row another worker took is skipped).
+        """Claim up to `train_batch_max - 1` other queued rows of the same model.
 
         Each claim goes into `leases` as soon as it is won, so an error half-way still hands
         every claimed row back."""
         s = self.settings
         if s.train_batch_max <= 1:
             return
-        cls = PersonalizedClass
-        with session_scope(self.sessions) as session:
-            model_id = session.scalar(select(cls.model_id).where(cls.id == class_id))
-            candidates = session.execute(
-                select(cls.id, cls.attempts)
-                .where(
-                    cls.model_id == model_id,
-                    cls.status == Status.queued,
-                    cls.attempts < s.max_attempts,
-                    cls.id != class_id,
-                )
-                .order_by(cls.created_at, cls.id)
-                .limit(s.train_batch_max - 1)
-            ).all()
         claimed = 0
-        for other_id, attempts in candidates:
-            lease = str(uuid.uuid4())
-            now = utcnow()
-            with session_scope(self.sessions) as session:
-                won = session.execute(
-                    update(cls)
-                    .where(
-                        cls.id == other_id, cls.status == Status.queued, cls.attempts == attempts
-                    )
-                    .values(**_claimed_values(lease, now))
-                    .execution_options(synchronize_session=False)
-                ).rowcount
-            if won == 1:
-                leases[other_id] = lease
-                claimed += 1
+        for other_id, lease in crud.claim_companions(
+            sessions=self.sessions,
+            class_id=class_id,
+            limit=s.train_batch_max - 1,
+            max_attempts=s.max_attempts,
+        ):
+            leases[other_id] = lease
+            claimed += 1
         if claimed:
             log.info("class %s: training %d queued class(es) with it", class_id, claimed)
 
     def _claim(self, class_id: str) -> str | None:
-        s = self.settings
         with session_scope(self.sessions) as session:
-            row = session.get(PersonalizedClass, class_id)
-            if row is None:
-                log.info("class %s no longer exists; nothing to do", class_id)
-                return None
-            if row.status in (Status.ready, Status.failed):
-                log.info("class %s is already %s; nothing to do", class_id, row.status)
-                return None
-            now = utcnow()
-            heartbeat_at = as_utc(row.heartbeat_at)
-            if (
-                row.status == Status.training
-                and heartbeat_at is not None
-                and now - heartbeat_at < timedelta(seconds=s.stale_after_seconds)
-            ):
-                log.info("class %s is being trained by a live run; skipping", class_id)
-                return None
-            if row.attempts >= s.max_attempts:
-                reason = row.error or _CRASH_REASON
-                row.status = Status.failed.value
-                row.error = f"gave up after {row.attempts} attempts; last error: {reason}"
-                row.lease = None
-                log.warning("class %s: %s", class_id, row.error)
-                return None
-            lease = str(uuid.uuid4())
-            # Compare-and-set on what we just read, so two workers cannot both claim the row.
-            claimed = session.execute(
-                update(PersonalizedClass)
-                .where(
-                    PersonalizedClass.id == class_id,
-                    PersonalizedClass.status == row.status,
-                    PersonalizedClass.attempts == row.attempts,
-                )
-                .values(**_claimed_values(lease, now))
-                .execution_options(synchronize_session=False)
-            ).rowcount
-        if claimed != 1:
-            log.info("class %s was claimed by another run", class_id)
-            return None
-        log.info("class %s: training (attempt %d)", class_id, row.attempts + 1)
-        return lease
+            return crud.claim_class(
+                session=session,
+                class_id=class_id,
+                stale_after=timedelta(seconds=self.settings.stale_after_seconds),
+                max_attempts=self.settings.max_attempts,
+            )
 
     def _run_batch(self, leases: dict[str, str], heartbeat: _Heartbeat) -> None:
         from liteembed import ClassRequest, learn_class, learn_classes
@@ -276,58 +209,38 @@ class Trainer:
         }
 
     def _store(self, class_id: str, lease: str, learned: Any) -> None:
-        feature = _as_float32(learned.text_feature)
-        token = _as_float32(learned.token_embedding)
         with session_scope(self.sessions) as session:
-            # The embedding, `ready` and the generation bump commit together or not at all.
-            done = session.execute(
-                update(PersonalizedClass)
-                .where(PersonalizedClass.id == class_id, PersonalizedClass.lease == lease)
-                .values(
-                    status=Status.ready.value,
-                    progress=1.0,
-                    embedding=feature.tobytes(),
-                    dim=int(feature.shape[0]),
-                    token_embedding=token.tobytes(),
-                    token_dim=int(token.shape[0]),
-                    templates=list(learned.templates),
-                    diagnostics=_jsonable(learned.diagnostics),
-                    error=None,
-                    lease=None,
-                    heartbeat_at=utcnow(),
-                    updated_at=utcnow(),
-                )
-                .execution_options(synchronize_session=False)
-            ).rowcount
-            if done == 1:
-                bump_generation(session)
-        if done == 1:
+            done = crud.store_result(
+                session=session,
+                class_id=class_id,
+                lease=lease,
+                text_feature=_as_float32(learned.text_feature),
+                token_embedding=_as_float32(learned.token_embedding),
+                templates=learned.templates,
+                diagnostics=learned.diagnostics,
+            )
+        if done:
             log.info("class %s: ready", class_id)
         else:
             log.info("class %s: finished, but the row was deleted or taken over", class_id)
 
     def _fail(self, class_id: str, lease: str, reason: str) -> None:
         log.warning("class %s failed: %s", class_id, reason)
-        self._write(class_id, lease, status=Status.failed.value, error=reason[:2000], lease=None)
+        with session_scope(self.sessions) as session:
+            crud.fail_class(session=session, class_id=class_id, lease=lease, reason=reason)
 
     def _release(self, class_id: str, lease: str, reason: str) -> None:
         try:
-            self._write(
-                class_id, lease, status=Status.queued.value, error=reason[:2000], lease=None
-            )
+            with session_scope(self.sessions) as session:
+                crud.release_class(session=session, class_id=class_id, lease=lease, reason=reason)
         except Exception:
             log.exception("class %s: could not hand the row back; the reconciler will", class_id)
 
-    def _write(self, class_id: str, owner: str, **values: Any) -> int:
-        """Update the row only while this run (`owner` lease) still holds it."""
+    def beat(self, class_id: str, lease: str, progress: float) -> bool:
+        """One heartbeat for one class; False when this run no longer holds the row."""
         with session_scope(self.sessions) as session:
-            return int(
-                session.execute(
-                    update(PersonalizedClass)
-                    .where(PersonalizedClass.id == class_id, PersonalizedClass.lease == owner)
-                    .values(updated_at=utcnow(), **values)
-                    .execution_options(synchronize_session=False)
-                ).rowcount
+            return crud.record_heartbeat(
+                session=session, class_id=class_id, lease=lease, progress=progress
             )
 
 
@@ -372,13 +285,11 @@ class _Heartbeat:
                 if class_id in self._lost:
                     continue
                 try:
-                    alive = self._trainer._write(
-                        class_id, lease, progress=round(self._progress, 4), heartbeat_at=utcnow()
-                    )
+                    alive = self._trainer.beat(class_id, lease, self._progress)
                 except Exception:
                     log.exception("class %s: heartbeat write failed", class_id)
                     continue
-                if alive == 0:
+                if not alive:
                     self._lost.add(class_id)
             if len(self._lost) == len(self._leases):
                 self._cancelled.set()
@@ -389,42 +300,3 @@ def _as_float32(value: Any) -> np.ndarray:
     if hasattr(value, "detach"):
         value = value.detach().float().cpu().numpy()
     return np.ascontiguousarray(np.asarray(value, dtype=np.float32).reshape(-1))
-
-
-def _jsonable(value: Any) -> Any:
-    import json
-
-    return json.loads(json.dumps(value, default=lambda o: getattr(o, "tolist", lambda: str(o))()))
-
-
-def register_train_actor(broker: dramatiq.Broker, trainer: Trainer) -> dramatiq.Actor[Any, Any]:
-    """Declare `train_class` on this broker, bound to this process's trainer."""
-
-    def train_class(class_id: str) -> None:
-        trainer.train_class(class_id)
-
-    return dramatiq.Actor(
-        train_class,
-        broker=broker,
-        actor_name=TRAIN_ACTOR_NAME,
-        queue_name=QUEUE_NAME,
-        priority=0,
-        options={
-            # Dramatiq's 10-minute default would kill long CPU runs; its 20 retries would loop
-            # on a job that keeps crashing (the DB attempts counter caps it too).
-            "time_limit": trainer.settings.job_time_limit_seconds * 1000,
-            "max_retries": trainer.settings.job_max_retries,
-        },
-    )
-
-
-def _claimed_values(lease: str, now: datetime) -> dict[str, Any]:
-    """The columns a successful claim sets: one more attempt, held by `lease`, fresh heartbeat."""
-    return {
-        "status": Status.training.value,
-        "attempts": PersonalizedClass.attempts + 1,
-        "lease": lease,
-        "heartbeat_at": now,
-        "progress": 0.0,
-        "updated_at": now,
-    }

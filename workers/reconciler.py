@@ -12,20 +12,19 @@ import logging
 import threading
 from datetime import timedelta
 
-import dramatiq
-from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from service import crud
 from service.core.config import Settings
-from service.models import PersonalizedClass, Status, prune_removals, utcnow
-from service.queue import send_train
+from service.models import utcnow
+from service.queue import Producer
 
 log = logging.getLogger(__name__)
 
 
 def reconcile_once(
     session_factory: sessionmaker[Session],
-    broker: dramatiq.Broker,
+    producer: Producer,
     settings: Settings,
     *,
     all_queued: bool = False,
@@ -33,48 +32,24 @@ def reconcile_once(
     """One pass; `all_queued` re-sends every queued row (the in-memory queue was just created
     empty, so anything queued in the database has no message)."""
     now = utcnow()
-    queued_cutoff = now - timedelta(seconds=0 if all_queued else settings.queued_resend_seconds)
-    stale_cutoff = now - timedelta(seconds=settings.stale_after_seconds)
-    cls = PersonalizedClass
-    never_or_before = lambda cutoff: or_(cls.enqueued_at.is_(None), cls.enqueued_at < cutoff)  # noqa: E731
-    with session_factory() as session:
-        candidates = session.execute(
-            select(cls.id, cls.enqueued_at).where(
-                or_(
-                    and_(cls.status == Status.queued, never_or_before(queued_cutoff)),
-                    and_(
-                        cls.status == Status.training,
-                        or_(cls.heartbeat_at.is_(None), cls.heartbeat_at < stale_cutoff),
-                        never_or_before(stale_cutoff),
-                    ),
-                )
-            )
-        ).all()
-        sent: list[str] = []
-        for class_id, enqueued_at in candidates:
-            # Compare-and-set on enqueued_at: with several reconcilers only one re-sends.
-            same = (
-                cls.enqueued_at.is_(None) if enqueued_at is None else cls.enqueued_at == enqueued_at
-            )
-            won = session.execute(
-                update(cls)
-                .where(cls.id == class_id, same)
-                .values(enqueued_at=now)
-                .execution_options(synchronize_session=False)
-            ).rowcount
-            session.commit()
-            if won != 1:
-                continue
-            try:
-                send_train(broker, class_id)
-                sent.append(class_id)
-            except Exception:
-                log.exception("reconciler: could not re-send %s; next pass will retry", class_id)
+    sent: list[str] = []
+    for class_id in crud.claim_resends(
+        sessions=session_factory,
+        now=now,
+        queued_before=now - timedelta(seconds=0 if all_queued else settings.queued_resend_seconds),
+        stale_before=now - timedelta(seconds=settings.stale_after_seconds),
+    ):
+        try:
+            producer.send_train(class_id)
+            sent.append(class_id)
+        except Exception:
+            log.exception("reconciler: could not re-send %s; next pass will retry", class_id)
     if sent:
         log.warning("reconciler: re-sent %d stuck job(s): %s", len(sent), ", ".join(sent))
     with session_factory() as session:
-        pruned = prune_removals(
-            session, now - timedelta(seconds=settings.removal_log_retention_seconds)
+        pruned = crud.prune_removals(
+            session=session,
+            older_than=now - timedelta(seconds=settings.removal_log_retention_seconds),
         )
         session.commit()
     if pruned:
@@ -86,14 +61,14 @@ class Reconciler:
     def __init__(
         self,
         session_factory: sessionmaker[Session],
-        broker: dramatiq.Broker,
+        producer: Producer,
         settings: Settings,
         *,
         queue_is_new: bool = False,
     ) -> None:
         self._queue_is_new = queue_is_new
         self._factory = session_factory
-        self._broker = broker
+        self._producer = producer
         self._settings = settings
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="liteembed-reconciler", daemon=True)
@@ -111,11 +86,11 @@ class Reconciler:
     def _run(self) -> None:
         if self._queue_is_new:
             try:
-                reconcile_once(self._factory, self._broker, self._settings, all_queued=True)
+                reconcile_once(self._factory, self._producer, self._settings, all_queued=True)
             except Exception:
                 log.exception("reconciler start-up pass failed")
         while not self._stop.wait(self._settings.reconcile_interval_seconds):
             try:
-                reconcile_once(self._factory, self._broker, self._settings)
+                reconcile_once(self._factory, self._producer, self._settings)
             except Exception:
                 log.exception("reconciler pass failed; trying again next interval")

@@ -1,17 +1,25 @@
-"""Dependencies shared by the routes, as Annotated aliases."""
+"""Every resource a route uses, as an Annotated dependency; routes never read `app.state`.
+
+`create_app` (service/main.py) puts the resources on `app.state`; these functions are the only
+readers on the request path, so a test can swap one with `app.dependency_overrides`.
+"""
 
 from __future__ import annotations
 
 import hmac
 from collections.abc import Iterator
+from concurrent.futures import Executor
 from enum import IntEnum
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
 from sqlalchemy.orm import Session
 
+from service.batcher import ModelRunner
 from service.classifier import ClassMatrixCache
 from service.core.config import Settings
+from service.metrics import Metrics
+from service.queue import Producer
 from service.runtime import Runtime, RuntimeHolder
 
 
@@ -26,8 +34,13 @@ def get_session(request: Request) -> Iterator[Session]:
         yield session
 
 
-async def get_runtime(request: Request) -> Runtime:
-    holder: RuntimeHolder = request.app.state.runtime
+async def get_runtime_holder(request: Request) -> RuntimeHolder:
+    """The model, loaded or not (readiness reports which)."""
+    return request.app.state.runtime  # type: ignore[no-any-return]
+
+
+async def get_runtime(holder: Annotated[RuntimeHolder, Depends(get_runtime_holder)]) -> Runtime:
+    """The loaded model; 503 until it is."""
     runtime = holder.loaded
     if runtime is None:
         reason = f": {holder.error}" if holder.error else "; try again shortly"
@@ -39,10 +52,39 @@ async def get_classifier(request: Request) -> ClassMatrixCache:
     return request.app.state.classifier  # type: ignore[no-any-return]
 
 
+async def get_model_runner(request: Request) -> ModelRunner:
+    """The thread that runs the image encoder, batching concurrent requests."""
+    return request.app.state.model_runner  # type: ignore[no-any-return]
+
+
+async def get_preprocess_pool(request: Request) -> Executor:
+    """Threads that decode and preprocess uploads, off the event loop."""
+    return request.app.state.preprocess_pool  # type: ignore[no-any-return]
+
+
+async def get_producer(request: Request) -> Producer:
+    return request.app.state.producer  # type: ignore[no-any-return]
+
+
+async def get_metrics(request: Request) -> Metrics:
+    return request.app.state.metrics  # type: ignore[no-any-return]
+
+
+async def get_background_checks(request: Request) -> dict[str, bool]:
+    """Whether each background thread (embedded worker, reconciler) is alive."""
+    return request.app.state.background_checks()  # type: ignore[no-any-return]
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionDep = Annotated[Session, Depends(get_session)]
+RuntimeHolderDep = Annotated[RuntimeHolder, Depends(get_runtime_holder)]
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 ClassifierDep = Annotated[ClassMatrixCache, Depends(get_classifier)]
+ModelRunnerDep = Annotated[ModelRunner, Depends(get_model_runner)]
+PreprocessPoolDep = Annotated[Executor, Depends(get_preprocess_pool)]
+ProducerDep = Annotated[Producer, Depends(get_producer)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+BackgroundChecksDep = Annotated[dict[str, bool], Depends(get_background_checks)]
 
 
 class Role(IntEnum):

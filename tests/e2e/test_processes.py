@@ -16,7 +16,8 @@ from typing import Any
 
 import httpx
 import pytest
-from service_helpers import COLOURS, class_images, image_bytes
+
+from tests.helpers.images import COLOURS, class_images, image_bytes
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis]
 
@@ -72,7 +73,7 @@ def stack(
     redis_namespace: str,
     cache_dir: Path,
 ) -> Iterator[Callable[..., Any]]:
-    from service_helpers import truncate_postgres
+    from tests.helpers.databases import truncate_postgres
 
     truncate_postgres(postgres_database)
     procs: list[Processes] = []

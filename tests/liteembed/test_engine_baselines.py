@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from engine_helpers import RED, solid_images
 
 from liteembed import (
     ClassRequest,
@@ -17,6 +16,7 @@ from liteembed import (
     ZeroShotName,
     learn_class,
 )
+from tests.helpers.engine_images import RED, solid_images
 
 
 def test_every_method_returns_a_normalised_feature(

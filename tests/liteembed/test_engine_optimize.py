@@ -7,7 +7,6 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from engine_helpers import BLUE, GREEN, RED, solid_images
 from PIL import Image
 
 from liteembed import (
@@ -24,6 +23,7 @@ from liteembed import (
     learn_class,
     learn_classes,
 )
+from tests.helpers.engine_images import BLUE, GREEN, RED, solid_images
 
 NAME = "redthing"
 

@@ -7,7 +7,8 @@ import time
 from typing import Any
 
 import numpy as np
-from service_helpers import COLOURS
+
+from tests.helpers.images import COLOURS
 
 
 def register(client: Any, name: str, files: list[Any], **data: Any) -> Any:

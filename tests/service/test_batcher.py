@@ -396,15 +396,16 @@ def _remove(factory: Any, *keys: str) -> None:
     """Delete classes the way the API does (logged), one transaction each."""
     from sqlalchemy import select
 
+    from service.crud import remove_class
     from service.db import session_scope
-    from service.models import PersonalizedClass, remove_class
+    from service.models import PersonalizedClass
 
     for key in keys:
         with session_scope(factory) as session:
             row = session.scalars(
                 select(PersonalizedClass).where(PersonalizedClass.name_key == key)
             ).one()
-            remove_class(session, row)
+            remove_class(session=session, row=row)
 
 
 def test_a_new_ready_class_is_appended_in_place(database_url: str) -> None:
@@ -507,8 +508,9 @@ def test_changes_it_cannot_account_for_fall_back_to_a_full_rebuild(database_url:
     from sqlalchemy import delete
 
     from service.classifier import update_matrix
+    from service.crud import prune_removals
     from service.db import make_engine, make_session_factory, session_scope
-    from service.models import PersonalizedClass, bump_generation, prune_removals, utcnow
+    from service.models import PersonalizedClass, bump_generation, utcnow
 
     _insert_ready(database_url, "m@1", random_matrix(50, 16))
     engine = make_engine(database_url)
@@ -529,10 +531,10 @@ def test_changes_it_cannot_account_for_fall_back_to_a_full_rebuild(database_url:
     # The log was pruned past the snapshot: it cannot know what left, so it rebuilds.
     _remove(factory, "class 8")
     with session_scope(factory) as session:
-        assert prune_removals(session, utcnow()) == 1
+        assert prune_removals(session=session, older_than=utcnow()) == 1
     with factory() as session:
         assert update_matrix(session, after, 16) is None
-        assert prune_removals(session, utcnow()) == 0  # nothing left to prune
+        assert prune_removals(session=session, older_than=utcnow()) == 0  # nothing left to prune
     cache.refresh()
     assert cache.snapshot("m@1", 16).size == 48
     engine.dispose()
@@ -543,8 +545,9 @@ def test_pruning_keeps_recent_removals_and_raises_the_floor(database_url: str) -
 
     from sqlalchemy import func, select
 
+    from service.crud import prune_removals
     from service.db import make_engine, make_session_factory, session_scope
-    from service.models import ClassRemoval, prune_removals, read_removals_floor, utcnow
+    from service.models import ClassRemoval, read_removals_floor, utcnow
 
     _insert_ready(database_url, "m@1", random_matrix(5, 16))
     engine = make_engine(database_url)
@@ -557,8 +560,8 @@ def test_pruning_keeps_recent_removals_and_raises_the_floor(database_url: str) -
             select(ClassRemoval.generation).order_by(ClassRemoval.generation)
         ).all()
         assert len(generations) == 3 and len(set(generations)) == 3
-        assert prune_removals(session, cutoff - timedelta(hours=1)) == 0
-        assert prune_removals(session, cutoff) == 2
+        assert prune_removals(session=session, older_than=cutoff - timedelta(hours=1)) == 0
+        assert prune_removals(session=session, older_than=cutoff) == 2
     with factory() as session:
         assert session.scalar(select(func.count()).select_from(ClassRemoval)) == 1
         assert read_removals_floor(session) == generations[1]

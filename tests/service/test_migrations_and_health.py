@@ -28,8 +28,9 @@ def test_upgrading_a_database_in_use_keeps_its_classes(tmp_path: Any) -> None:
     removal log works; downgrading back to 0001 works too."""
     from alembic import command
 
+    from service.crud import remove_class
     from service.db import alembic_config, make_engine, make_session_factory, session_scope
-    from service.models import ClassRemoval, PersonalizedClass, remove_class
+    from service.models import ClassRemoval, PersonalizedClass
 
     url = f"sqlite:///{tmp_path / 'old.db'}"
     config = alembic_config(url)
@@ -50,7 +51,7 @@ def test_upgrading_a_database_in_use_keeps_its_classes(tmp_path: Any) -> None:
     with session_scope(make_session_factory(engine)) as session:
         row = session.get(PersonalizedClass, "c1")
         assert row is not None and row.name == "Tea"
-        remove_class(session, row)
+        remove_class(session=session, row=row)
     with session_scope(make_session_factory(engine)) as session:
         removal = session.query(ClassRemoval).one()
         assert (removal.class_id, removal.name_key, removal.generation) == ("c1", "tea", 42)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import open_clip
-import pytest
 import torch
 
 from liteembed.synthetic import default_world
@@ -13,8 +12,6 @@ from liteembed.synthetic import default_world
 ROOT = Path(__file__).resolve().parents[2] / "liteembed"
 CKPT = ROOT / "checkpoints" / "liteembed-mini.pt"
 CONFIG = ROOT / "model_configs" / "liteembed-mini.json"
-
-pytestmark = pytest.mark.skipif(not CKPT.exists(), reason="liteembed-mini checkpoint not shipped")
 
 
 def test_checkpoint_loads_and_has_vocabulary() -> None:

@@ -9,13 +9,12 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from service_helpers import COLOURS, image_bytes
 
 from service.db import make_engine, make_session_factory
 from service.models import ClassImage, PersonalizedClass, Status, utcnow
-from service.queue import make_broker, queue_depth
-from workers.actors import Trainer
-from workers.reconciler import reconcile_once
+from service.queue import make_producer
+from tests.helpers.images import COLOURS, image_bytes
+from workers import Trainer, reconcile_once
 
 
 @pytest.fixture
@@ -109,7 +108,7 @@ def test_delete_during_training_abandons_the_job(setup: Any) -> None:
 
 def test_reconciler_resends_stuck_rows_once(setup: Any) -> None:
     settings, factory, _ = setup
-    broker = make_broker(settings)
+    producer = make_producer(settings)
     old = utcnow() - timedelta(hours=1)
     stuck_queued = add_class(factory, "a", enqueued_at=old)
     stale_training = add_class(
@@ -117,10 +116,10 @@ def test_reconciler_resends_stuck_rows_once(setup: Any) -> None:
     )
     add_class(factory, "c", enqueued_at=utcnow())  # recently sent: left alone
     add_class(factory, "d", status=Status.training.value, heartbeat_at=utcnow(), enqueued_at=old)
-    sent = reconcile_once(factory, broker, settings)
+    sent = reconcile_once(factory, producer, settings)
     assert sorted(sent) == sorted([stuck_queued, stale_training])
-    assert queue_depth(broker) == 2
-    assert reconcile_once(factory, broker, settings) == []  # not again until it is stale again
+    assert producer.depth() == 2
+    assert reconcile_once(factory, producer, settings) == []  # not again until it is stale again
 
 
 def test_queued_classes_are_trained_together_in_one_batch(setup: Any, monkeypatch: Any) -> None:
@@ -210,14 +209,15 @@ def test_infrastructure_error_hands_every_batched_row_back(setup: Any, monkeypat
 def test_reconciler_prunes_the_removal_log_after_its_retention(setup: Any) -> None:
     from sqlalchemy import func, select, update
 
-    from service.models import ClassRemoval, read_removals_floor, remove_class
+    from service.crud import remove_class
+    from service.models import ClassRemoval, read_removals_floor
 
     settings, factory, _ = setup
-    broker = make_broker(settings)
+    producer = make_producer(settings)
     for name in ("a", "b"):
         class_id = add_class(factory, name, enqueued_at=utcnow())
         with factory() as session:
-            remove_class(session, session.get(PersonalizedClass, class_id))
+            remove_class(session=session, row=session.get(PersonalizedClass, class_id))
             session.commit()
     with factory() as session:
         session.execute(
@@ -228,7 +228,7 @@ def test_reconciler_prunes_the_removal_log_after_its_retention(setup: Any) -> No
             )
         )
         session.commit()
-    reconcile_once(factory, broker, settings)
+    reconcile_once(factory, producer, settings)
     with factory() as session:
         assert session.scalars(select(ClassRemoval.name_key)).all() == ["b"]
         kept = session.scalar(select(func.min(ClassRemoval.generation)))

@@ -5,14 +5,15 @@ from __future__ import annotations
 import io
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile, status
+from fastapi import APIRouter, File, Form, Query, Response, UploadFile, status
 from sqlalchemy import func, select
-from sqlalchemy.exc import IntegrityError
 
+from service import crud
 from service.api.deps import (
     AdminDep,
     ClassifierDep,
     ClientDep,
+    ProducerDep,
     RuntimeDep,
     SessionDep,
     SettingsDep,
@@ -20,8 +21,7 @@ from service.api.deps import (
 from service.api.schemas import ClassList, ClassOut, EmbeddingOut
 from service.api.uploads import error, name_key, read_image, validate_name, validate_words
 from service.core.config import Settings
-from service.models import ClassImage, PersonalizedClass, Status, remove_class, utcnow
-from service.queue import try_send_train
+from service.models import ClassImage, PersonalizedClass, Status
 
 router = APIRouter(prefix="/v1/classes", tags=["classes"])
 
@@ -34,12 +34,12 @@ router = APIRouter(prefix="/v1/classes", tags=["classes"])
     summary="Register a class from a few images; training runs on a worker",
 )
 def register_class(
-    request: Request,
     response: Response,
     settings: SettingsDep,
     session: SessionDep,
     runtime: RuntimeDep,
     classifier: ClassifierDep,
+    producer: ProducerDep,
     name: Annotated[str, Form(description="the class name (unique per model)")],
     images: Annotated[list[UploadFile], File(description="1..MAX_IMAGES example images")],
     hints: Annotated[list[str] | None, Form(description="coarse category words")] = None,
@@ -65,49 +65,30 @@ def register_class(
     )
     checked = [read_image(upload, settings, field="images") for upload in images]
 
-    key = name_key(clean_name)
-    model_id = runtime.model_id
-    existing = session.scalars(
-        select(PersonalizedClass).where(
-            PersonalizedClass.model_id == model_id, PersonalizedClass.name_key == key
+    try:
+        registered = crud.register_class(
+            session=session,
+            name=clean_name,
+            name_key=name_key(clean_name),
+            model_id=runtime.model_id,
+            images=[c.data for c in checked],
+            hints=clean_hints,
+            confusers=clean_confusers,
+            replace=replace,
         )
-    ).first()
-    if existing is not None and not replace:
+        session.commit()
+    except crud.NameTaken as taken:
+        if taken.class_id is None:
+            raise error(409, f"a class named {taken.name!r} already exists") from None
         raise error(
             409,
-            f"a class named {existing.name!r} already exists (id {existing.id}); "
+            f"a class named {taken.name!r} already exists (id {taken.class_id}); "
             "send replace=true to replace it",
-        )
-    replaced_ready = False
-    if existing is not None:
-        # The old row goes in the same transaction; its running job notices and stops.
-        replaced_ready = existing.status == Status.ready
-        remove_class(session, existing)
-        session.flush()
-    now = utcnow()
-    row = PersonalizedClass(
-        name=clean_name,
-        name_key=key,
-        model_id=model_id,
-        status=Status.queued.value,
-        progress=0.0,
-        attempts=0,
-        hints=clean_hints,
-        confusers=clean_confusers,
-        enqueued_at=now,
-        created_at=now,
-        updated_at=now,
-    )
-    row.images = [ClassImage(position=i, data=c.data) for i, c in enumerate(checked)]
-    session.add(row)
-    try:
-        session.commit()
-    except IntegrityError:
-        session.rollback()
-        raise error(409, f"a class named {clean_name!r} already exists") from None
-    if replaced_ready:
+        ) from None
+    row = registered.row
+    if registered.replaced_ready:
         classifier.refresh_now()
-    try_send_train(request.app.state.broker, row.id)
+    producer.try_send_train(row.id)
     response.headers["Location"] = f"/v1/classes/{row.id}"
     return ClassOut.of(row)
 
@@ -154,8 +135,7 @@ def get_class(session: SessionDep, class_id: str) -> ClassOut:
     summary="Delete a class; a running job is abandoned",
 )
 def delete_class(session: SessionDep, classifier: ClassifierDep, class_id: str) -> Response:
-    row = _get_or_404(session, class_id)
-    remove_class(session, row)
+    crud.remove_class(session=session, row=_get_or_404(session, class_id))
     session.commit()
     # This process drops it from /classify before answering; others within the refresh period.
     classifier.refresh_now()

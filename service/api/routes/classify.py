@@ -8,13 +8,20 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING, Annotated
 
 import numpy as np
-from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi import APIRouter, File, Form, UploadFile
 
 from liteembed.vocab import WORD_TEMPLATE
-from service.api.deps import ClassifierDep, ClientDep, RuntimeDep, SettingsDep
+from service.api.deps import (
+    ClassifierDep,
+    ClientDep,
+    ModelRunnerDep,
+    PreprocessPoolDep,
+    RuntimeDep,
+    SettingsDep,
+)
 from service.api.schemas import ClassifyOut, Prediction
 from service.api.uploads import error, name_key, read_image, validate_words
-from service.batcher import MatrixMismatch, ModelRunner
+from service.batcher import MatrixMismatch
 from service.classifier import top_k_softmax
 from service.core.config import Settings
 from service.runtime import Runtime
@@ -72,10 +79,11 @@ def _pixels(image: UploadFile, settings: Settings, runtime: Runtime) -> torch.Te
     summary="Score one image against the personalized classes or the given labels",
 )
 async def classify(
-    request: Request,
     settings: SettingsDep,
     runtime: RuntimeDep,
     classifier: ClassifierDep,
+    runner: ModelRunnerDep,
+    preprocess_pool: PreprocessPoolDep,
     image: Annotated[UploadFile, File(description="the image to classify")],
     labels: Annotated[
         list[str] | None,
@@ -86,12 +94,9 @@ async def classify(
     # async, so the event loop does only the cheap parts: decoding goes to the preprocessing
     # pool and the model to the model-runner thread, which batches concurrent requests.
     clean_labels = validate_words(labels, settings, field="labels", limit=settings.max_labels)
-    runner: ModelRunner = request.app.state.model_runner
     loop = asyncio.get_running_loop()
     with runner.incoming():
-        pixels = await loop.run_in_executor(
-            request.app.state.preprocess_pool, _pixels, image, settings, runtime
-        )
+        pixels = await loop.run_in_executor(preprocess_pool, _pixels, image, settings, runtime)
         future = runner.encode(pixels, top_k=None if clean_labels else top_k)
     try:
         encoded = await asyncio.wrap_future(future)

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
-from service.queue import ping
+from service.api.deps import (
+    BackgroundChecksDep,
+    MetricsDep,
+    ProducerDep,
+    RuntimeHolderDep,
+    SessionDep,
+)
 
 router = APIRouter(tags=["health"])
 
@@ -20,31 +26,34 @@ def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz", summary="Readiness: model loaded, database and broker reachable")
-def readyz(request: Request) -> JSONResponse:
-    state = request.app.state
+def readyz(
+    runtime: RuntimeHolderDep,
+    session: SessionDep,
+    producer: ProducerDep,
+    background: BackgroundChecksDep,
+) -> JSONResponse:
     checks: dict[str, Any] = {}
     problems: list[str] = []
 
-    if state.runtime.loaded is not None:
-        checks["model"] = state.runtime.loaded.model_id
+    if runtime.loaded is not None:
+        checks["model"] = runtime.loaded.model_id
     else:
         checks["model"] = False
-        reason = f": {state.runtime.error}" if state.runtime.error else ""
+        reason = f": {runtime.error}" if runtime.error else ""
         problems.append(f"model not loaded{reason}")
     try:
-        with state.session_factory() as session:
-            session.execute(text("SELECT 1"))
+        session.execute(text("SELECT 1"))
         checks["database"] = True
     except Exception as exc:
         checks["database"] = False
         problems.append(f"database unreachable: {type(exc).__name__}")
     try:
-        ping(state.broker)
+        producer.ping()
         checks["broker"] = True
     except Exception as exc:
         checks["broker"] = False
         problems.append(f"broker unreachable: {type(exc).__name__}")
-    for name, alive in state.background_checks().items():
+    for name, alive in background.items():
         checks[name] = alive
         if not alive:
             problems.append(f"{name} is not running")
@@ -58,6 +67,6 @@ def readyz(request: Request) -> JSONResponse:
 
 
 @router.get("/metrics", summary="Prometheus metrics")
-def metrics(request: Request) -> Response:
-    body = generate_latest(request.app.state.metrics.registry)
+def metrics(metrics: MetricsDep) -> Response:
+    body = generate_latest(metrics.registry)
     return Response(body, media_type=CONTENT_TYPE_LATEST)

@@ -1,8 +1,4 @@
-"""Helpers shared by the service, worker and end-to-end tests.
-
-They live in a module of their own because `from conftest import ...` resolves to whichever
-conftest.py pytest imported first (tests/liteembed has one too).
-"""
+"""Images the service, worker and end-to-end tests upload."""
 
 from __future__ import annotations
 
@@ -43,13 +39,3 @@ def class_images(colour: str, count: int = 4, *, first_seed: int = 0) -> list[tu
         )
         for i in range(count)
     ]
-
-
-def truncate_postgres(url: str) -> None:
-    from sqlalchemy import create_engine, text
-
-    engine = create_engine(url)
-    with engine.begin() as conn:
-        conn.execute(text("TRUNCATE class_images, classes, class_removals"))
-        conn.execute(text("UPDATE class_generation SET value = 0, removals_floor = 0"))
-    engine.dispose()

@@ -1,4 +1,4 @@
-"""Image helpers for the engine tests (a module, not conftest, so tests can import it)."""
+"""Images for the engine tests: near-solid colours, distinct even for random weights."""
 
 from __future__ import annotations
 

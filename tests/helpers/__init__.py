@@ -1,0 +1,1 @@
+"""Helpers the tests import: `from tests.helpers.images import image_bytes`."""
