@@ -1,8 +1,10 @@
-"""The import rules the layout depends on, checked on the source.
+"""The rules the layout depends on, checked on the source.
 
 - Layers: liteembed <- service <- workers <- cli; a package imports only from its own layer or
   the ones below (the engine stands alone, the service never reaches for a worker).
 - The queue library is known to two modules only, so changing the backend changes those two.
+- Routes take every resource as a dependency (`service/api/deps.py`), never from `app.state`;
+  the writes in `service/crud.py` take keyword arguments only.
 """
 
 from __future__ import annotations
@@ -57,3 +59,33 @@ def test_only_the_two_queue_modules_import_the_queue_library() -> None:
         if module.split(".")[0] == QUEUE_LIBRARY
     }
     assert users == QUEUE_MODULES
+
+
+def test_routes_take_resources_only_as_dependencies() -> None:
+    reaching = [
+        f"{relative(path)}:{number}"
+        for path in python_files("service/api/routes")
+        for number, line in enumerate(path.read_text().splitlines(), start=1)
+        if "app.state" in line or "Request" in line
+    ]
+    assert reaching == []
+
+
+def test_crud_functions_take_keyword_arguments_only() -> None:
+    import inspect
+
+    from service import crud
+
+    functions = [
+        f
+        for name, f in vars(crud).items()
+        if inspect.isfunction(f) and f.__module__ == crud.__name__ and not name.startswith("_")
+    ]
+    assert functions
+    positional = [
+        f"{f.__name__}({p.name})"
+        for f in functions
+        for p in inspect.signature(f).parameters.values()
+        if p.kind is not inspect.Parameter.KEYWORD_ONLY
+    ]
+    assert positional == []
