@@ -7,7 +7,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from live_server import LiveServer, running_server
+
+from tests.helpers.live_server import LiveServer, running_server
 
 
 @pytest.fixture(scope="session")

@@ -12,11 +12,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from browser import chromium
-from live_server import REPO, LiveServer
 from playwright.sync_api import expect
 
 from liteembed.client import Client, NotFound
+from tests.helpers.browser import chromium
+from tests.helpers.live_server import REPO, LiveServer
 
 pytestmark = pytest.mark.slow
 

@@ -16,9 +16,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 import pytest
-from live_server import REPO, LiveServer, free_port
 from PIL import Image
-from service_helpers import COLOURS, image_bytes
 
 from liteembed.client import (
     AsyncClient,
@@ -36,6 +34,8 @@ from liteembed.client import (
     Unauthorized,
     UnsupportedMediaType,
 )
+from tests.helpers.images import COLOURS, image_bytes
+from tests.helpers.live_server import REPO, LiveServer, free_port
 
 T = TypeVar("T")
 

@@ -11,9 +11,9 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 import uvicorn
-from browser import chromium
 
 from service.core.config import Settings
+from tests.helpers.browser import chromium
 
 pytestmark = pytest.mark.slow
 

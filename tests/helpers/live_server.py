@@ -16,8 +16,8 @@ from pathlib import Path
 
 import httpx
 
-REPO = Path(__file__).resolve().parents[1]
-SERVE_COMMAND = [sys.executable, "-m", "workers.cli", "serve"]
+REPO = Path(__file__).resolve().parents[2]
+SERVE_COMMAND = [sys.executable, "-m", "cli.main", "serve"]
 
 
 @dataclass(frozen=True)
