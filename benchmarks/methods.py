@@ -1,20 +1,23 @@
 """The compared methods, all scored in the joint setting (base + held-out classes, one classifier).
 
-Plug-and-play methods produce one text feature per held-out class that simply joins the base
-classes' zero-shot text features (zero-shot by name, textual inversion, LiteEmbed variants); they
-also take part in text-to-image retrieval. The others are classifiers that need image-space
-weights and so are not plug-and-play:
+Every method comes from the one registry (`liteembed.registry`); a benchmark row (`MethodSpec`)
+names a registered method and its options. Two shapes of method are scored:
 
-- image prototype: the held-out class's weight is the mean of its shots' image features, beside
-  the base classes' text features (the engine's `ImagePrototype`, computed from cached features);
-- Tip-Adapter (Zhang et al., ECCV'22), training-free, with its published defaults alpha=1,
-  beta=5.5 and its code's fixed zero-shot logit scale 100: logits = 100 f.W^T +
-  alpha exp(-beta (1 - f.F^T)) L, where W are the text features of every class name and the cache
-  (F, L) holds K shots of every class, base and held-out, as in the original (it needs shots of the
-  base classes too, which the text-side methods never see). The variant "tip-adapter (held-out
-  cache)" caches only the held-out shots, i.e. exactly the data LiteEmbed gets;
-- linear probe: multinomial logistic regression (L-BFGS, fixed C, see LINEAR_PROBE_C) on the K
-  shots of every class, base and held-out (the standard protocol; adding a class refits all).
+- per-class methods (the engine's: zero-shot by name, image prototype, textual inversion,
+  LiteEmbed): `fit_classes` turns each held-out class's shots into one feature that joins the base
+  classes' zero-shot text features; text features (plug-and-play) also take part in text-to-image
+  retrieval;
+- joint methods, registered here because they need shots of every class and score the joint task
+  themselves (`evaluate(ctx, draws, k)`), so they are not plug-and-play:
+  - Tip-Adapter (Zhang et al., ECCV'22), training-free, with its published defaults alpha=1,
+    beta=5.5 and its code's fixed zero-shot logit scale 100: logits = 100 f.W^T +
+    alpha exp(-beta (1 - f.F^T)) L, where W are the text features of every class name and the
+    cache (F, L) holds K shots of every class, base and held-out, as in the original (it needs
+    shots of the base classes too, which the text-side methods never see). The variant
+    "tip-adapter (held-out cache)" caches only the held-out shots, i.e. exactly the data LiteEmbed
+    gets;
+  - linear probe: multinomial logistic regression (L-BFGS, fixed C, see LINEAR_PROBE_C) on the K
+    shots of every class, base and held-out (the standard protocol; adding a class refits all).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -30,12 +33,9 @@ import torch.nn.functional as F
 
 from benchmarks.data import SupportDraw, Task
 from benchmarks.metrics import harmonic_mean, mean_average_precision, top1
-from liteembed import ClassRequest, ClipBackend, OptimizationConfig, Vocabulary, learn_classes
+from liteembed import ClassRequest, ClipBackend, OptimizationConfig, Vocabulary
+from liteembed.registry import create_method, method_entry, register_method
 from liteembed.vocab import WORD_TEMPLATE
-
-MethodKind = Literal[
-    "zero-shot", "prototype", "tip-adapter", "tip-adapter-heldout", "linear-probe", "learned"
-]
 
 TIP_ALPHA = 1.0  # Tip-Adapter's published defaults (peer-methods.md), not tuned here
 TIP_BETA = 5.5
@@ -47,19 +47,24 @@ LINEAR_PROBE_C = 10.0
 
 @dataclass(frozen=True)
 class MethodSpec:
-    name: str
-    kind: MethodKind
-    config: OptimizationConfig | None = None  # for kind == "learned"
-    use_hints: bool = False  # pass the task's coarse hints (category words) to the engine
+    """One benchmark row: the registered method `method` built with these options."""
+
+    name: str  # the row's label
+    method: str  # a name from liteembed.registry.list_methods()
+    config: OptimizationConfig | None = None  # passed as `config` to methods that optimise
+    use_hints: bool = False  # pass the task's coarse hints (category words) to the method
+    options: tuple[tuple[str, Any], ...] = ()  # further factory options, as (name, value) pairs
     note: str = ""
 
     @property
     def plug_and_play(self) -> bool:
-        return self.kind in ("zero-shot", "learned")
+        return method_entry(self.method).plug_and_play
 
-    @property
-    def uses_shots(self) -> bool:
-        return self.kind != "zero-shot"
+    def build(self) -> Any:
+        options = dict(self.options)
+        if self.config is not None:
+            options["config"] = self.config
+        return create_method(self.method, **options)
 
 
 @dataclass
@@ -166,10 +171,6 @@ def score_text(
 # ------------------------------------------------------------------ training-free / classic
 
 
-def prototype_features(draw: SupportDraw, names: Sequence[str], k: int) -> torch.Tensor:
-    return torch.stack([F.normalize(draw.shot_features(n, k).mean(dim=0), dim=-1) for n in names])
-
-
 def tip_adapter_logits(
     features: torch.Tensor,
     text_weights: torch.Tensor,
@@ -226,42 +227,78 @@ def _all_shots(
     return torch.cat(feats), torch.cat(labels)
 
 
-def evaluate_fixed(
-    spec: MethodSpec,
-    ctx: Context,
-    draw: SupportDraw | None,
-    k: int,
-    *,
-    linear_probe_c: float = LINEAR_PROBE_C,
-) -> Outcome:
-    """Every method but the learned ones (those go through `evaluate_learned`, batched)."""
-    task = ctx.task
-    started = time.perf_counter()
-    if spec.kind == "zero-shot":
-        return score_text(ctx, ctx.name_text, 0.0, text=True)
-    assert draw is not None
-    if spec.kind == "prototype":
-        protos = prototype_features(draw, task.heldout, k)
-        seconds = (time.perf_counter() - started) / len(task.heldout)
-        return score_text(ctx, protos, seconds, text=False)
-    num = len(task.classes)
-    if spec.kind in ("tip-adapter", "tip-adapter-heldout"):
-        names = task.heldout if spec.kind == "tip-adapter-heldout" else None
-        keys, labels = _all_shots(ctx, draw, k, names)
-        text = torch.cat([ctx.base_text, ctx.name_text])
-        logits = tip_adapter_logits(task.test_features, text, keys, labels, num)
-        seconds = (time.perf_counter() - started) / len(task.heldout)
-        return score_logits(ctx, logits, None, seconds)
-    if spec.kind == "linear-probe":
-        x, y = _all_shots(ctx, draw, k)
-        logits = linear_probe_logits(x, y, task.test_features, num, c=linear_probe_c)
-        # The probe refits every class; the cost is charged to the held-out classes it adds.
-        seconds = (time.perf_counter() - started) / len(task.heldout)
-        return score_logits(ctx, logits, None, seconds)
-    raise ValueError(f"evaluate_fixed cannot run {spec.kind!r}")
+@runtime_checkable
+class JointMethod(Protocol):
+    """A method that needs shots of every class and scores the joint task itself."""
+
+    def evaluate(
+        self, ctx: Context, draws: Sequence[tuple[int, SupportDraw]], k: int
+    ) -> list[Outcome]: ...
 
 
-def evaluate_learned(
+@register_method("tip-adapter", plug_and_play=False, description="cache: K shots of every class")
+@dataclass
+class TipAdapter:
+    alpha: float = TIP_ALPHA
+    beta: float = TIP_BETA
+    scale: float = TIP_CLIP_SCALE
+    heldout_cache_only: bool = False  # cache only the held-out classes' shots
+
+    def evaluate(
+        self, ctx: Context, draws: Sequence[tuple[int, SupportDraw]], k: int
+    ) -> list[Outcome]:
+        task = ctx.task
+        outcomes = []
+        for _, draw in draws:
+            started = time.perf_counter()
+            names = task.heldout if self.heldout_cache_only else None
+            keys, labels = _all_shots(ctx, draw, k, names)
+            text = torch.cat([ctx.base_text, ctx.name_text])
+            logits = tip_adapter_logits(
+                task.test_features,
+                text,
+                keys,
+                labels,
+                len(task.classes),
+                alpha=self.alpha,
+                beta=self.beta,
+                scale=self.scale,
+            )
+            seconds = (time.perf_counter() - started) / len(task.heldout)
+            outcomes.append(score_logits(ctx, logits, None, seconds))
+        return outcomes
+
+
+@register_method(
+    "tip-adapter (held-out cache)", plug_and_play=False, description="cache: held-out shots"
+)
+def tip_adapter_heldout_cache(**options: Any) -> TipAdapter:
+    return TipAdapter(heldout_cache_only=True, **options)
+
+
+@register_method(
+    "linear-probe", plug_and_play=False, description="logistic regression, all classes"
+)
+@dataclass
+class LinearProbe:
+    c: float = LINEAR_PROBE_C
+
+    def evaluate(
+        self, ctx: Context, draws: Sequence[tuple[int, SupportDraw]], k: int
+    ) -> list[Outcome]:
+        task = ctx.task
+        outcomes = []
+        for _, draw in draws:
+            started = time.perf_counter()
+            x, y = _all_shots(ctx, draw, k)
+            logits = linear_probe_logits(x, y, task.test_features, len(task.classes), c=self.c)
+            # The probe refits every class; the cost is charged to the held-out classes it adds.
+            seconds = (time.perf_counter() - started) / len(task.heldout)
+            outcomes.append(score_logits(ctx, logits, None, seconds))
+        return outcomes
+
+
+def evaluate(
     spec: MethodSpec,
     ctx: Context,
     backend: ClipBackend,
@@ -269,44 +306,55 @@ def evaluate_learned(
     draws: Sequence[tuple[int, SupportDraw]],
     k: int,
 ) -> list[Outcome]:
-    """All held-out classes of all given draws in one `learn_classes` batch (each class is
-    optimised independently of the others in the batch, so this only saves wall time).
+    """One outcome per draw for the row `spec` at K shots."""
+    method = spec.build()
+    if isinstance(method, JointMethod):
+        return method.evaluate(ctx, draws, k)
+    return _evaluate_per_class(method, spec, ctx, backend, vocabulary, draws, k)
 
-    The engine's seed is fixed (0) across draws: it only picks augmentations / the held-out shot,
-    and the draws already differ in their images."""
+
+def _evaluate_per_class(
+    method: Any,
+    spec: MethodSpec,
+    ctx: Context,
+    backend: ClipBackend,
+    vocabulary: Vocabulary,
+    draws: Sequence[tuple[int, SupportDraw]],
+    k: int,
+) -> list[Outcome]:
+    """All held-out classes of all given draws in one `fit_classes` call (LiteEmbed optimises
+    each class independently of the others in the batch, so this only saves wall time).
+
+    The engine's seed is fixed (the method's default, 0) across draws: it only picks
+    augmentations / the held-out shot, and the draws already differ in their images."""
     task = ctx.task
-    config = spec.config or OptimizationConfig()
     requests = []
     for _, draw in draws:
         for name in task.heldout:
             hints: tuple[str, ...] = ()
             if spec.use_hints:
-                # A hint only means something if the model saw the word (method.md); a capped
-                # or foreign vocabulary may lack the category word, and then none is given.
+                # A hint only means something if the model saw the word (docs/method.md); a
+                # capped or foreign vocabulary may lack the category word, and then none is given.
                 hints = tuple(
                     h for h in task.hints.get(name, ()) if vocabulary.index(h) is not None
                 )
             requests.append(ClassRequest(name=name, images=draw.shots(name, k), hints=hints))
     started = time.perf_counter()
-    learned = learn_classes(backend, vocabulary, requests, config=config, seed=0)
+    fitted = method.fit_classes(backend, vocabulary, requests)
     seconds = (time.perf_counter() - started) / len(requests)
     outcomes = []
     h = len(task.heldout)
     for d in range(len(draws)):
-        chunk = learned[d * h : (d + 1) * h]
-        feats = torch.stack([c.text_feature for c in chunk]).float()
-        steps = [c.diagnostics.get("steps_run", 0) for c in chunk]
-        reasons = [c.diagnostics.get("stop_reason", "") for c in chunk]
-        outcomes.append(
-            score_text(
-                ctx,
-                feats,
-                seconds,
-                text=True,
-                extra={
-                    "steps_run_mean": sum(steps) / len(steps),
-                    "stop_reasons": {r: reasons.count(r) for r in set(reasons)},
-                },
-            )
-        )
+        chunk = fitted[d * h : (d + 1) * h]
+        feats = torch.stack([c.feature for c in chunk]).float()
+        extra: dict[str, Any] = {}
+        if all("steps_run" in c.diagnostics for c in chunk):
+            steps = [c.diagnostics["steps_run"] for c in chunk]
+            reasons = [c.diagnostics.get("stop_reason", "") for c in chunk]
+            extra = {
+                "steps_run_mean": sum(steps) / len(steps),
+                "stop_reasons": {r: reasons.count(r) for r in set(reasons)},
+            }
+        text = all(c.is_text_feature for c in chunk)
+        outcomes.append(score_text(ctx, feats, seconds, text=text, extra=extra))
     return outcomes

@@ -32,16 +32,10 @@ from typing import Any
 import torch
 
 from benchmarks.data import Task, folder_task, world_task
-from benchmarks.methods import (
-    LINEAR_PROBE_C,
-    Context,
-    MethodSpec,
-    Outcome,
-    evaluate_fixed,
-    evaluate_learned,
-)
+from benchmarks.methods import LINEAR_PROBE_C, Context, MethodSpec, evaluate
 from benchmarks.metrics import mean_std, paired_difference
 from liteembed import ClassRequest, OptimizationConfig, learn_classes, load_backend, load_vocabulary
+from liteembed.registry import list_methods, method_entry
 
 RESULTS_DIR = Path(__file__).parent / "results"
 CHOSEN_CONFIG = RESULTS_DIR / "chosen_config.json"
@@ -72,46 +66,77 @@ def config_from(values: dict[str, Any]) -> OptimizationConfig:
 
 
 def build_methods(chosen: dict[str, Any]) -> list[MethodSpec]:
-    """Every compared method. "liteembed (full)" switches on all three of the paper's parts
+    """One row per registered method, in registration order; textual inversion, LiteEmbed and
+    the linear probe take their settings from the validation search (`chosen`).
+
+    LiteEmbed gives several rows: "liteembed (full)" switches on all three of the paper's parts
     (coarse alignment, fine separation, the PCA box) with the validated weights; the three
     ablations each drop one; "liteembed (defaults)" is what the validation search picked."""
+    rows: list[MethodSpec] = []
+    for name in list_methods():
+        variants = _ROW_SETTINGS.get(name)
+        if variants is not None:
+            rows += variants(chosen)
+        else:
+            rows.append(MethodSpec(name, name, note=method_entry(name).description))
+    return rows
+
+
+def _textual_inversion_rows(chosen: dict[str, Any]) -> list[MethodSpec]:
+    defaults = config_from(chosen["defaults"])
+    ti = defaults.with_(lambda_c=0.0, lambda_f=0.0, parameterization="token")
+    return [MethodSpec(REFERENCE, "textual-inversion", ti, False, note="alignment only, raw token")]
+
+
+def _liteembed_rows(chosen: dict[str, Any]) -> list[MethodSpec]:
     defaults = config_from(chosen["defaults"])
     full = config_from(chosen["full"])
     hints = bool(chosen.get("use_hints", False))
     full_hints = bool(chosen.get("full_use_hints", hints))
-    ti = defaults.with_(lambda_c=0.0, lambda_f=0.0, parameterization="token")
-    learned = [
-        MethodSpec(REFERENCE, "learned", ti, False, "alignment only, raw token"),
-        MethodSpec("liteembed (full)", "learned", full, full_hints, "coarse + fine + PCA box"),
-        MethodSpec("liteembed w/o coarse", "learned", full.with_(lambda_c=0.0), full_hints),
-        MethodSpec("liteembed w/o fine", "learned", full.with_(lambda_f=0.0), full_hints),
+    rows = [
         MethodSpec(
-            "liteembed w/o PCA box", "learned", full.with_(parameterization="token"), full_hints
+            "liteembed (full)", "liteembed", full, full_hints, note="coarse + fine + PCA box"
+        ),
+        MethodSpec("liteembed w/o coarse", "liteembed", full.with_(lambda_c=0.0), full_hints),
+        MethodSpec("liteembed w/o fine", "liteembed", full.with_(lambda_f=0.0), full_hints),
+        MethodSpec(
+            "liteembed w/o PCA box", "liteembed", full.with_(parameterization="token"), full_hints
         ),
     ]
-    chosen_spec = MethodSpec(
-        "liteembed (defaults)", "learned", defaults, hints, "validated defaults"
-    )
-    same = [s for s in learned if s.config == defaults and s.use_hints == hints]
-    if not same:
-        learned.append(chosen_spec)
+    ti = _textual_inversion_rows(chosen)[0]
+    if not any(r.config == defaults and r.use_hints == hints for r in [ti, *rows]):
+        rows.append(
+            MethodSpec(
+                "liteembed (defaults)", "liteembed", defaults, hints, note="validated defaults"
+            )
+        )
+    return rows
+
+
+def _linear_probe_rows(chosen: dict[str, Any]) -> list[MethodSpec]:
+    c = float(chosen.get("linear_probe_c", LINEAR_PROBE_C))
     return [
-        MethodSpec("zero-shot", "zero-shot", note="class name in the template"),
-        MethodSpec("image-prototype", "prototype", note="mean shot feature"),
-        MethodSpec("tip-adapter", "tip-adapter", note="cache: K shots of every class"),
         MethodSpec(
-            "tip-adapter (held-out cache)", "tip-adapter-heldout", note="cache: held-out shots"
-        ),
-        MethodSpec("linear-probe", "linear-probe", note="logistic regression, all classes"),
-        *learned,
+            "linear-probe",
+            "linear-probe",
+            options=(("c", c),),
+            note=method_entry("linear-probe").description,
+        )
     ]
+
+
+_ROW_SETTINGS = {
+    "textual-inversion": _textual_inversion_rows,
+    "liteembed": _liteembed_rows,
+    "linear-probe": _linear_probe_rows,
+}
 
 
 def defaults_row(chosen: dict[str, Any], methods: Sequence[MethodSpec]) -> str:
     defaults = config_from(chosen["defaults"])
     hints = bool(chosen.get("use_hints", False))
     for spec in methods:
-        if spec.kind == "learned" and spec.config == defaults and spec.use_hints == hints:
+        if spec.config is not None and spec.config == defaults and spec.use_hints == hints:
             return spec.name
     return "liteembed (defaults)"
 
@@ -127,7 +152,6 @@ def run_benchmark(
     shots: Sequence[int],
     draws: int,
     *,
-    linear_probe_c: float = LINEAR_PROBE_C,
     log: Any = print,
 ) -> dict[str, Any]:
     """{method: {K: [Outcome per draw]}} plus the task's description, as plain JSON data."""
@@ -135,21 +159,11 @@ def run_benchmark(
     results: dict[str, dict[str, list[dict[str, Any]]]] = {m.name: {} for m in methods}
     skipped = [k for k in shots if k > task.max_shots]
     usable = [k for k in shots if k <= task.max_shots]
-    zero_shot: Outcome | None = None
     for k in usable:
         draw_list = [(d, task.draw(d)) for d in range(draws)]
         for spec in methods:
             started = time.perf_counter()
-            if spec.kind == "learned":
-                outcomes = evaluate_learned(spec, ctx, backend, vocabulary, draw_list, k)
-            elif spec.kind == "zero-shot":
-                zero_shot = zero_shot or evaluate_fixed(spec, ctx, None, k)
-                outcomes = [zero_shot] * draws  # needs no shots: the same for every draw
-            else:
-                outcomes = [
-                    evaluate_fixed(spec, ctx, draw, k, linear_probe_c=linear_probe_c)
-                    for _, draw in draw_list
-                ]
+            outcomes = evaluate(spec, ctx, backend, vocabulary, draw_list, k)
             results[spec.name][str(k)] = [o.as_dict() for o in outcomes]
             hm = mean_std([o.hm for o in outcomes])
             log(
@@ -165,7 +179,7 @@ def run_benchmark(
         "methods": [
             {
                 "name": m.name,
-                "kind": m.kind,
+                "method": m.method,
                 "plug_and_play": m.plug_and_play,
                 "use_hints": m.use_hints,
                 "note": m.note,
@@ -401,7 +415,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         methods,
         args.shots,
         args.seeds,
-        linear_probe_c=float(chosen.get("linear_probe_c", LINEAR_PROBE_C)),
     )
     report["linear_probe_c"] = float(chosen.get("linear_probe_c", LINEAR_PROBE_C))
     report["model"] = backend.model_id

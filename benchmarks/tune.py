@@ -35,12 +35,7 @@ from typing import Any
 import torch
 
 from benchmarks.data import Task, world_task
-from benchmarks.methods import (
-    Context,
-    MethodSpec,
-    evaluate_fixed,
-    evaluate_learned,
-)
+from benchmarks.methods import Context, MethodSpec, evaluate
 from benchmarks.metrics import mean_std, paired_difference
 from liteembed import OptimizationConfig, load_backend, load_vocabulary
 
@@ -127,9 +122,9 @@ class Search:
             )
         else:
             draws = [(d, self.task.draw(d)) for d in range(self.draws[k])]
-            spec = MethodSpec(label, "learned", config, hints)
+            spec = MethodSpec(label, "liteembed", config, hints)
             started = time.perf_counter()
-            outs = evaluate_learned(spec, self.ctx, self.backend, self.vocabulary, draws, k)
+            outs = evaluate(spec, self.ctx, self.backend, self.vocabulary, draws, k)
             record = Record(
                 stage,
                 label,
@@ -153,11 +148,9 @@ class Search:
         self.records.append(record)
         return record
 
-    def fixed(self, stage: str, spec: MethodSpec, k: int = 4, **kwargs: Any) -> Record:
-        outs = [
-            evaluate_fixed(spec, self.ctx, self.task.draw(d), k, **kwargs)
-            for d in range(self.draws[k])
-        ]
+    def fixed(self, stage: str, spec: MethodSpec, k: int = 4) -> Record:
+        draws = [(d, self.task.draw(d)) for d in range(self.draws[k])]
+        outs = evaluate(spec, self.ctx, self.backend, self.vocabulary, draws, k)
         record = Record(
             stage,
             spec.name,
@@ -167,7 +160,7 @@ class Search:
             [o.base_after for o in outs],
             [o.map for o in outs if o.map is not None],  # no text feature: no retrieval
             outs[0].seconds_per_class,
-            dict(kwargs),
+            dict(spec.options),
         )
         self.log(f"[{stage}] K={k} {spec.name:<40} HM {100 * record.mean_hm:5.1f}")
         self.records.append(record)
@@ -200,11 +193,12 @@ def search(
 
     # 0. Reference points and the linear probe's fixed C (the probe is not LiteEmbed, but its one
     # hyperparameter is fixed here too, on the same validation classes).
-    s.fixed("baselines", MethodSpec("image-prototype", "prototype"))
+    s.fixed("baselines", MethodSpec("image-prototype", "image-prototype"))
     s.fixed("baselines", MethodSpec("tip-adapter", "tip-adapter"))
     probe = {
         c: s.fixed(
-            "baselines", MethodSpec(f"linear-probe C={c:g}", "linear-probe"), linear_probe_c=c
+            "baselines",
+            MethodSpec(f"linear-probe C={c:g}", "linear-probe", options=(("c", c),)),
         )
         for c in ((1.0, 10.0) if quick else (1.0, 10.0, 100.0))
     }

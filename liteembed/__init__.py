@@ -39,6 +39,11 @@ _EXPORTS: dict[str, str] = {
     "learn_class": "liteembed.optimize",
     "learn_classes": "liteembed.optimize",
     "validate_name": "liteembed.optimize",
+    "RegisteredMethod": "liteembed.registry",
+    "create_method": "liteembed.registry",
+    "list_methods": "liteembed.registry",
+    "method_entry": "liteembed.registry",
+    "register_method": "liteembed.registry",
     "Vocabulary": "liteembed.vocab",
     "load_vocabulary": "liteembed.vocab",
 }

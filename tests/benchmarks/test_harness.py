@@ -12,7 +12,7 @@ from PIL import Image
 
 from benchmarks import rare_classes
 from benchmarks.data import folder_task, world_task
-from benchmarks.methods import Context, MethodSpec, evaluate_fixed, evaluate_learned
+from benchmarks.methods import Context, MethodSpec, evaluate
 from liteembed import ClipBackend, OptimizationConfig, Vocabulary, load_backend, load_vocabulary
 
 COLOURS = {
@@ -111,11 +111,12 @@ def test_synthetic_world_task_and_batched_learning(
     ctx = Context.build(backend, task)
     config = OptimizationConfig(steps=3, early_stopping=False)
     draws = [(0, task.draw(0)), (1, task.draw(1))]
-    outcomes = evaluate_learned(
-        MethodSpec("ti", "learned", config, use_hints=True), ctx, backend, vocabulary, draws, 2
+    outcomes = evaluate(
+        MethodSpec("ti", "liteembed", config, use_hints=True), ctx, backend, vocabulary, draws, 2
     )
     assert len(outcomes) == 2
     assert all(o.map is not None and set(o.per_class) == set(task.heldout) for o in outcomes)
     assert outcomes[0].extra["steps_run_mean"] == 3
-    tip = evaluate_fixed(MethodSpec("tip", "tip-adapter-heldout"), ctx, draws[0][1], 2)
+    spec = MethodSpec("tip", "tip-adapter (held-out cache)")
+    tip = evaluate(spec, ctx, backend, vocabulary, draws[:1], 2)[0]
     assert tip.map is None and tip.base_before == ctx.base_before

@@ -1,0 +1,281 @@
+"""Everything fixed about a class before the optimisation starts: its exemplar views, its mined
+hard negatives, its coarse anchor and the word's starting vector.
+
+Negatives come from three sources (config.negative_sources): the vocabulary words nearest to the
+class prototype, the caller's confusers, and the already registered classes nearest to it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from liteembed.backend import ClipBackend
+from liteembed.config import OptimizationConfig
+from liteembed.errors import NoImagesError
+from liteembed.images import decode_image, to_rgb
+from liteembed.vocab import WORD_TEMPLATE, Vocabulary, words_in
+
+if TYPE_CHECKING:
+    from liteembed.optimize import ClassRequest
+
+ImageInput = Image.Image | bytes
+
+
+@dataclass
+class ClassProblem:
+    """Everything fixed about one class before the loop starts."""
+
+    name: str
+    exemplars: torch.Tensor  # (V, E) image features incl. augmented views
+    groups: torch.Tensor  # (V,) index of the original image each view comes from
+    prototype: torch.Tensor  # (E,)
+    negatives: torch.Tensor  # (N, E)
+    negative_names: list[str]
+    negative_sources: list[str]
+    anchor: torch.Tensor | None  # (E,)
+    anchor_words: list[str]
+    init_vector: torch.Tensor  # (d_tok,)
+    init_from: str
+    holdout: int | None = None  # image index left out of the alignment loss in phase 1
+
+
+def prepare(
+    backend: ClipBackend,
+    vocabulary: Vocabulary,
+    requests: Sequence[ClassRequest],
+    names: Sequence[str],
+    registered: Mapping[str, torch.Tensor],
+    config: OptimizationConfig,
+    seed: int,
+) -> list[ClassProblem]:
+    """One `ClassProblem` per request; `names` are the requests' validated names."""
+    device = backend.device
+    hint_lists = [[" ".join(h.lower().split()) for h in r.hints if h.strip()] for r in requests]
+    for hints in hint_lists:
+        validate_hints(vocabulary, hints)
+    all_views: list[Image.Image] = []
+    view_groups: list[list[int]] = []
+    holdouts: list[int | None] = []
+    for name, request in zip(names, requests, strict=True):
+        if not request.images:
+            raise NoImagesError(f"class {name!r} has no images")
+        originals = [as_rgb(image) for image in request.images]
+        # One generator per class, seeded alike: a class draws the same views and held-out
+        # image whether it is learned alone or in a batch.
+        generator = torch.Generator().manual_seed(seed)
+        views, groups = augment(originals, config, generator)
+        all_views.extend(views)
+        view_groups.append(groups)
+        holdout = int(torch.randint(len(originals), (1,), generator=generator).item())
+        holdouts.append(holdout if len(originals) >= 2 else None)
+    features = backend.encode_images(all_views).to(device)
+    word_features = vocabulary.word_features.to(device)
+    registered_names = list(registered)
+    registered_features = _registered_features(backend, registered)
+    problems: list[ClassProblem] = []
+    start = 0
+    for name, request, hints, groups, holdout in zip(
+        names, requests, hint_lists, view_groups, holdouts, strict=True
+    ):
+        exemplars = features[start : start + len(groups)]
+        start += len(groups)
+        group_tensor = torch.tensor(groups, device=device)
+        originals = exemplars[first_views(groups, device)]
+        prototype = F.normalize(originals.mean(dim=0), dim=-1)
+        ranked = rank_words(vocabulary, word_features, prototype, excluded_words(name, hints))
+        neg_features: list[torch.Tensor] = []
+        neg_names: list[str] = []
+        neg_sources: list[str] = []
+        if "vocabulary" in config.negative_sources and config.m > 0:
+            chosen = ranked[: config.m]
+            neg_features.append(word_features[chosen])
+            neg_names += [vocabulary.words[i] for i in chosen.tolist()]
+            neg_sources += ["vocabulary"] * len(chosen)
+        confusers = [
+            c.strip() for c in request.confusers if c.strip() and c.strip().lower() != name.lower()
+        ]
+        if "confusers" in config.negative_sources and confusers:
+            neg_features.append(
+                backend.encode_texts([WORD_TEMPLATE.format(c) for c in confusers]).to(device)
+            )
+            neg_names += confusers
+            neg_sources += ["confuser"] * len(confusers)
+        if "registered" in config.negative_sources and registered_names and config.m_registered > 0:
+            keep = [i for i, n in enumerate(registered_names) if n.strip().lower() != name.lower()]
+            if keep:
+                candidates = registered_features[keep]
+                order = torch.argsort(candidates @ prototype, descending=True)[
+                    : config.m_registered
+                ]
+                neg_features.append(candidates[order])
+                neg_names += [registered_names[keep[i]] for i in order.tolist()]
+                neg_sources += ["registered"] * len(order)
+        negatives = (
+            torch.cat(neg_features)
+            if neg_features
+            else torch.empty(0, backend.embed_dim, device=device)
+        )
+        anchor: torch.Tensor | None = None
+        if hints:
+            anchor_words = hints
+            # Same prompt as the word features, so a one-word hint's anchor is its Z_W row.
+            hint_features = backend.encode_texts([WORD_TEMPLATE.format(h) for h in hints])
+            anchor = F.normalize(hint_features.to(device).mean(dim=0), dim=-1)
+        else:
+            anchor_rows = ranked[: config.anchor_words]
+            anchor_words = [vocabulary.words[i] for i in anchor_rows.tolist()]
+            if len(anchor_rows):
+                anchor = F.normalize(word_features[anchor_rows].mean(dim=0), dim=-1)
+        init_vector, init_from = initial_vector(backend, vocabulary, name, ranked)
+        problems.append(
+            ClassProblem(
+                name=name,
+                exemplars=exemplars,
+                groups=group_tensor,
+                prototype=prototype,
+                negatives=negatives,
+                negative_names=neg_names,
+                negative_sources=neg_sources,
+                anchor=anchor,
+                anchor_words=list(anchor_words),
+                init_vector=init_vector,
+                init_from=init_from,
+                holdout=holdout,
+            )
+        )
+    return problems
+
+
+def excluded_words(name: str, hints: Sequence[str]) -> set[str]:
+    """Words never mined as negatives of a class: its own name's and its hints' words."""
+    return set(words_in(name)) | {w for h in hints for w in words_in(h)}
+
+
+def rank_words(
+    vocabulary: Vocabulary,
+    word_features: torch.Tensor,
+    prototype: torch.Tensor,
+    excluded: set[str],
+) -> torch.Tensor:
+    """Indices of the allowed vocabulary words, most similar to `prototype` first."""
+    similarity = word_features @ prototype
+    allowed = torch.tensor(
+        [w not in excluded for w in vocabulary.words], device=word_features.device
+    )
+    ranked = torch.argsort(torch.where(allowed, similarity, -math.inf), descending=True)
+    return ranked[: int(allowed.sum().item())]
+
+
+def _registered_features(
+    backend: ClipBackend, registered: Mapping[str, torch.Tensor]
+) -> torch.Tensor:
+    device = backend.device
+    if not registered:
+        return torch.empty(0, backend.embed_dim, device=device)
+    features = F.normalize(
+        torch.stack([_vector(value) for value in registered.values()]).to(device), dim=-1
+    )
+    if features.shape[1] != backend.embed_dim:
+        raise ValueError(
+            f"registered features have dimension {features.shape[1]}, "
+            f"the model's is {backend.embed_dim}"
+        )
+    return features
+
+
+def _vector(value: torch.Tensor | Sequence[float]) -> torch.Tensor:
+    """A registered class's feature as a flat float32 CPU tensor (tensors or plain lists)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().float().cpu().reshape(-1)
+    return torch.as_tensor(value, dtype=torch.float32).reshape(-1)
+
+
+def validate_hints(vocabulary: Vocabulary, hints: list[str]) -> None:
+    """Each hint must be a vocabulary word, or a phrase made only of vocabulary words
+    ("curved shape"): the anchor is only meaningful where the model has seen the words."""
+    for hint in hints:
+        if vocabulary.index(hint) is not None:
+            continue
+        parts = hint.split()
+        if len(parts) < 2 or any(vocabulary.index(part) is None for part in parts):
+            vocabulary.require_words([hint])  # raises UnknownHintError with the usual message
+
+
+def first_views(groups: list[int], device: torch.device) -> torch.Tensor:
+    """Positions of the un-augmented view of every image (the first view of each group)."""
+    seen: set[int] = set()
+    positions = []
+    for position, group in enumerate(groups):
+        if group not in seen:
+            seen.add(group)
+            positions.append(position)
+    return torch.tensor(positions, device=device)
+
+
+def as_rgb(image: ImageInput) -> Image.Image:
+    """A caller's image (PIL image or encoded bytes) as an RGB PIL image."""
+    if isinstance(image, bytes | bytearray):
+        return decode_image(bytes(image))
+    return to_rgb(image)
+
+
+def augment(
+    images: list[Image.Image], config: OptimizationConfig, generator: torch.Generator
+) -> tuple[list[Image.Image], list[int]]:
+    """Each image, then `augment_views` extra views of it: a mirror image, then random crops."""
+    views: list[Image.Image] = []
+    groups: list[int] = []
+    for index, image in enumerate(images):
+        views.append(image)
+        groups.append(index)
+        for view in range(config.augment_views):
+            if view == 0:
+                views.append(image.transpose(Image.Transpose.FLIP_LEFT_RIGHT))
+            else:
+                views.append(_random_crop(image, config.augment_min_scale, generator))
+            groups.append(index)
+    return views, groups
+
+
+def _random_crop(image: Image.Image, min_scale: float, generator: torch.Generator) -> Image.Image:
+    width, height = image.size
+    draws = torch.rand(3, generator=generator).tolist()
+    side = math.sqrt(min_scale + (1 - min_scale) * draws[0])  # area fraction -> side fraction
+    crop_w, crop_h = max(1, round(width * side)), max(1, round(height * side))
+    left = round((width - crop_w) * draws[1])
+    top = round((height - crop_h) * draws[2])
+    return image.crop((left, top, left + crop_w, top + crop_h)).resize((width, height))
+
+
+def initial_vector(
+    backend: ClipBackend, vocabulary: Vocabulary, name: str, ranked: torch.Tensor
+) -> tuple[torch.Tensor, str]:
+    """The name's mean token embedding when all its tokens are trained, else the nearest word's."""
+    table = backend.token_table
+    tokens = backend.encode_word_tokens(name)
+    if tokens and all(vocabulary.is_trained_token(t) for t in tokens):
+        return table[torch.tensor(tokens, device=table.device)].mean(dim=0), f"name:{name}"
+    word_index = int(ranked[0].item()) if len(ranked) else 0
+    word_tokens = torch.tensor(vocabulary.word_token_ids[word_index], device=table.device)
+    return table[word_tokens].mean(dim=0), f"nearest word:{vocabulary.words[word_index]}"
+
+
+__all__ = [
+    "ClassProblem",
+    "ImageInput",
+    "as_rgb",
+    "augment",
+    "excluded_words",
+    "first_views",
+    "initial_vector",
+    "prepare",
+    "rank_words",
+    "validate_hints",
+]
