@@ -1,4 +1,4 @@
-"""The rare-class benchmark of LiteEmbed (issue 5, part 2).
+"""The rare-class benchmark of LiteEmbed.
 
 - ``benchmarks.metrics``: top-1, harmonic mean, retrieval AP/mAP, paired differences.
 - ``benchmarks.data``: evaluation tasks (the synthetic world's splits, or an image folder).

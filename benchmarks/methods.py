@@ -37,7 +37,7 @@ from liteembed import ClassRequest, ClipBackend, OptimizationConfig, Vocabulary
 from liteembed.registry import create_method, method_entry, register_method
 from liteembed.vocab import WORD_TEMPLATE
 
-TIP_ALPHA = 1.0  # Tip-Adapter's published defaults (peer-methods.md), not tuned here
+TIP_ALPHA = 1.0  # Tip-Adapter's published defaults (Zhang et al., ECCV 2022)
 TIP_BETA = 5.5
 TIP_CLIP_SCALE = 100.0  # the fixed zero-shot logit scale of Tip-Adapter's code
 # Inverse L2 strength of the linear probe: fixed for all K and seeds; set once on the

@@ -1,4 +1,4 @@
-"""The rare-class benchmark harness (issue 5, part 2).
+"""The rare-class benchmark harness.
 
 Joint setting: the held-out classes are added to the base classes and one classifier scores every
 test image against all of them. Per method, shot count K and support draw it records held-out

@@ -1,8 +1,8 @@
-"""The validation search that sets LiteEmbed's defaults (issue 5, part 2: honest tuning).
+"""The validation search that sets LiteEmbed's defaults.
 
 Everything here runs on the VALIDATION held-out classes of the synthetic world (their own
 gallery images and support draws); the test held-out classes are never touched. Order, following
-the earlier ablation's pitfalls (docs/reference/liteembed-ablation-mini.md):
+the earlier ablation's pitfalls:
 
 1. the step budget / early-stopping rule and the learning rate of plain textual inversion (TI)
    first, so that no regulariser is credited for merely slowing overfitting;
