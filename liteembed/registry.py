@@ -34,6 +34,7 @@ def register_method(
     the same name from the same factory is a no-op, e.g. when a module is reloaded)."""
 
     def decorate(factory: Factory) -> Factory:
+        _with_engine_methods()  # the engine's methods come first in the listing
         existing = _METHODS.get(name)
         if existing is not None and existing.factory.__qualname__ != factory.__qualname__:
             raise ValueError(f"a method named {name!r} is already registered")
