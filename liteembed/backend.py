@@ -26,7 +26,9 @@ log = logging.getLogger(__name__)
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 CHECKPOINT_DIR = Path(__file__).parent / "checkpoints"
 # Models whose weights ship inside the package; "" or "default" as `pretrained` selects them.
-SHIPPED_CHECKPOINTS: dict[str, Path] = {"liteembed-mini": CHECKPOINT_DIR / "liteembed-mini.pt"}
+SHIPPED_CHECKPOINTS: dict[str, Path] = {
+    name: CHECKPOINT_DIR / f"{name}.pt" for name in ("liteembed-mini", "liteembed-mini-v2")
+}
 
 _PRECISIONS: dict[str, torch.dtype] = {
     "fp32": torch.float32,

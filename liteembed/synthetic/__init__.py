@@ -26,7 +26,9 @@ pretraining, ``rarity == RARE_RATE`` (0.1 % of samples each) ones are. Many held
 visually close base neighbours (7-gon vs 6/8-gon, 7-point vs 6/8-point star, 7 petals, 7 dots,
 4 bars vs 3/5, 4 chevrons vs 3, ...). Captions put the category word in the class-name slot
 20 % of the time ("a photo of a polygon.") and use colour, size, texture, position, background
-and clutter words. Pretraining: ``python -m liteembed.synthetic.pretrain --out PATH --minutes N``.
+and clutter words (``sample_batch(..., colour_caption_p=p)`` keeps the colour word in only a
+fraction p of them). Pretraining: ``python -m liteembed.synthetic.pretrain --out PATH --steps N``;
+``python -m liteembed.synthetic.evaluate CKPT`` evaluates a checkpoint like the report does.
 """
 
 from liteembed.synthetic.world import (

@@ -417,20 +417,35 @@ class World:
             idx = torch.where(hit, rare_idx[which.clamp(max=len(rare) - 1)], idx)
         return idx
 
-    def sample_batch(self, n: int, seed: int) -> tuple[torch.Tensor, list[str], torch.Tensor]:
-        """A pretraining batch: images [n,3,64,64] in [0,1], captions, class indices."""
+    def sample_batch(
+        self, n: int, seed: int, colour_caption_p: float = 1.0
+    ) -> tuple[torch.Tensor, list[str], torch.Tensor]:
+        """A pretraining batch: images [n,3,64,64] in [0,1], captions, class indices.
+
+        ``colour_caption_p`` is the probability that a caption whose template has a colour slot
+        keeps its colour word; otherwise the slot is left out ("a red hexagon" -> "a hexagon").
+        Below 1 it weakens colour as a shortcut for telling the images of a batch apart while the
+        colour words stay in the vocabulary. At 1 the random stream is the original one.
+        """
         gen = torch.Generator().manual_seed(seed)
         cls = self.sample_classes(n, gen)
         images, attrs = self._render(cls, gen)
-        captions = self._captions(cls, attrs, gen)
+        captions = self._captions(cls, attrs, gen, colour_caption_p)
         return images, captions, cls
 
     def _captions(
-        self, cls: torch.Tensor, attrs: dict[str, torch.Tensor], gen: torch.Generator
+        self,
+        cls: torch.Tensor,
+        attrs: dict[str, torch.Tensor],
+        gen: torch.Generator,
+        colour_caption_p: float = 1.0,
     ) -> list[str]:
         n = len(cls)
         tpl = torch.multinomial(self._template_w, n, replacement=True, generator=gen).tolist()
         use_cat = (torch.rand(n, generator=gen) < CATEGORY_SLOT_P).tolist()
+        keep_colour = [True] * n
+        if colour_caption_p < 1.0:
+            keep_colour = (torch.rand(n, generator=gen) < colour_caption_p).tolist()
         out = []
         sizes, textures = list(SIZES), TEXTURES
         for i in range(n):
@@ -438,6 +453,8 @@ class World:
             text, _ = TEMPLATES[tpl[i]]
             # the "kind of {category}" template already names the category
             name = c.category if use_cat[i] and "{category}" not in text else c.name
+            if not keep_colour[i]:
+                text = text.replace("{colour} ", "")
             out.append(
                 text.format(
                     name=name,
