@@ -79,7 +79,7 @@ def encode(backend: ClipBackend, images: Sequence[Image.Image], batch: int = 512
     return torch.cat(chunks).float().cpu() if chunks else torch.empty(0, backend.embed_dim)
 
 
-def _support_from_lists(backend: ClipBackend, images: dict[str, list[Image.Image]]) -> SupportDraw:
+def support_from_lists(backend: ClipBackend, images: dict[str, list[Image.Image]]) -> SupportDraw:
     names = list(images)
     flat = [img for name in names for img in images[name]]
     features = encode(backend, flat)
@@ -123,7 +123,7 @@ def world_task(
         per_class = {
             name: rendered[i * max_shots : (i + 1) * max_shots] for i, name in enumerate(classes)
         }
-        return _support_from_lists(backend, per_class)
+        return support_from_lists(backend, per_class)
 
     return Task(
         name=f"synthetic-{split}",
@@ -209,7 +209,7 @@ def folder_task(
             pool = list(pools[folder])
             random.Random(f"{seed}:{folder}:draw{index}").shuffle(pool)
             per_class[names[folder]] = [_open(p) for p in pool]
-        return _support_from_lists(backend, per_class)
+        return support_from_lists(backend, per_class)
 
     return Task(
         name=f"folder-{root.name}",

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 import benchmarks.methods  # noqa: F401 - registers the benchmark's joint methods
-from benchmarks.data import Task, _support_from_lists
+from benchmarks.data import Task, support_from_lists
 from benchmarks.methods import Context, MethodSpec, evaluate
 from benchmarks.rare_classes import build_methods, load_chosen
 from liteembed import (
@@ -53,7 +53,7 @@ def ctx(backend: ClipBackend) -> Context:
     test_features = backend.encode_images(test_images).float().cpu()
 
     def make_draw(index: int):  # noqa: ANN202 - the Task's draw factory
-        return _support_from_lists(
+        return support_from_lists(
             backend, {n: _images(COLOURS[n], 2, 10 * index + i) for i, n in enumerate(names)}
         )
 
