@@ -1,4 +1,5 @@
-"""`liteembed`: serve the API, run a queue worker, apply migrations, run the demo."""
+"""`liteembed`: serve the API, run a queue worker, apply migrations, run the demo; and, as a
+client of a running service: add, classify, classes, delete, export."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import argparse
 import logging
 import sys
 
+from cli.remote import COMMANDS as REMOTE_COMMANDS
+from cli.remote import add_remote_commands, run_remote_command
 from service.core.config import Settings, get_settings
 from service.db import migrate
 
@@ -29,7 +32,10 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--classes", nargs="+", default=None, help="held-out classes of the world")
     demo.add_argument("--shots", type=int, default=5, help="images uploaded per class")
     demo.add_argument("--no-hints", action="store_true", help="register without category hints")
+    add_remote_commands(commands)
     args = parser.parse_args(argv)
+    if args.command in REMOTE_COMMANDS:
+        return run_remote_command(args)
     if args.command == "demo":
         # The demo starts its own `liteembed serve` subprocess with its own settings.
         from cli.demo import DEFAULT_CLASSES, run_demo

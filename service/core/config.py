@@ -9,7 +9,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 QUEUE_NAME = "liteembed-train"
@@ -103,6 +103,17 @@ class Settings(BaseSettings):
     @property
     def embedded_worker(self) -> bool:
         return self.redis_url is None
+
+
+class ClientSettings(BaseSettings):
+    """What the `liteembed` client commands (add, classify, classes, delete, export) read: where
+    the service is and the key they send. Flags override them."""
+
+    model_config = SettingsConfigDict(env_prefix="LITEEMBED_", env_file=".env", extra="ignore")
+
+    url: str = "http://127.0.0.1:8000"
+    key: SecretStr | None = None
+    timeout_seconds: float = Field(default=60.0, gt=0)
 
 
 @lru_cache
