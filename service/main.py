@@ -9,12 +9,11 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, ExitStack, asynccontextmanager, contextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
 from service.admin import mount_admin
+from service.api import errors, openapi
 from service.api.limits import BodySizeLimit
 from service.api.routes import classes, classify, health
 from service.batcher import ModelRunner, single_threaded_torch
@@ -55,6 +54,7 @@ def create_app(
         title="LiteEmbed",
         version="1.0",
         summary="Teach CLIP a new class from a few images, then classify with it.",
+        generate_unique_id_function=openapi.operation_id,
         lifespan=lifespan,
     )
     app.state.settings = settings
@@ -77,7 +77,8 @@ def create_app(
     app.include_router(classes.router)
     app.include_router(classify.router)
     mount_admin(app)
-    app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
+    errors.install(app)
+    openapi.install(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app
@@ -156,21 +157,3 @@ def _model_runner(app: FastAPI, settings: Settings) -> ModelRunner:
         max_batch=settings.classify_max_batch,
         max_wait_s=settings.classify_max_wait_ms / 1000,
     )
-
-
-async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
-    # FastAPI's default detail is a list of dicts; clients get one readable sentence as well.
-    parts = []
-    for err in exc.errors():
-        where = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "query"))
-        parts.append(f"{where}: {err.get('msg', 'invalid')}" if where else err.get("msg", ""))
-    detail: Any = "; ".join(parts) or "invalid request"
-    return JSONResponse(
-        status_code=422, content={"detail": detail, "errors": _jsonable(exc.errors())}
-    )
-
-
-def _jsonable(errors: Any) -> Any:
-    from fastapi.encoders import jsonable_encoder
-
-    return jsonable_encoder(errors, custom_encoder={bytes: lambda b: f"<{len(b)} bytes>"})

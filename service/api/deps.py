@@ -12,7 +12,8 @@ from concurrent.futures import Executor
 from enum import IntEnum
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request, status
+from fastapi import Depends, HTTPException, Request, Security, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from service.batcher import ModelRunner
@@ -101,7 +102,16 @@ def _matches(candidate: bytes, keys: list[str]) -> bool:
     return found
 
 
-async def caller_role(request: Request, settings: SettingsDep) -> Role:
+# Declares the Bearer scheme in the OpenAPI document; the checks and messages are our own
+# (auto_error=False), so a missing key is a 401 with a readable detail, as for a wrong one.
+_bearer = HTTPBearer(auto_error=False, description="an admin or client API key")
+
+
+async def caller_role(
+    request: Request,
+    settings: SettingsDep,
+    _credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
+) -> Role:
     if not settings.auth_enabled:
         return Role.admin  # open mode: the CLI binds to 127.0.0.1 and logs a warning
     header = request.headers.get("authorization", "")

@@ -6,6 +6,7 @@ import io
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Form, Query, Response, UploadFile, status
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select
 
 from service import crud
@@ -18,12 +19,31 @@ from service.api.deps import (
     SessionDep,
     SettingsDep,
 )
+from service.api.errors import responses
 from service.api.schemas import ClassList, ClassOut, EmbeddingOut
 from service.api.uploads import error, name_key, read_image, validate_name, validate_words
 from service.core.config import Settings
 from service.models import ClassImage, PersonalizedClass, Status
 
 router = APIRouter(prefix="/v1/classes", tags=["classes"])
+
+# Offsets past this are refused (422) rather than passed to the database, where a 64-bit
+# overflow would be a server error.
+MAX_OFFSET = 1_000_000_000
+
+
+# Query parameters as models that forbid unknown names: a misspelt `?stauts=ready` is a 422,
+# not a silently unfiltered list.
+class ClassPage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    status: Literal["queued", "training", "ready", "failed"] | None = None
+    limit: int = Field(50, ge=1, le=1000)
+    offset: int = Field(0, ge=0, le=MAX_OFFSET)
+
+
+class ThumbnailSize(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    size: int = Field(128, ge=16, le=512, description="longest side in pixels")
 
 
 @router.post(
@@ -32,6 +52,7 @@ router = APIRouter(prefix="/v1/classes", tags=["classes"])
     response_model=ClassOut,
     dependencies=[ClientDep],
     summary="Register a class from a few images; training runs on a worker",
+    responses=responses(400, 401, 403, 409, 413, 415, 422, 503),
 )
 def register_class(
     response: Response,
@@ -93,15 +114,15 @@ def register_class(
     return ClassOut.of(row)
 
 
-@router.get("", response_model=ClassList, dependencies=[AdminDep], summary="List classes")
-def list_classes(
-    session: SessionDep,
-    status_: Annotated[
-        Literal["queued", "training", "ready", "failed"] | None, Query(alias="status")
-    ] = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
-) -> ClassList:
+@router.get(
+    "",
+    response_model=ClassList,
+    dependencies=[AdminDep],
+    summary="List classes",
+    responses=responses(401, 403, 422, 503),
+)
+def list_classes(session: SessionDep, page: Annotated[ClassPage, Query()]) -> ClassList:
+    status_, limit, offset = page.status, page.limit, page.offset
     query = select(PersonalizedClass)
     count = select(func.count()).select_from(PersonalizedClass)
     if status_ is not None:
@@ -123,7 +144,13 @@ def _get_or_404(session: SessionDep, class_id: str) -> PersonalizedClass:
     return row
 
 
-@router.get("/{class_id}", response_model=ClassOut, dependencies=[ClientDep], summary="One class")
+@router.get(
+    "/{class_id}",
+    response_model=ClassOut,
+    dependencies=[ClientDep],
+    summary="One class",
+    responses=responses(401, 403, 404, 503),
+)
 def get_class(session: SessionDep, class_id: str) -> ClassOut:
     return ClassOut.of(_get_or_404(session, class_id))
 
@@ -133,6 +160,7 @@ def get_class(session: SessionDep, class_id: str) -> ClassOut:
     status_code=status.HTTP_204_NO_CONTENT,
     dependencies=[AdminDep],
     summary="Delete a class; a running job is abandoned",
+    responses=responses(401, 403, 404, 503),
 )
 def delete_class(session: SessionDep, classifier: ClassifierDep, class_id: str) -> Response:
     crud.remove_class(session=session, row=_get_or_404(session, class_id))
@@ -147,6 +175,7 @@ def delete_class(session: SessionDep, classifier: ClassifierDep, class_id: str) 
     response_model=EmbeddingOut,
     dependencies=[ClientDep],
     summary="Export the learned text feature and token embedding",
+    responses=responses(401, 403, 404, 409, 503),
 )
 def export_embedding(session: SessionDep, class_id: str) -> EmbeddingOut:
     row = _get_or_404(session, class_id)
@@ -160,14 +189,18 @@ def export_embedding(session: SessionDep, class_id: str) -> EmbeddingOut:
     response_class=Response,
     dependencies=[ClientDep],
     summary="A small JPEG of the class's first image",
-    responses={200: {"content": {"image/jpeg": {}}, "description": "the thumbnail"}},
+    responses={
+        200: {"content": {"image/jpeg": {}}, "description": "the thumbnail"},
+        **responses(401, 403, 404, 422, 503),
+    },
 )
 def thumbnail(
     session: SessionDep,
     settings: SettingsDep,
     class_id: str,
-    size: Annotated[int, Query(ge=16, le=512, description="longest side in pixels")] = 128,
+    query: Annotated[ThumbnailSize, Query()],
 ) -> Response:
+    size = query.size
     row = _get_or_404(session, class_id)
     first = session.scalars(
         select(ClassImage.data)

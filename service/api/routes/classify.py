@@ -19,6 +19,7 @@ from service.api.deps import (
     RuntimeDep,
     SettingsDep,
 )
+from service.api.errors import responses
 from service.api.schemas import ClassifyOut, Prediction
 from service.api.uploads import error, name_key, read_image, validate_words
 from service.batcher import MatrixMismatch
@@ -77,6 +78,7 @@ def _pixels(image: UploadFile, settings: Settings, runtime: Runtime) -> torch.Te
     response_model=ClassifyOut,
     dependencies=[ClientDep],
     summary="Score one image against the personalized classes or the given labels",
+    responses=responses(400, 401, 403, 413, 415, 422, 503),
 )
 async def classify(
     settings: SettingsDep,

@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, Field
 from sqlalchemy import text
 
 from service.api.deps import (
@@ -20,12 +21,23 @@ from service.api.deps import (
 router = APIRouter(tags=["health"])
 
 
+class ReadyOut(BaseModel):
+    status: str = Field(description="ready, or not ready")
+    checks: dict[str, Any] = Field(description="the state of each dependency")
+    detail: str | None = Field(None, description="why it is not ready")
+
+
 @router.get("/healthz", summary="Liveness: the process answers")
 def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="Readiness: model loaded, database and broker reachable")
+@router.get(
+    "/readyz",
+    summary="Readiness: model loaded, database and broker reachable",
+    response_model=ReadyOut,
+    responses={503: {"model": ReadyOut, "description": "not ready; `detail` says why"}},
+)
 def readyz(
     runtime: RuntimeHolderDep,
     session: SessionDep,
@@ -66,7 +78,12 @@ def readyz(
     return JSONResponse({"status": "ready", "checks": checks})
 
 
-@router.get("/metrics", summary="Prometheus metrics")
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}},
+)
 def metrics(metrics: MetricsDep) -> Response:
     body = generate_latest(metrics.registry)
     return Response(body, media_type=CONTENT_TYPE_LATEST)
