@@ -90,7 +90,7 @@ def role_of(samples: list[tuple[list[str], int]]) -> str:
         return "event loop"
     if "_pixels (" in seen or "decode_image" in seen:
         return "preprocess pool"
-    if "service/classifier.py" in seen:
+    if "service/scoring/sync.py" in seen:
         return "class-matrix refresher"
     return "other"
 

@@ -16,13 +16,14 @@ from service.admin import mount_admin
 from service.api import errors, openapi
 from service.api.limits import BodySizeLimit
 from service.api.routes import classes, classify, health
-from service.batcher import ModelRunner, single_threaded_torch
-from service.classifier import ClassMatrixCache
 from service.core.config import Settings, get_settings
 from service.db import make_engine, make_session_factory
 from service.metrics import Metrics, MetricsMiddleware
 from service.queue import make_producer
 from service.runtime import RuntimeHolder
+from service.scoring.batcher import ModelRunner, single_threaded_torch
+from service.scoring.scorer import scorer_for
+from service.scoring.sync import ClassMatrixCache
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +155,7 @@ def _model_runner(app: FastAPI, settings: Settings) -> ModelRunner:
         lambda pixels: runtime().backend.encode_image_batch(pixels),
         snapshot=snapshot,
         logit_scale=lambda: float(runtime().backend.logit_scale),
+        scorer=lambda: scorer_for(runtime().backend.device),
         max_batch=settings.classify_max_batch,
         max_wait_s=settings.classify_max_wait_ms / 1000,
     )

@@ -16,12 +16,12 @@ from fastapi import Depends, HTTPException, Request, Security, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
-from service.batcher import ModelRunner
-from service.classifier import ClassMatrixCache
 from service.core.config import Settings
 from service.metrics import Metrics
 from service.queue import Producer
 from service.runtime import Runtime, RuntimeHolder
+from service.scoring.batcher import ModelRunner
+from service.scoring.sync import ClassMatrixCache
 
 
 # The trivial dependencies are `async def` on purpose: FastAPI runs a plain `def` dependency

@@ -15,7 +15,7 @@ SAMPLES = [
     ("101", [*LOOP, "data_received (uvicorn/protocols/http/h11_impl.py:200)",
              "next_event (h11/_connection.py:400)"], 20),
     ("101", LOOP, 50),
-    ("202", ["_bootstrap (threading.py:995)", "ModelRunner._run (service/batcher.py:147)",
+    ("202", ["_bootstrap (threading.py:995)", "ModelRunner._run (service/scoring/batcher.py:147)",
              "forward (torch/nn/modules/linear.py:134)"], 90),
     ("303", ["_worker (concurrent/futures/thread.py:81)",
              "_pixels (service/api/routes/classify.py:64)", "resize (PIL/Image.py:2440)"], 40),
@@ -33,7 +33,7 @@ def test_threads_roles_and_shares() -> None:
     threads = profile_server.parse_raw(RAW)
     assert set(threads) == {"101", "202", "303"}
     assert threads["202"][0] == (
-        ["_bootstrap (threading.py:995)", "ModelRunner._run (service/batcher.py:147)",
+        ["_bootstrap (threading.py:995)", "ModelRunner._run (service/scoring/batcher.py:147)",
          "forward (torch/nn/modules/linear.py:134)"],
         90,
     )  # fmt: skip

@@ -22,10 +22,10 @@ from service.api.deps import (
 from service.api.errors import responses
 from service.api.schemas import ClassifyOut, Prediction
 from service.api.uploads import error, name_key, read_image, validate_words
-from service.batcher import MatrixMismatch
-from service.classifier import top_k_softmax
 from service.core.config import Settings
 from service.runtime import Runtime
+from service.scoring.batcher import MatrixMismatch
+from service.scoring.scorer import top_k_softmax
 
 if TYPE_CHECKING:
     import torch

@@ -2,8 +2,10 @@
 
 Requests decode and preprocess their image on a small thread pool, then hand the pixels to the
 `ModelRunner`. Its single thread takes the first waiting request, gathers whatever else arrives
-within `max_wait_s` (up to `max_batch` images), encodes them in one forward pass, scores them
-against the class matrix in one product, and resolves each request's future with its own row.
+within `max_wait_s` (up to `max_batch` images), encodes them in one forward pass, has the
+`Scorer` (`service/scoring/scorer.py`) score them against the class matrix in one product, and
+resolves each request's future with its own row. It calls only those two steps: what the encoder
+is and where scoring runs are decided by whoever builds the runner.
 
 Why one thread: torch's CPU kernels already use every core for one batch. Several request
 threads each running the model fight over the same cores (and each spins up its own OpenMP
@@ -16,7 +18,6 @@ Waiting costs latency, so the runner only waits while more requests are known to
 
 from __future__ import annotations
 
-import logging
 import queue
 import threading
 import time
@@ -28,10 +29,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 
-from service.classifier import ClassMatrix, top_k_softmax, top_k_softmax_on_device
-
-log = logging.getLogger(__name__)
+from service.scoring.matrix import ClassMatrix
+from service.scoring.scorer import CpuScorer, Scorer
 
 
 class MatrixMismatch(RuntimeError):
@@ -75,18 +76,18 @@ class ModelRunner:
         *,
         snapshot: Callable[[], ClassMatrix] | None = None,
         logit_scale: Callable[[], float] = lambda: 100.0,
+        scorer: Callable[[], Scorer] = CpuScorer,
         max_batch: int = 32,
         max_wait_s: float = 0.005,
-        score_device: torch.device | None = None,
     ) -> None:
-        """`score_device`: score against the class matrix with torch on this device (product,
-        log-sum-exp and top-k there). None: on the accelerator when the encoder's output is on
-        one, else with numpy on the CPU (the path the CPU benchmarks measured)."""
+        """`encode`: pixels (B, 3, H, W) -> L2-normalised features (B, D). `snapshot`: the class
+        matrix to score against. `scorer`: makes the scorer, called once, on the first scored
+        batch (the model, and with it the device to score on, loads after the app starts)."""
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
         self._encode = encode
-        self._score_device = score_device
-        self._encoded_on = torch.device("cpu")
+        self._make_scorer = scorer
+        self._scorer: Scorer | None = None
         self._snapshot = snapshot
         self._logit_scale = logit_scale
         self.max_batch = max_batch
@@ -219,7 +220,6 @@ class ModelRunner:
     def _features(self, jobs: list[_Job]) -> np.ndarray:
         pixels = torch.cat([job.pixels for job in jobs if job.pixels is not None])
         encoded = self._encode(pixels)
-        self._encoded_on = encoded.device
         return np.ascontiguousarray(encoded.float().cpu().numpy(), dtype=np.float32)
 
     def _score_and_resolve(self, jobs: list[_Job], features: np.ndarray) -> None:
@@ -247,32 +247,14 @@ class ModelRunner:
                 f"{features.shape[1]}"
             )
         scale = float(self._logit_scale())
-        device = self._score_device
-        if device is None and self._encoded_on.type != "cpu":
-            device = self._encoded_on
-        if device is not None:
-            weights = snapshot.on_device(device)
-            most = max(jobs[i].top_k or 0 for i in rows)
-            best, probabilities = top_k_softmax_on_device(weights, features[rows], scale, most)
-            return {
-                i: Encoded(
-                    features[i],
-                    snapshot,
-                    best[n, : jobs[i].top_k],
-                    probabilities[n, : jobs[i].top_k],
-                )
-                for n, i in enumerate(rows)
-            }
-        # One product for the whole batch: at 10^5 classes the matrix is read once per batch
-        # instead of once per request (the product is memory-bound).
-        logits = snapshot.logits(features[rows])
-        out: dict[int, Encoded] = {}
-        for n, i in enumerate(rows):
-            top_k = jobs[i].top_k
-            assert top_k is not None
-            indices, scores = top_k_softmax(logits[n], scale, top_k)
-            out[i] = Encoded(features[i], snapshot, indices, scores)
-        return out
+        if self._scorer is None:
+            self._scorer = self._make_scorer()
+        ks = [jobs[i].top_k or 0 for i in rows]
+        results = self._scorer.top_k(snapshot, features[rows], scale, ks)
+        return {
+            i: Encoded(features[i], snapshot, indices, scores)
+            for i, (indices, scores) in zip(rows, results, strict=True)
+        }
 
 
 def _run_call(job: _Job) -> None:
@@ -291,25 +273,9 @@ def single_threaded_torch() -> None:
     For the preprocessing pool: its few small tensor ops (to-tensor, normalise) would otherwise
     each start an OpenMP team as wide as the machine while the model thread's team holds every
     core, and on a small CPU the two teams spin-wait on each other. `torch.set_num_threads` is
-    process-wide, so the per-thread OpenMP setting is changed directly; where torch's OpenMP
-    runtime cannot be found this does nothing.
+    process-wide, so the OpenMP setting of this thread is changed directly, in every OpenMP
+    runtime loaded (another package may bring its own copy: scikit-learn vendors libgomp, and
+    only torch's decides torch's team size); an OpenMP thread count is per thread.
     """
-    import ctypes
-
     torch.get_num_threads()  # torch copies its setting into each new thread on first use: do it now
-    # Every OpenMP runtime in the process, not just the first: another package may bring its own
-    # copy (scikit-learn vendors libgomp), and only torch's decides torch's team size.
-    for path in _openmp_libraries():
-        try:
-            ctypes.CDLL(path).omp_set_num_threads(1)
-        except (OSError, AttributeError):
-            continue
-
-
-def _openmp_libraries() -> list[str]:
-    try:
-        with open("/proc/self/maps") as maps:
-            paths = {line.split()[-1] for line in maps if "omp" in line and ".so" in line}
-    except OSError:
-        return []
-    return sorted(p for p in paths if "/lib" in p and ("libgomp" in p or "libiomp" in p))
+    threadpool_limits(limits=1, user_api="openmp")

@@ -1,0 +1,246 @@
+"""Keeping this process's class matrix in step with the database.
+
+Each API process holds one snapshot (`service/scoring/matrix.py`). A background thread compares
+the database's generation counter with the snapshot's at most every `classifier_refresh_seconds`,
+updates off the request path when they differ, and swaps the reference (an atomic assignment), so
+a request always sees one consistent snapshot.
+
+Updates are incremental: classes that became ready are appended, and classes that left are
+dropped using the removal log (`class_removals`). A full re-read of every embedding, seconds of
+per-row Python at 10^5 classes, happens only at start, on a model change, or when the increments
+cannot be proven to account for every row.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from datetime import datetime
+
+import numpy as np
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.models import (
+    ClassRemoval,
+    PersonalizedClass,
+    Status,
+    read_generation,
+    read_removals_floor,
+)
+from service.scoring.matrix import (
+    MATRIX_DTYPES,
+    ClassMatrix,
+    PackedStrings,
+    RowStore,
+    assemble,
+    spare_rows,
+)
+
+log = logging.getLogger(__name__)
+
+# Rows fetched per round trip while building: bounds the transient Python objects at 10^5 classes.
+_FETCH_ROWS = 4096
+
+
+def build_matrix(session: Session, model_id: str, dim: int, dtype: str = "float32") -> ClassMatrix:
+    """A snapshot of every ready class of `model_id` read from the database (rows of another
+    width are skipped, and such a snapshot is never updated incrementally)."""
+    # Read the generation first: a change landing during the scan makes the next check rebuild.
+    generation = read_generation(session)
+    cls = PersonalizedClass
+    ready = (cls.model_id == model_id, cls.status == Status.ready)
+    expected = int(session.scalar(select(func.count()).select_from(cls).where(*ready)) or 0)
+    # Preallocated and filled in place, streamed in chunks: the peak is the matrix itself plus
+    # one chunk of rows, not a Python list of 10^5 arrays.
+    # Spare rows from the start, so the first appends do not copy the matrix.
+    matrix = np.empty((expected + spare_rows(expected), dim), dtype=MATRIX_DTYPES[dtype])
+    names: list[PackedStrings] = []
+    keys: list[PackedStrings] = []
+    ids: list[PackedStrings] = []
+    filled = skipped = 0
+    result = session.execute(
+        select(cls.id, cls.name, cls.name_key, cls.embedding, cls.updated_at)
+        .where(*ready)
+        .order_by(cls.created_at, cls.id)
+        .execution_options(yield_per=_FETCH_ROWS)
+    )
+    ready_through: datetime | None = None
+    for chunk in result.partitions(_FETCH_ROWS):
+        latest = max(r.updated_at for r in chunk)
+        ready_through = latest if ready_through is None else max(ready_through, latest)
+        good = [r for r in chunk if r.embedding is not None and len(r.embedding) == 4 * dim]
+        skipped += len(chunk) - len(good)
+        if not good:
+            continue
+        if filled + len(good) > matrix.shape[0]:  # rows became ready after the count
+            grown = filled + len(good)
+            matrix = np.resize(matrix, (grown + spare_rows(grown), dim))
+        block = np.frombuffer(b"".join(r.embedding for r in good), dtype=np.float32)
+        matrix[filled : filled + len(good)] = block.reshape(len(good), dim)
+        filled += len(good)
+        names.append(PackedStrings([r.name for r in good]))
+        keys.append(PackedStrings([r.name_key for r in good]))
+        ids.append(PackedStrings([r.id for r in good]))
+    if skipped:
+        log.warning("%d ready classes have a wrong dimension; skipped", skipped)
+    # A skipped row makes counts disagree with the matrix: such a snapshot is never extended.
+    through = ready_through if not skipped else None
+    snap = assemble(generation, model_id, matrix[:filled], names, keys, ids, through)
+    return dataclasses.replace(snap, store=RowStore(matrix, filled))
+
+
+def update_matrix(session: Session, snap: ClassMatrix, dim: int) -> ClassMatrix | None:
+    """`snap` less the classes that left and plus the ones that became ready since it was
+    built, or None when that cannot be proven to account for every ready row: then the caller
+    rebuilds in full.
+
+    Why: a full rebuild at 10^5 classes is seconds of per-row Python holding the GIL, which
+    stalls requests; an update touches only the changed rows plus one C-speed pass over the
+    matrix when rows leave.
+    """
+    if snap.ready_through is None:
+        return None
+    generation = read_generation(session)
+    cls = PersonalizedClass
+    removed = session.execute(
+        select(ClassRemoval.class_id, ClassRemoval.name_key).where(
+            ClassRemoval.model_id == snap.model_id, ClassRemoval.generation > snap.generation
+        )
+    ).all()
+    # Read after the log: a prune that landed in between moves the floor, and is seen here.
+    if read_removals_floor(session) > snap.generation:
+        return None
+    gone = sorted(
+        {row for class_id, key in removed if (row := snap.index_of(key, class_id)) is not None}
+    )
+    ready = (cls.model_id == snap.model_id, cls.status == Status.ready)
+    total = int(session.scalar(select(func.count()).select_from(cls).where(*ready)) or 0)
+    rows = session.execute(
+        select(cls.id, cls.name, cls.name_key, cls.embedding, cls.updated_at)
+        .where(*ready, cls.updated_at > snap.ready_through)
+        .order_by(cls.created_at, cls.id)
+    ).all()
+    # Every ready row is either kept from the snapshot or new; otherwise a change was missed
+    # (a removal not logged, a row committed with an older timestamp): rebuild.
+    if total != snap.size - len(gone) + len(rows):
+        return None
+    if any(r.embedding is None or len(r.embedding) != 4 * dim for r in rows):
+        return None
+    updated = snap.without(gone) if gone else snap
+    if rows:
+        block = np.frombuffer(b"".join(r.embedding for r in rows), dtype=np.float32)
+        updated = updated.with_rows(
+            block.reshape(len(rows), dim),
+            [r.name for r in rows],
+            [r.name_key for r in rows],
+            [r.id for r in rows],
+        )
+        latest = max(r.updated_at for r in rows)
+        updated = dataclasses.replace(updated, ready_through=max(snap.ready_through, latest))
+    return dataclasses.replace(updated, generation=generation)
+
+
+class ClassMatrixCache:
+    """This process's current snapshot, and the thread that keeps it in step with the database."""
+
+    def __init__(
+        self,
+        session_factory: sessionmaker[Session],
+        refresh_seconds: float,
+        dtype: str = "float32",
+    ) -> None:
+        if dtype not in MATRIX_DTYPES:
+            raise ValueError(
+                f"class matrix dtype must be one of {sorted(MATRIX_DTYPES)}, not {dtype!r}"
+            )
+        self._factory = session_factory
+        self._refresh_seconds = refresh_seconds
+        self._dtype = dtype
+        self._snapshot: ClassMatrix | None = None
+        self._model: tuple[str, int] | None = None
+        self._lock = threading.Lock()  # one rebuild at a time
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def current(self) -> ClassMatrix | None:
+        """The snapshot as it is now, without building one (for metrics)."""
+        return self._snapshot
+
+    def bind_model(self, model_id: str, dim: int) -> None:
+        self._model = (model_id, dim)
+
+    def snapshot(self, model_id: str, dim: int) -> ClassMatrix:
+        """The current snapshot; built synchronously only the very first time."""
+        if self._model != (model_id, dim):
+            self.bind_model(model_id, dim)
+        snap = self._snapshot
+        if snap is None or snap.model_id != model_id:
+            self.refresh(force=True)
+            snap = self._snapshot
+        assert snap is not None
+        return snap
+
+    def refresh(self, *, force: bool = False) -> None:
+        if self._model is None:
+            return
+        model_id, dim = self._model
+        with self._lock:
+            with self._factory() as session:
+                current = self._snapshot
+                if (
+                    not force
+                    and current is not None
+                    and current.model_id == model_id
+                    and read_generation(session) == current.generation
+                ):
+                    return
+                snap = None
+                if not force and current is not None and current.model_id == model_id:
+                    snap = update_matrix(session, current, dim)
+                if snap is None:
+                    snap = build_matrix(session, model_id, dim, self._dtype)
+            self._snapshot = snap
+        log.debug(
+            "class matrix now: %d classes, %.1f MB, generation %d",
+            snap.size,
+            snap.nbytes / 1e6,
+            snap.generation,
+        )
+
+    def refresh_now(self) -> None:
+        """After a change made by this process: rebuild before answering the next request."""
+        try:
+            self.refresh()
+        except Exception:
+            log.exception("class matrix refresh failed")
+            self._wake.set()
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._run, name="liteembed-classifier", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self._refresh_seconds)
+            self._wake.clear()
+            if self._stop.is_set():
+                break
+            try:
+                self.refresh()
+            except Exception:
+                log.exception("class matrix refresh failed; keeping the previous snapshot")
+                time.sleep(self._refresh_seconds)
