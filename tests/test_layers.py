@@ -5,6 +5,7 @@
 - The queue library is known to two modules only, so changing the backend changes those two.
 - Routes take every resource as a dependency (`service/api/deps.py`), never from `app.state`;
   the writes in `service/crud.py` take keyword arguments only.
+- Private names (`_x`) and private modules (`pkg._mod`) are not imported from outside.
 """
 
 from __future__ import annotations
@@ -19,10 +20,19 @@ ROOT = Path(__file__).resolve().parents[1]
 LAYERS = {"liteembed": 0, "service": 1, "workers": 2, "cli": 3}
 QUEUE_LIBRARY = "dramatiq"
 QUEUE_MODULES = {"service/queue.py", "workers/_broker.py"}
+# Packages whose modules must not import private names from elsewhere.
+PRIVACY_CHECKED = ("liteembed", "service", "workers", "cli", "benchmarks", "tests")
 
 
 def python_files(*packages: str) -> list[Path]:
     return sorted(p for package in packages for p in (ROOT / package).rglob("*.py"))
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
 
 
 def imports(path: Path) -> Iterator[tuple[str, list[str], int]]:
@@ -62,11 +72,20 @@ def test_only_the_two_queue_modules_import_the_queue_library() -> None:
 
 
 def test_routes_take_resources_only_as_dependencies() -> None:
+    routes = python_files("service/api/routes")
+    assert routes
     reaching = [
-        f"{relative(path)}:{number}"
-        for path in python_files("service/api/routes")
+        f"{relative(path)}:{number} reads app.state"
+        for path in routes
         for number, line in enumerate(path.read_text().splitlines(), start=1)
-        if "app.state" in line or "Request" in line
+        if "app.state" in line
+    ]
+    # Without the request object a route has no way to app.state at all.
+    reaching += [
+        f"{relative(path)}:{line} imports the request object"
+        for path in routes
+        for module, names, line in imports(path)
+        if module.split(".")[0] in ("fastapi", "starlette") and "Request" in names
     ]
     assert reaching == []
 
@@ -89,3 +108,26 @@ def test_crud_functions_take_keyword_arguments_only() -> None:
         if p.kind is not inspect.Parameter.KEYWORD_ONLY
     ]
     assert positional == []
+
+
+def test_no_private_name_or_module_is_imported_from_outside() -> None:
+    found = []
+    for path in python_files(*PRIVACY_CHECKED):
+        own_package = module_name(path).rpartition(".")[0]
+        if path.name == "__init__.py":
+            own_package = module_name(path)
+        for module, names, line in imports(path):
+            parts = module.split(".")
+            for i, part in enumerate(parts):
+                # `pkg._mod` may be imported by the modules of `pkg` (a facade over it) only.
+                private = part.startswith("_") and not part.startswith("__")
+                if private and own_package != ".".join(parts[:i]):
+                    found.append(f"{relative(path)}:{line} imports {module}")
+            if module == own_package:
+                continue  # a package's modules may use its private modules and names
+            found += [
+                f"{relative(path)}:{line} imports {name} from {module}"
+                for name in names
+                if name.startswith("_") and not name.startswith("__")
+            ]
+    assert found == []
