@@ -190,7 +190,10 @@ def export_embedding(session: SessionDep, class_id: str) -> EmbeddingOut:
     dependencies=[ClientDep],
     summary="A small JPEG of the class's first image",
     responses={
-        200: {"content": {"image/jpeg": {}}, "description": "the thumbnail"},
+        200: {
+            "content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}},
+            "description": "the thumbnail",
+        },
         **responses(401, 403, 404, 422, 503),
     },
 )
