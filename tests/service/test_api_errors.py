@@ -1,4 +1,4 @@
-"""Every bad input of design.md's error list: the status code, a readable detail, and a database
+"""Every bad input of the README's error list: the status code, a readable detail, and a database
 left exactly as it was."""
 
 from __future__ import annotations
