@@ -3,8 +3,8 @@
     python -m liteembed.synthetic.pretrain --model liteembed-mini-v2 \\
         --out liteembed/checkpoints/liteembed-mini-v2.pt --steps 2000 --seed 0
 
-Recipe (from the feasibility experiment on this machine, docs/reference/mini-clip-feasibility.md,
-adapted to a CPU without AVX512-BF16 that other jobs share): open_clip ModifiedResNet [1,1,1,1]
+Recipe (from a feasibility run of a small CLIP on this synthetic world, adapted to a CPU
+without AVX512-BF16 that other jobs share): open_clip ModifiedResNet [1,1,1,1]
 width 16 with attention pool at 64x64, text 4 layers width 128, context 24, embed 128; AdamW
 lr 1e-3 betas (0.9, 0.98), weight decay 0.1 on matrices only; batch 128 of fresh data every
 step; fp32 (bf16 autocast, --bf16, only pays on AVX512-BF16 CPUs); token table re-initialised
