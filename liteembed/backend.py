@@ -19,7 +19,7 @@ from torch import nn
 
 from liteembed.errors import CheckpointError, ModelNotFoundError, NoImagesError
 from liteembed.images import to_rgb
-from liteembed.text_path import TextTower, tokenize_templates
+from liteembed.text_path import TextTower, tokenize_prompts, tokenize_templates
 
 log = logging.getLogger(__name__)
 
@@ -235,6 +235,31 @@ class ClipBackend:
         vectors = token_embedding.reshape(-1, self.token_dim).to(self.device)
         features = self.text.encode_with_token(tokenized, vectors, short_context=short_context)
         return features[0] if single else features
+
+
+    def encode_prompts(self, prompts: Sequence[Sequence[str | torch.Tensor]]) -> torch.Tensor:
+        """Features (N, embed_dim) of prompts made of text pieces and learned token embeddings.
+
+        `["a sketch of a ", zorb_token, " next to a ", plax_token]`: each tensor (token_dim,) takes
+        one token slot, so a learned word works in any prompt, beside others. No grad; a prompt
+        longer than the context raises ValueError.
+        """
+        if not prompts:
+            return torch.empty(0, self.embed_dim)
+        outputs = []
+        for start in range(0, len(prompts), _ENCODE_BATCH):
+            chunk = prompts[start : start + _ENCODE_BATCH]
+            pieces = [[p if isinstance(p, str) else None for p in prompt] for prompt in chunk]
+            vectors = [
+                p.reshape(self.token_dim).float()
+                for prompt in chunk
+                for p in prompt
+                if not isinstance(p, str)
+            ]
+            tokenized = tokenize_prompts(self.tokenizer, pieces, self.context_length)
+            stacked = torch.stack(vectors) if vectors else torch.empty(0, self.token_dim)
+            outputs.append(self.text.encode_with_slots(tokenized, stacked))
+        return torch.cat(outputs).cpu()
 
 
 def load_backend(

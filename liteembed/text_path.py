@@ -126,6 +126,70 @@ class TextTower:
         features = self.forward_embeddings(x, flat_ids, short_context=short_context)
         return F.normalize(features.float(), dim=-1).reshape(n_words, n_templates, -1)
 
+    def encode_with_slots(self, prompts: TokenizedPrompts, vectors: torch.Tensor) -> torch.Tensor:
+        """Normalised features (N, embed_dim) of token ids whose slots hold `vectors` (M, d_tok),
+        slot m at (`prompts.rows[m]`, `prompts.columns[m]`). No gradient."""
+        device = self.token_embedding.weight.device
+        ids = prompts.ids.to(device)
+        with torch.no_grad():
+            x = self.token_embedding(ids)
+            if prompts.rows.numel():
+                x = x.index_put(
+                    (prompts.rows.to(device), prompts.columns.to(device)),
+                    vectors.to(device=device, dtype=x.dtype),
+                )
+            return F.normalize(self.forward_embeddings(x, ids).float(), dim=-1)
+
+
+@dataclass(frozen=True)
+class TokenizedPrompts:
+    """Token ids of prompts whose learned-word slots are listed in order (row, column)."""
+
+    ids: torch.Tensor  # (N, L) long
+    rows: torch.Tensor  # (M,) long: the prompt of each slot
+    columns: torch.Tensor  # (M,) long: its token position
+
+
+def tokenize_prompts(
+    tokenizer: object, prompts: Sequence[Sequence[str | None]], context_length: int
+) -> TokenizedPrompts:
+    """Token ids for prompts given as pieces: text, or None for a slot that a vector will fill.
+
+    Text pieces are encoded separately, as in `tokenize_templates` (the same caveat applies: a
+    slot should be separated from its neighbours by a space or punctuation). A prompt longer
+    than the context raises ValueError instead of being cut.
+    """
+    encode = getattr(tokenizer, "encode", None)
+    sot = getattr(tokenizer, "sot_token_id", None)
+    eot = getattr(tokenizer, "eot_token_id", None)
+    if encode is None or sot is None or eot is None:
+        raise ModelNotFoundError(
+            f"tokenizer {type(tokenizer).__name__} is not supported; need open_clip's BPE tokenizer"
+        )
+    rows: list[list[int]] = []
+    slot_rows: list[int] = []
+    slot_columns: list[int] = []
+    for n, pieces in enumerate(prompts):
+        row = [sot]
+        for piece in pieces:
+            if piece is None:
+                slot_rows.append(n)
+                slot_columns.append(len(row))
+                row.append(sot)  # overwritten; below the EOT id, as argmax pooling needs
+            else:
+                row.extend(encode(piece))
+        row.append(eot)
+        if len(row) > context_length:
+            raise ValueError(
+                f"prompt {n} is {len(row)} tokens long; the model's context is {context_length}"
+            )
+        rows.append(row + [0] * (context_length - len(row)))
+    return TokenizedPrompts(
+        ids=torch.tensor(rows, dtype=torch.long).reshape(len(rows), context_length),
+        rows=torch.tensor(slot_rows, dtype=torch.long),
+        columns=torch.tensor(slot_columns, dtype=torch.long),
+    )
+
 
 def _is_causal_mask(mask: torch.Tensor | None, length: int) -> bool:
     """True when `mask` blocks exactly the future positions (additive -inf or boolean form)."""

@@ -193,3 +193,39 @@ def test_half_precision_text_path_returns_float32() -> None:
     assert vector.grad is not None and vector.grad.dtype == torch.float32
     reference = half.encode_texts(["a photo of a dog."])
     assert (features.detach() - reference).abs().max().item() < 2e-2
+
+
+def test_prompts_with_word_slots_equal_the_ordinary_text_path(backend: ClipBackend) -> None:
+    dog, cat = (backend.token_table[_single_token_word(backend, w)] for w in ("dog", "cat"))
+    features = backend.encode_prompts(
+        [
+            ["a sketch of a ", dog, " on a table"],
+            ["a ", dog, " next to a ", cat],
+            ["a photo of a cat"],
+            [cat],
+        ]
+    )
+    expected = backend.encode_texts(
+        ["a sketch of a dog on a table", "a dog next to a cat", "a photo of a cat", "cat"]
+    )
+    assert features.shape == (4, backend.embed_dim)
+    assert (features - expected).abs().max().item() < 1e-5
+    # One slot, one template: the same as the single-word path the optimisation uses.
+    single = backend.encode_with_token(["a sketch of a {} on a table"], dog)
+    assert (features[0] - single[0]).abs().max().item() < 1e-5
+
+
+def test_prompt_slots_take_the_given_vectors(backend: ClipBackend) -> None:
+    generator = torch.Generator().manual_seed(1)
+    first, second = (torch.randn(backend.token_dim, generator=generator) * 0.05 for _ in range(2))
+    features = backend.encode_prompts(
+        [["a ", first, " next to a ", second], ["a ", second, " next to a ", first]]
+    )
+    # The order of the vectors matters: each goes to its own slot.
+    assert (features[0] - features[1]).abs().max().item() > 1e-3
+
+
+def test_a_prompt_longer_than_the_context_is_refused(backend: ClipBackend) -> None:
+    with pytest.raises(ValueError, match="context"):
+        backend.encode_prompts([["word " * backend.context_length]])
+    assert backend.encode_prompts([]).shape == (0, backend.embed_dim)
