@@ -19,7 +19,12 @@ from torch import nn
 
 from liteembed.errors import CheckpointError, ModelNotFoundError, NoImagesError
 from liteembed.images import to_rgb
-from liteembed.text_path import TextTower, tokenize_prompts, tokenize_templates
+from liteembed.text_path import (
+    TextTower,
+    TokenizedPrompts,
+    tokenize_prompts,
+    tokenize_templates,
+)
 
 log = logging.getLogger(__name__)
 
@@ -236,7 +241,6 @@ class ClipBackend:
         features = self.text.encode_with_token(tokenized, vectors, short_context=short_context)
         return features[0] if single else features
 
-
     def encode_prompts(self, prompts: Sequence[Sequence[str | torch.Tensor]]) -> torch.Tensor:
         """Features (N, embed_dim) of prompts made of text pieces and learned token embeddings.
 
@@ -246,19 +250,26 @@ class ClipBackend:
         """
         if not prompts:
             return torch.empty(0, self.embed_dim)
+        pieces = [[p if isinstance(p, str) else None for p in prompt] for prompt in prompts]
+        vectors = [
+            p.reshape(self.token_dim).float()
+            for prompt in prompts
+            for p in prompt
+            if not isinstance(p, str)
+        ]
+        # All at once first, so a prompt that is too long is refused before any model work.
+        tokenized = tokenize_prompts(self.tokenizer, pieces, self.context_length)
+        stacked = torch.stack(vectors) if vectors else torch.empty(0, self.token_dim)
         outputs = []
         for start in range(0, len(prompts), _ENCODE_BATCH):
-            chunk = prompts[start : start + _ENCODE_BATCH]
-            pieces = [[p if isinstance(p, str) else None for p in prompt] for prompt in chunk]
-            vectors = [
-                p.reshape(self.token_dim).float()
-                for prompt in chunk
-                for p in prompt
-                if not isinstance(p, str)
-            ]
-            tokenized = tokenize_prompts(self.tokenizer, pieces, self.context_length)
-            stacked = torch.stack(vectors) if vectors else torch.empty(0, self.token_dim)
-            outputs.append(self.text.encode_with_slots(tokenized, stacked))
+            end = min(start + _ENCODE_BATCH, len(prompts))
+            in_chunk = (tokenized.rows >= start) & (tokenized.rows < end)
+            chunk = TokenizedPrompts(
+                ids=tokenized.ids[start:end],
+                rows=tokenized.rows[in_chunk] - start,
+                columns=tokenized.columns[in_chunk],
+            )
+            outputs.append(self.text.encode_with_slots(chunk, stacked[in_chunk]))
         return torch.cat(outputs).cpu()
 
 

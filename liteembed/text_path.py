@@ -141,6 +141,12 @@ class TextTower:
             return F.normalize(self.forward_embeddings(x, ids).float(), dim=-1)
 
 
+class PromptTooLongError(ValueError):
+    def __init__(self, index: int, tokens: int, context_length: int) -> None:
+        super().__init__(f"{tokens} tokens long; the model's context is {context_length}")
+        self.index = index
+
+
 @dataclass(frozen=True)
 class TokenizedPrompts:
     """Token ids of prompts whose learned-word slots are listed in order (row, column)."""
@@ -180,9 +186,7 @@ def tokenize_prompts(
                 row.extend(encode(piece))
         row.append(eot)
         if len(row) > context_length:
-            raise ValueError(
-                f"prompt {n} is {len(row)} tokens long; the model's context is {context_length}"
-            )
+            raise PromptTooLongError(n, len(row), context_length)
         rows.append(row + [0] * (context_length - len(row)))
     return TokenizedPrompts(
         ids=torch.tensor(rows, dtype=torch.long).reshape(len(rows), context_length),
