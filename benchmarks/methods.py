@@ -9,11 +9,12 @@ names a registered method and its options. Two shapes of method are scored:
   retrieval;
 - joint methods, registered here because they need shots of every class and score the joint task
   themselves (`evaluate(ctx, draws, k)`), so they are not plug-and-play:
-  - Tip-Adapter (Zhang et al., ECCV'22), training-free, with its published defaults alpha=1,
-    beta=5.5 and its code's fixed zero-shot logit scale 100: logits = 100 f.W^T +
-    alpha exp(-beta (1 - f.F^T)) L, where W are the text features of every class name and the
-    cache (F, L) holds K shots of every class, base and held-out, as in the original (it needs
-    shots of the base classes too, which the text-side methods never see). The variant
+  - Tip-Adapter (Zhang et al., ECCV'22), training-free: logits = s f.W^T +
+    alpha exp(-beta (1 - f.F^T)) L with the model's own logit scale s (the original code fixes
+    100, OpenAI CLIP's), where W are the text features of every class name and the cache (F, L)
+    holds K shots of every class, base and held-out, as in the original (it needs shots of the
+    base classes too, which the text-side methods never see); alpha and beta are tuned on the
+    validation classes (benchmarks/tune.py), the published 1 and 5.5 otherwise. The variant
     "tip-adapter (held-out cache)" caches only the held-out shots, i.e. exactly the data LiteEmbed
     gets;
   - linear probe: multinomial logistic regression (L-BFGS, fixed C, see LINEAR_PROBE_C) on the K
@@ -39,7 +40,7 @@ from liteembed.vocab import WORD_TEMPLATE
 
 TIP_ALPHA = 1.0  # Tip-Adapter's published defaults (Zhang et al., ECCV 2022)
 TIP_BETA = 5.5
-TIP_CLIP_SCALE = 100.0  # the fixed zero-shot logit scale of Tip-Adapter's code
+TIP_CLIP_SCALE = 100.0  # the fixed zero-shot logit scale of Tip-Adapter's code (OpenAI CLIP's)
 # Inverse L2 strength of the linear probe: fixed for all K and seeds; set once on the
 # validation classes at 4 shots (benchmarks/results/validation_search.json, "linear_probe_c").
 LINEAR_PROBE_C = 10.0
@@ -75,14 +76,27 @@ class Context:
     base_text: torch.Tensor  # (B, E)
     name_text: torch.Tensor  # (H, E) zero-shot features of the held-out names
     base_before: float  # base top-1 among base classes only, before anything is added
+    logit_scale: float = TIP_CLIP_SCALE  # the model's own
+    # Keep every held-out name of the task out of the vocabulary words mined for a held-out
+    # class (they are the test classes: no method may learn against them from their names).
+    hide_heldout_names: bool = True
 
     @classmethod
-    def build(cls, backend: ClipBackend, task: Task, template: str = WORD_TEMPLATE) -> Context:
+    def build(
+        cls,
+        backend: ClipBackend,
+        task: Task,
+        template: str = WORD_TEMPLATE,
+        *,
+        hide_heldout_names: bool = True,
+    ) -> Context:
         base_text = _texts(backend, task.base, template)
         name_text = _texts(backend, task.heldout, template)
         mask = task.base_mask
         before = top1(task.test_features[mask] @ base_text.T, task.test_labels[mask])
-        return cls(task, base_text, name_text, before)
+        return cls(
+            task, base_text, name_text, before, float(backend.logit_scale), hide_heldout_names
+        )
 
 
 def _texts(backend: ClipBackend, names: Sequence[str], template: str) -> torch.Tensor:
@@ -239,9 +253,12 @@ class JointMethod(Protocol):
 @register_method("tip-adapter", plug_and_play=False, description="cache: K shots of every class")
 @dataclass
 class TipAdapter:
+    """alpha and beta: the published defaults unless tuned (benchmarks/tune.py sets them on the
+    validation classes); the zero-shot logits use the model's own logit scale unless `scale`."""
+
     alpha: float = TIP_ALPHA
     beta: float = TIP_BETA
-    scale: float = TIP_CLIP_SCALE
+    scale: float | None = None
     heldout_cache_only: bool = False  # cache only the held-out classes' shots
 
     def evaluate(
@@ -262,7 +279,7 @@ class TipAdapter:
                 len(task.classes),
                 alpha=self.alpha,
                 beta=self.beta,
-                scale=self.scale,
+                scale=ctx.logit_scale if self.scale is None else self.scale,
             )
             seconds = (time.perf_counter() - started) / len(task.heldout)
             outcomes.append(score_logits(ctx, logits, None, seconds))
@@ -322,14 +339,17 @@ def _evaluate_per_class(
     draws: Sequence[tuple[int, SupportDraw]],
     k: int,
 ) -> list[Outcome]:
-    """All held-out classes of all given draws in one `fit_classes` call (LiteEmbed optimises
-    each class independently of the others in the batch, so this only saves wall time).
+    """The held-out classes of each draw in one `fit_classes` call, as a user registers them
+    together (LiteEmbed makes the classes of one batch each other's negatives).
 
     The engine's seed is fixed (the method's default, 0) across draws: it only picks
     augmentations / the held-out shot, and the draws already differ in their images."""
     task = ctx.task
-    requests = []
+    hidden = tuple(task.heldout) if ctx.hide_heldout_names else ()
+    per_draw = []
+    started = time.perf_counter()
     for _, draw in draws:
+        requests = []
         for name in task.heldout:
             hints: tuple[str, ...] = ()
             if spec.use_hints:
@@ -338,14 +358,15 @@ def _evaluate_per_class(
                 hints = tuple(
                     h for h in task.hints.get(name, ()) if vocabulary.index(h) is not None
                 )
-            requests.append(ClassRequest(name=name, images=draw.shots(name, k), hints=hints))
-    started = time.perf_counter()
-    fitted = method.fit_classes(backend, vocabulary, requests)
-    seconds = (time.perf_counter() - started) / len(requests)
+            requests.append(
+                ClassRequest(
+                    name=name, images=draw.shots(name, k), hints=hints, not_negatives=hidden
+                )
+            )
+        per_draw.append(method.fit_classes(backend, vocabulary, requests))
+    seconds = (time.perf_counter() - started) / (len(draws) * len(task.heldout))
     outcomes = []
-    h = len(task.heldout)
-    for d in range(len(draws)):
-        chunk = fitted[d * h : (d + 1) * h]
+    for chunk in per_draw:
         feats = torch.stack([c.feature for c in chunk]).float()
         extra: dict[str, Any] = {}
         if all("steps_run" in c.diagnostics for c in chunk):

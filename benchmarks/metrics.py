@@ -64,7 +64,8 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 
 def paired_difference(a: Sequence[float], b: Sequence[float]) -> dict[str, float]:
-    """a - b over the same draws: mean, std and standard error of the per-draw differences.
+    """a - b over the same draws: mean, std and standard error of the per-draw differences, and
+    how many draws a won and lost (ties count as neither).
 
     Draws spread a lot (support sets differ), so variants are compared draw by draw, not by
     their separate means."""
@@ -73,4 +74,11 @@ def paired_difference(a: Sequence[float], b: Sequence[float]) -> dict[str, float
     diffs = [x - y for x, y in zip(a, b, strict=True)]
     mean, std = mean_std(diffs)
     se = std / math.sqrt(len(diffs)) if diffs else math.nan
-    return {"mean": mean, "std": std, "se": se, "n": float(len(diffs))}
+    return {
+        "mean": mean,
+        "std": std,
+        "se": se,
+        "n": float(len(diffs)),
+        "won": float(sum(d > 0 for d in diffs)),  # draws where a beat b
+        "lost": float(sum(d < 0 for d in diffs)),
+    }

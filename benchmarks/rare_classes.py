@@ -35,11 +35,17 @@ from benchmarks.data import Task, folder_task, world_task
 from benchmarks.methods import LINEAR_PROBE_C, Context, MethodSpec, evaluate
 from benchmarks.metrics import mean_std, paired_difference
 from liteembed import ClassRequest, OptimizationConfig, learn_classes, load_backend, load_vocabulary
+from liteembed.config import from_recorded
 from liteembed.registry import list_methods, method_entry
 
 RESULTS_DIR = Path(__file__).parent / "results"
 CHOSEN_CONFIG = RESULTS_DIR / "chosen_config.json"
 DEFAULT_SHOTS = (1, 2, 4, 8, 16)
+# Every draw renders this many support images per class (or the largest K asked, if more), so the
+# shots of a given K and draw do not depend on which other K are requested.
+SUPPORT_POOL = 16
+# A claimed difference between two rows needs at least this many paired draws.
+MIN_DRAWS = 10
 REFERENCE = "textual-inversion"  # paired differences are taken against this row
 
 
@@ -61,8 +67,7 @@ def load_chosen(path: Path | None) -> dict[str, Any]:
 
 
 def config_from(values: dict[str, Any]) -> OptimizationConfig:
-    known = OptimizationConfig.__dataclass_fields__
-    return OptimizationConfig(**{k: v for k, v in values.items() if k in known})
+    return from_recorded(values)
 
 
 def build_methods(chosen: dict[str, Any]) -> list[MethodSpec]:
@@ -90,7 +95,11 @@ def _textual_inversion_rows(chosen: dict[str, Any]) -> list[MethodSpec]:
 
 def _liteembed_rows(chosen: dict[str, Any]) -> list[MethodSpec]:
     defaults = config_from(chosen["defaults"])
-    full = config_from(chosen["full"])
+    # The same augmentation as the reference row (textual inversion, from the defaults): no row
+    # here is about augmentation, so none may differ from its reference by it.
+    full = config_from(chosen["full"]).with_(
+        augment_views=defaults.augment_views, augment_min_scale=defaults.augment_min_scale
+    )
     hints = bool(chosen.get("use_hints", False))
     full_hints = bool(chosen.get("full_use_hints", hints))
     rows = [
@@ -125,7 +134,22 @@ def _linear_probe_rows(chosen: dict[str, Any]) -> list[MethodSpec]:
     ]
 
 
+def _tip_adapter_rows(name: str) -> Any:
+    def rows(chosen: dict[str, Any]) -> list[MethodSpec]:
+        tuned = {k: float(chosen[f"tip_{k}"]) for k in ("alpha", "beta") if f"tip_{k}" in chosen}
+        note = method_entry(name).description + (
+            f"; alpha {tuned['alpha']:g}, beta {tuned['beta']:g} (validation)"
+            if len(tuned) == 2
+            else "; published alpha, beta"
+        )
+        return [MethodSpec(name, name, options=tuple(tuned.items()), note=note)]
+
+    return rows
+
+
 _ROW_SETTINGS = {
+    "tip-adapter": _tip_adapter_rows("tip-adapter"),
+    "tip-adapter (held-out cache)": _tip_adapter_rows("tip-adapter (held-out cache)"),
     "textual-inversion": _textual_inversion_rows,
     "liteembed": _liteembed_rows,
     "linear-probe": _linear_probe_rows,
@@ -152,10 +176,11 @@ def run_benchmark(
     shots: Sequence[int],
     draws: int,
     *,
+    hide_heldout_names: bool = True,
     log: Any = print,
 ) -> dict[str, Any]:
     """{method: {K: [Outcome per draw]}} plus the task's description, as plain JSON data."""
-    ctx = Context.build(backend, task)
+    ctx = Context.build(backend, task, hide_heldout_names=hide_heldout_names)
     results: dict[str, dict[str, list[dict[str, Any]]]] = {m.name: {} for m in methods}
     skipped = [k for k in shots if k > task.max_shots]
     usable = [k for k in shots if k <= task.max_shots]
@@ -175,6 +200,7 @@ def run_benchmark(
         "shots": usable,
         "skipped_shots": skipped,
         "draws": draws,
+        "hide_heldout_names": hide_heldout_names,
         "base_before": ctx.base_before,
         "methods": [
             {
@@ -240,8 +266,8 @@ def markdown_table(report: dict[str, Any], k: int) -> str:
     plug = {m["name"]: m["plug_and_play"] for m in report["methods"]}
     lines = [
         f"| Method (K={k}) | Plug-and-play | **HM** | Held-out | Base after | Base before | "
-        "mAP (held-out → gallery) | ΔHM vs TI (paired) | s/class |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "mAP (held-out → gallery) | ΔHM vs TI (paired, ± SE) | draws won | s/class |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for method, per_k in summary.items():
         row = per_k.get(str(k))
@@ -255,12 +281,13 @@ def markdown_table(report: dict[str, Any], k: int) -> str:
             if method == REFERENCE
             else "n/a"
         )
+        won = f"{delta['won']:.0f}/{delta['n']:.0f}" if delta else ""
         secs = row["seconds_per_class"]
         lines.append(
             f"| {method} | {'yes' if plug[method] else 'no'} | **{_pct(row['hm'])}** | "
             f"{_pct(row['heldout'])} | {_pct(row['base_after'])} | {_pct(row['base_before'])} | "
             f"{_pct(row['map']) if plug[method] else 'n/a (no text feature)'} | {delta_s} | "
-            f"{secs[0]:.3f} |"
+            f"{won} | {secs[0]:.3f} |"
         )
     return "\n".join(lines)
 
@@ -274,7 +301,15 @@ def write_markdown(report: dict[str, Any], path: Path, headline_k: int = 4) -> N
         f"Model `{report['model']}`; {len(task['base'])} base + {len(task['heldout'])} held-out "
         f"classes ({', '.join(task['heldout'])}), one joint classifier; {report['draws']} support "
         f"draws per K; percentages are mean ± std over draws; ΔHM is the paired per-draw "
-        "difference to textual inversion, ± its standard error. Base before = zero-shot base "
+        "difference to textual inversion, ± its standard error, with the draws it won. "
+        + (
+            ""
+            if report["draws"] >= MIN_DRAWS
+            else f"**Fewer than {MIN_DRAWS} draws: no difference here is a claim.** "
+        )
+        + "Held-out names mined as negatives: "
+        + ("no" if report.get("hide_heldout_names", True) else "**yes**")
+        + ". Base before = zero-shot base "
         "accuracy among base classes only. mAP: each held-out class's text feature ranks the "
         "whole test gallery. s/class: optimisation wall time per class, batched over classes "
         "and draws (one class alone at K=4: "
@@ -282,7 +317,9 @@ def write_markdown(report: dict[str, Any], path: Path, headline_k: int = 4) -> N
         "",
         f"LiteEmbed settings: {report['chosen_source']}. The validated defaults are the row "
         f"**{report.get('defaults_row', 'liteembed (defaults)')}**; linear probe C = "
-        f"{report.get('linear_probe_c', 'n/a')}; Tip-Adapter alpha = 1, beta = 5.5 (published).",
+        f"{report.get('linear_probe_c', 'n/a')}; Tip-Adapter: "
+        f"{report.get('tip_adapter', 'published alpha = 1, beta = 5.5')}, the model's logit "
+        "scale.",
         "",
     ]
     order = [headline_k] + [k for k in ks if k != headline_k] if headline_k in ks else ks
@@ -366,7 +403,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="synthetic world: which held-out classes (test by default)",
     )
     p.add_argument("--shots", type=int, nargs="+", default=list(DEFAULT_SHOTS))
-    p.add_argument("--seeds", type=int, default=3, help="support draws per K")
+    p.add_argument("--seeds", type=int, default=MIN_DRAWS, help="support draws per K")
+    p.add_argument(
+        "--mine-heldout-names",
+        action="store_true",
+        help="let the held-out names be mined as vocabulary negatives (off: hidden)",
+    )
     p.add_argument("--test-per-class", type=int, default=50)
     p.add_argument("--methods", nargs="+", help="only these method names")
     p.add_argument(
@@ -391,7 +433,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     backend = load_backend(args.model, args.pretrained, device=args.device)
     vocabulary = load_vocabulary(backend, args.cache_dir, max_words=args.max_words)
-    max_shots = max(args.shots)
+    max_shots = max(SUPPORT_POOL, *args.shots)
     if args.folder:
         task = folder_task(
             backend,
@@ -415,7 +457,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         methods,
         args.shots,
         args.seeds,
+        hide_heldout_names=not args.mine_heldout_names,
     )
+    if "tip_alpha" in chosen and "tip_beta" in chosen:
+        report["tip_adapter"] = (
+            f"alpha = {chosen['tip_alpha']:g}, beta = {chosen['tip_beta']:g} (validation)"
+        )
     report["linear_probe_c"] = float(chosen.get("linear_probe_c", LINEAR_PROBE_C))
     report["model"] = backend.model_id
     report["chosen_source"] = chosen.get("source", str(args.config))

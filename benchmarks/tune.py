@@ -194,7 +194,24 @@ def search(
     # 0. Reference points and the linear probe's fixed C (the probe is not LiteEmbed, but its one
     # hyperparameter is fixed here too, on the same validation classes).
     s.fixed("baselines", MethodSpec("image-prototype", "image-prototype"))
-    s.fixed("baselines", MethodSpec("tip-adapter", "tip-adapter"))
+    # Tip-Adapter's alpha (cache weight) and beta (sharpness) with the model's own logit scale.
+    tip = {
+        (alpha, beta): s.fixed(
+            "baselines",
+            MethodSpec(
+                f"tip-adapter alpha={alpha:g} beta={beta:g}",
+                "tip-adapter",
+                options=(("alpha", alpha), ("beta", beta)),
+            ),
+        )
+        for alpha in ((0.5, 2.0) if quick else (0.25, 0.5, 1.0, 2.0, 4.0))
+        for beta in ((1.0, 5.5) if quick else (1.0, 3.0, 5.5, 8.0))
+    }
+    tip_alpha, tip_beta = max(tip, key=lambda ab: tip[ab].mean_hm)
+    decisions.append(
+        f"Tip-Adapter alpha = {tip_alpha:g}, beta = {tip_beta:g} (best validation HM at K=4, "
+        "model's logit scale)"
+    )
     probe = {
         c: s.fixed(
             "baselines",
@@ -210,32 +227,50 @@ def search(
     ti = BASE.with_(lambda_c=0.0, lambda_f=0.0, parameterization="token")
     budgets = (10, 25, 50) if quick else (5, 10, 25, 50)
     budget_runs = [
-        s.run("1-steps", f"TI steps={n} no-early-stop", ti.with_(steps=n, early_stopping=False))
+        s.run(
+            "1-steps",
+            f"TI steps={n} no-early-stop",
+            ti.with_(steps=n, step_rule="fixed", early_stopping=False),
+        )
         for n in budgets
     ]
     # The rules' `steps` is also the cap, and the whole budget where the hold-out rule cannot
     # run (K = 1), so each rule is tried at two caps.
     caps = (50,)
-    rule_runs = [
-        s.run(
-            "1-steps",
-            f"TI steps={cap} early-stop (convergence)",
-            ti.with_(steps=cap, early_stopping=True),
-        )
-        for cap in caps
-    ] + [
-        s.run(
-            "1-steps",
-            f"TI steps={cap} holdout-stopping",
-            ti.with_(steps=cap, early_stopping=False, holdout_stopping=True),
-        )
-        for cap in caps
-    ]
+    rule_runs = (
+        [
+            s.run(
+                "1-steps",
+                f"TI steps={cap} early-stop (convergence)",
+                ti.with_(steps=cap, step_rule="fixed", early_stopping=True),
+            )
+            for cap in caps
+        ]
+        + [
+            s.run(
+                "1-steps",
+                f"TI steps={cap} holdout-margin (per class)",
+                ti.with_(steps=cap, early_stopping=False, step_rule="holdout-margin"),
+            )
+            for cap in caps
+        ]
+        + [
+            s.run(
+                "1-steps",
+                f"TI max_steps={cap} holdout (pooled accuracy)",
+                ti.with_(max_steps=cap, early_stopping=False, step_rule="holdout"),
+            )
+            for cap in caps
+        ]
+    )
     best_budget = best_of(budget_runs + rule_runs)
     current_cfg = _config_of(best_budget, ti)
     current = best_budget
     decisions.append(f"step rule: {best_budget.label} (best validation HM of all budgets/rules)")
-    lr_runs = [s.run("1-lr", f"TI lr={lr}", current_cfg.with_(lr=lr)) for lr in (0.003, 0.03)]
+    lr_runs = [
+        s.run("1-lr", f"TI lr={lr}", current_cfg.with_(lr=lr))
+        for lr in (0.3 * current_cfg.lr, 3 * current_cfg.lr)
+    ]
     for run in lr_runs:
         ok, diff = better(run, current)
         if ok and run.mean_hm > current.mean_hm:
@@ -355,7 +390,7 @@ def search(
             s.run(
                 "4-other-K",
                 f"TI steps={n} no-early-stop",
-                ti.with_(steps=n, early_stopping=False),
+                ti.with_(steps=n, step_rule="fixed", early_stopping=False),
                 k=k,
             )
         s.run("4-other-K", "tuned TI", ti_cfg, k=k)
@@ -367,6 +402,8 @@ def search(
         "draws": {str(k): v for k, v in s.draws.items()},
         "decisions": decisions,
         "linear_probe_c": linear_probe_c,
+        "tip_alpha": tip_alpha,
+        "tip_beta": tip_beta,
         "chosen": {
             "defaults": defaults_cfg.to_dict(),
             "full": full_cfg.to_dict(),
@@ -485,6 +522,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "use_hints": result["chosen"]["use_hints"],
         "full_use_hints": result["chosen"]["full_use_hints"],
         "linear_probe_c": result["linear_probe_c"],
+        "tip_alpha": result["tip_alpha"],
+        "tip_beta": result["tip_beta"],
         "source": f"validation search of {time.strftime('%Y-%m-%d')} on {backend.model_id} "
         "(benchmarks/results/validation_search.md)",
     }

@@ -4,7 +4,13 @@ The defaults were chosen on the validation held-out classes of the mini CLIP's w
 the test classes (benchmarks/results/validation_search.md): 10 steps (more overfit 4 shots),
 coarse alignment k=8 / lambda_c=1 (+0.8 HM with a category hint, neutral without), two augmented
 views (+0.6), fine separation off (-0.4 at its best setting), the raw token parameterisation (the
-PCA box cost 0.7). Early stopping is off: at 10 steps its rule (min_steps=10) cannot fire."""
+PCA box cost 0.7). Early stopping is off: at 10 steps its rule (min_steps=10) cannot fire.
+
+Scale-aware parts, so the defaults mean the same on another model: the step size is in units of
+the vocabulary's typical token-embedding coordinate (`lr_scale="token"`), the learned word's norm
+is capped relative to the real words' norms (`norm_bound`), the step count is picked per batch by
+held-out accuracy (`step_rule="holdout"`), and classes learned in one batch are each other's
+negatives (`batch_negatives`)."""
 
 from __future__ import annotations
 
@@ -12,16 +18,35 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 NegativeSource = Literal["vocabulary", "confusers", "registered"]
+StepRule = Literal["fixed", "holdout", "holdout-margin"]
+# lr 0.5 token units = 0.0108 absolute on liteembed-mini (median word norm 0.245, 128 dims): the
+# 0.01 the validation search chose there.
+TOKEN_LR = 0.5
 
 
 @dataclass(frozen=True)
 class OptimizationConfig:
-    # Budget and optimiser.
+    # Budget and optimiser. "fixed": `steps` Adam steps. "holdout": one image per class (K >= 2)
+    # is held out, the batch trains up to `max_steps` while recording the held-out images'
+    # accuracy, pooled over the batch's classes, then every class retrains for the step count
+    # that pooled accuracy peaked at ( `steps` when no class has two images). "holdout-margin":
+    # the same per class, by the held-out mean margin.
+    step_rule: StepRule = "holdout"
     steps: int = 10
-    lr: float = 0.01
+    max_steps: int = 30
+    lr: float = TOKEN_LR
+    # "token": lr is in units of median real-word norm / sqrt(token width), the size of a
+    # typical coordinate of a word's embedding; "absolute": lr is the raw Adam step.
+    lr_scale: Literal["token", "absolute"] = "token"
     betas: tuple[float, float] = (0.9, 0.999)
+    # The learned word's norm is at most this multiple of the largest real word's (None: free).
+    norm_bound: float | None = 1.0
     # Subspaces: the first k principal components of the word features are "coarse".
     k: int = 8
+    # "global": the PCA of all vocabulary word features; "local": per class, the PCA of its
+    # anchor (hint) and negative word features, whose first `local_k` components are coarse.
+    subspaces: Literal["global", "local"] = "global"
+    local_k: int = 2
     # Loss weights: L = L_align + lambda_c * L_coarse + lambda_f * L_fine.
     lambda_c: float = 1.0
     lambda_f: float = 0.0
@@ -33,6 +58,9 @@ class OptimizationConfig:
     negative_sources: tuple[NegativeSource, ...] = ("vocabulary", "confusers", "registered")
     m: int = 8  # vocabulary words nearest to the prototype
     m_registered: int = 8  # registered classes nearest to the prototype
+    # The other classes of the same learn_classes batch (they will all be registered) are
+    # negatives too, at their current feature each step.
+    batch_negatives: bool = True
     # Coarse anchor without hints: mean feature of this many words nearest to the prototype.
     anchor_words: int = 3
     # Prompts the new word is placed in; their features are averaged.
@@ -52,15 +80,18 @@ class OptimizationConfig:
     min_steps: int = 10
     patience: int = 5
     flat_tolerance: float = 0.01  # relative loss change over `patience` steps counted as flat
-    # Hold one exemplar out (K >= 2) to pick the step count, then retrain on all for that many.
-    holdout_stopping: bool = False
     short_context: bool = True
     loss_curve_points: int = 100  # the diagnostics' loss curve is subsampled to at most this
 
     def __post_init__(self) -> None:
         checks = [
-            (self.steps >= 1, "steps must be >= 1"),
+            (self.steps >= 1 and self.max_steps >= 1, "steps and max_steps must be >= 1"),
+            (self.step_rule in ("fixed", "holdout", "holdout-margin"), "step_rule: see the docs"),
             (self.lr > 0, "lr must be > 0"),
+            (self.lr_scale in ("token", "absolute"), "lr_scale: token or absolute"),
+            (self.norm_bound is None or self.norm_bound > 0, "norm_bound must be > 0 or None"),
+            (self.subspaces in ("global", "local"), "subspaces: global or local"),
+            (self.local_k >= 1, "local_k must be >= 1"),
             (self.k >= 1, "k must be >= 1"),
             (self.lambda_c >= 0 and self.lambda_f >= 0, "loss weights must be >= 0"),
             (self.m >= 0 and self.m_registered >= 0, "m must be >= 0"),
@@ -98,4 +129,42 @@ def _plain(value: Any) -> Any:
 
 
 DEFAULT_CONFIG = OptimizationConfig()
-__all__ = ["DEFAULT_CONFIG", "NegativeSource", "OptimizationConfig"]
+
+
+# Models whose defaults were validated (benchmarks/tune.py on the validation classes), with the
+# changes to OptimizationConfig() found there. On any other model the defaults are a starting
+# point: learn_classes logs a warning once per model.
+RECORDED_DEFAULTS: dict[str, dict[str, Any]] = {"liteembed-mini": {}}
+
+
+def recorded_defaults(model_id: str) -> OptimizationConfig | None:
+    """The validated defaults of `model_id` ("name" or "name@checkpoint"), None if none."""
+    changes = RECORDED_DEFAULTS.get(model_id.split("@", 1)[0])
+    return None if changes is None else OptimizationConfig(**changes)
+
+
+def from_recorded(values: dict[str, Any]) -> OptimizationConfig:
+    """A config saved as a dict (`to_dict`); unknown keys are ignored, and a dict saved before the
+    scale-aware switches existed keeps its meaning: its lr is absolute, its step count fixed (or
+    per-class hold-out margin), no norm bound, no batch negatives."""
+    known = OptimizationConfig.__dataclass_fields__
+    data = {k: v for k, v in values.items() if k in known}
+    if "lr_scale" not in values:
+        data["lr_scale"] = "absolute"
+        data.setdefault("norm_bound", None)
+        data.setdefault("batch_negatives", False)
+        data.setdefault(
+            "step_rule", "holdout-margin" if values.get("holdout_stopping") else "fixed"
+        )
+    return OptimizationConfig(**data)
+
+
+__all__ = [
+    "DEFAULT_CONFIG",
+    "RECORDED_DEFAULTS",
+    "NegativeSource",
+    "OptimizationConfig",
+    "StepRule",
+    "from_recorded",
+    "recorded_defaults",
+]

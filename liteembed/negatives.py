@@ -44,6 +44,8 @@ class ClassProblem:
     init_vector: torch.Tensor  # (d_tok,)
     init_from: str
     holdout: int | None = None  # image index left out of the alignment loss in phase 1
+    # Local subspaces (config.subspaces == "local"): mean, orthonormal basis, coarse width.
+    subspace: tuple[torch.Tensor, torch.Tensor, int] | None = None
 
 
 def prepare(
@@ -89,7 +91,9 @@ def prepare(
         group_tensor = torch.tensor(groups, device=device)
         originals = exemplars[first_views(groups, device)]
         prototype = F.normalize(originals.mean(dim=0), dim=-1)
-        ranked = rank_words(vocabulary, word_features, prototype, excluded_words(name, hints))
+        excluded = excluded_words(name, hints)
+        excluded |= {w for other in request.not_negatives for w in words_in(other)}
+        ranked = rank_words(vocabulary, word_features, prototype, excluded)
         neg_features: list[torch.Tensor] = []
         neg_names: list[str] = []
         neg_sources: list[str] = []
@@ -126,13 +130,17 @@ def prepare(
         if hints:
             anchor_words = hints
             # Same prompt as the word features, so a one-word hint's anchor is its Z_W row.
-            hint_features = backend.encode_texts([WORD_TEMPLATE.format(h) for h in hints])
-            anchor = F.normalize(hint_features.to(device).mean(dim=0), dim=-1)
+            anchor_features = backend.encode_texts([WORD_TEMPLATE.format(h) for h in hints])
+            anchor_features = anchor_features.to(device)
         else:
             anchor_rows = ranked[: config.anchor_words]
             anchor_words = [vocabulary.words[i] for i in anchor_rows.tolist()]
-            if len(anchor_rows):
-                anchor = F.normalize(word_features[anchor_rows].mean(dim=0), dim=-1)
+            anchor_features = word_features[anchor_rows]
+        if len(anchor_features):
+            anchor = F.normalize(anchor_features.mean(dim=0), dim=-1)
+        subspace = None
+        if config.subspaces == "local":
+            subspace = local_subspace(torch.cat([anchor_features, negatives]), config.local_k)
         init_vector, init_from = initial_vector(backend, vocabulary, name, ranked)
         problems.append(
             ClassProblem(
@@ -148,9 +156,26 @@ def prepare(
                 init_vector=init_vector,
                 init_from=init_from,
                 holdout=holdout,
+                subspace=subspace,
             )
         )
     return problems
+
+
+def local_subspace(
+    points: torch.Tensor, coarse: int
+) -> tuple[torch.Tensor, torch.Tensor, int] | None:
+    """PCA of one class's neighbourhood (its anchor and negative word features): the mean, the
+    principal directions (E, r) and how many of them are coarse (the rest are fine). None when
+    the neighbourhood spans no direction."""
+    if points.shape[0] < 2:
+        return None
+    mean = points.mean(dim=0)
+    _, singular, vh = torch.linalg.svd(points - mean, full_matrices=False)
+    rank = int((singular > 1e-6 * singular.max().clamp_min(1e-12)).sum().item())
+    if rank == 0:
+        return None
+    return mean, vh[:rank].T.contiguous(), min(coarse, rank)
 
 
 def excluded_words(name: str, hints: Sequence[str]) -> set[str]:
@@ -275,6 +300,7 @@ __all__ = [
     "excluded_words",
     "first_views",
     "initial_vector",
+    "local_subspace",
     "prepare",
     "rank_words",
     "validate_hints",

@@ -4,8 +4,14 @@ A new word v is optimised in the token-embedding space of the frozen text encode
 prompt(s) holding it classify the exemplar images as the new class against mined hard negatives,
 with optional coarse alignment to an anchor and fine separation from the negatives in the
 word-feature PCA subspaces. Several classes are optimised in one batch: every class has its own
-parameter row, its own Adam state and its own stopping decision, and the total loss is a sum of
-per-class losses, so a class's result does not depend on which other classes share the batch.
+parameter row and Adam state, and the total loss is a sum of per-class losses. With
+`batch_negatives` (the default) the classes of a batch are also each other's negatives, at their
+current features each step, since they will all be registered together; without it a class's
+result does not depend on which other classes share the batch.
+
+The step size is in units of the vocabulary's typical token coordinate and the word's norm is
+capped relative to the real words' (`liteembed.scale`); the step count is picked by the held-out
+accuracy of one image per class, pooled over the batch (`step_rule`).
 
 Preparation and negative mining live in `liteembed.negatives`, the loss terms in
 `liteembed.losses`; this module runs the batched Adam loop and assembles the results.
@@ -13,6 +19,7 @@ Preparation and negative mining live in `liteembed.negatives`, the loss terms in
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -23,14 +30,18 @@ import torch
 import torch.nn.functional as F
 
 from liteembed.backend import ClipBackend
-from liteembed.config import OptimizationConfig
+from liteembed.config import OptimizationConfig, recorded_defaults
 from liteembed.errors import InvalidNameError, OptimizationCancelled
 from liteembed.losses import LossInputs, class_loss
 from liteembed.negatives import ClassProblem, ImageInput, prepare
+from liteembed.scale import word_scale
 from liteembed.vocab import Vocabulary
+
+log = logging.getLogger(__name__)
 
 MAX_NAME_LENGTH = 100
 _ADAM_EPS = 1e-8
+_WARNED_MODELS: set[str] = set()
 
 
 @dataclass(frozen=True)
@@ -39,6 +50,9 @@ class ClassRequest:
     images: Sequence[ImageInput]
     hints: Sequence[str] = ()
     confusers: Sequence[str] = ()
+    # Names whose words are never mined from the vocabulary for this class (as negatives or
+    # anchor words), e.g. the other classes of an evaluation that must not see them.
+    not_negatives: Sequence[str] = ()
 
 
 @dataclass(frozen=True)
@@ -64,11 +78,12 @@ class LearnedClass:
 
 @dataclass
 class _Parameterisation:
-    """v = mean + basis @ a with |a| <= box, or v = a when `basis` is None."""
+    """v = mean + basis @ a with |a| <= box, or v = a when `basis` is None; |v| <= max_norm."""
 
     mean: torch.Tensor | None
     basis: torch.Tensor | None
     box: torch.Tensor | None
+    max_norm: float | None = None
 
     def to_token(self, params: torch.Tensor) -> torch.Tensor:
         if self.basis is None or self.mean is None:
@@ -81,6 +96,20 @@ class _Parameterisation:
         return self.clamp((vectors - self.mean) @ self.basis)
 
     def clamp(self, params: torch.Tensor) -> torch.Tensor:
+        """Into the box, then (if the word is longer than max_norm) scaled back to max_norm."""
+        params = self._box(params)
+        if self.max_norm is None:
+            return params
+        vector = self.to_token(params)
+        norm = vector.norm(dim=-1, keepdim=True)
+        if bool((norm <= self.max_norm).all()):
+            return params
+        vector = vector * torch.clamp(self.max_norm / norm.clamp_min(1e-12), max=1.0)
+        if self.basis is None or self.mean is None:
+            return vector
+        return self._box((vector - self.mean) @ self.basis)
+
+    def _box(self, params: torch.Tensor) -> torch.Tensor:
         if self.box is None:
             return params
         return torch.maximum(torch.minimum(params, self.box), -self.box)
@@ -93,6 +122,7 @@ class _RunResult:
     steps_run: list[int]
     stop_reasons: list[str]
     holdout_margins: list[list[float]]
+    holdout_accuracy: list[list[float]]
 
 
 @dataclass
@@ -107,17 +137,34 @@ class _Batch:
     init: torch.Tensor  # (classes, parameter width) starting parameters
     progress: ProgressCallback | None
     total_steps: int  # over all phases, for progress events
+    lr: float  # the absolute Adam step
+    peers: list[list[int]]  # per class: the other classes of the batch that are its negatives
 
-    def loss_inputs(self, i: int, text: torch.Tensor, include: torch.Tensor) -> LossInputs:
+    def negatives(self, i: int, current: torch.Tensor) -> torch.Tensor:
+        """Class i's negatives: its mined ones, then its peers' current features."""
+        own = self.problems[i].negatives
+        if not self.peers[i]:
+            return own
+        return torch.cat([own, current[self.peers[i]]])
+
+    def loss_inputs(
+        self, i: int, text: torch.Tensor, include: torch.Tensor, current: torch.Tensor
+    ) -> LossInputs:
         problem = self.problems[i]
+        if problem.subspace is not None:
+            mean, basis, k = problem.subspace
+        else:
+            mean = self.vocabulary.feature_mean.to(text.device)
+            basis = self.vocabulary.feature_basis.to(text.device)
+            k = self.config.k
         return LossInputs(
             text=text,
             exemplars=problem.exemplars[include],
-            negatives=problem.negatives,
+            negatives=self.negatives(i, current),
             anchor=problem.anchor,
-            feature_mean=self.vocabulary.feature_mean.to(text.device),
-            feature_basis=self.vocabulary.feature_basis.to(text.device),
-            k=self.config.k,
+            feature_mean=mean,
+            feature_basis=basis,
+            k=k,
             scale=self.backend.logit_scale,
         )
 
@@ -168,8 +215,10 @@ def learn_classes(
     seed: int = 0,
     progress: ProgressCallback | None = None,
 ) -> list[LearnedClass]:
-    """Learn one new word per request, all in one batch; see the module docstring."""
-    config = config or OptimizationConfig()
+    """Learn one new word per request, all in one batch; see the module docstring. Without a
+    config, the model's recorded defaults (`liteembed.config.RECORDED_DEFAULTS`) are used."""
+    _warn_without_recorded_defaults(backend.model_id)
+    config = config or recorded_defaults(backend.model_id) or OptimizationConfig()
     if vocabulary.model_id != backend.model_id:
         raise ValueError(f"vocabulary of {vocabulary.model_id} used with {backend.model_id}")
     if not requests:
@@ -177,42 +226,92 @@ def learn_classes(
     started = time.perf_counter()
     names = [validate_name(r.name) for r in requests]
     problems = prepare(backend, vocabulary, requests, names, registered or {}, config, seed)
-    param = _parameterisation(vocabulary, config, backend.device)
-    use_holdout = config.holdout_stopping and all(p.holdout is not None for p in problems)
+    scale = word_scale(backend, vocabulary)
+    param = _parameterisation(vocabulary, config, backend.device, scale.norm_cap(config))
+    has_holdout = [p.holdout is not None for p in problems]
+    if config.step_rule == "holdout":
+        use_holdout, search_steps = any(has_holdout), config.max_steps
+    elif config.step_rule == "holdout-margin":
+        use_holdout, search_steps = all(has_holdout), config.steps
+    else:
+        use_holdout, search_steps = False, config.steps
     batch = _Batch(
         backend=backend,
         vocabulary=vocabulary,
         problems=problems,
         param=param,
         config=config,
-        init=torch.stack([param.from_token(p.init_vector) for p in problems]),
+        init=param.clamp(torch.stack([param.from_token(p.init_vector) for p in problems])),
         progress=progress,
-        total_steps=config.steps * (2 if use_holdout else 1),
+        total_steps=2 * search_steps if use_holdout else config.steps,
+        lr=scale.lr(config),
+        peers=_peers(names) if config.batch_negatives else [[] for _ in names],
     )
     budgets = [config.steps] * len(problems)
     holdout_info: list[dict[str, Any]] = [{} for _ in problems]
     offset = 0
     if use_holdout:
-        # Phase 1: one exemplar left out picks the step count; no test data involved.
-        phase1 = _run(batch, budgets, offset=0, holdout=True)
-        for i, margins in enumerate(phase1.holdout_margins):
-            best = max(range(len(margins)), key=lambda s: (margins[s], -s)) if margins else 0
-            budgets[i] = max(best, 1)
-            holdout_info[i] = {
-                "held_out_image": problems[i].holdout,
-                "best_step": best,
-                "held_out_margins": _subsample(margins, config.loss_curve_points),
-            }
-        offset = config.steps
+        # Phase 1: one exemplar per class left out picks the step count; no test data involved.
+        phase1 = _run(batch, [search_steps] * len(problems), offset=0, holdout=True)
+        if config.step_rule == "holdout":
+            pooled = _pooled(phase1.holdout_accuracy, has_holdout)
+            best = max(range(len(pooled)), key=lambda s: (pooled[s], -s)) if pooled else 0
+            budgets = [max(best, 1)] * len(problems)
+            for i, problem in enumerate(problems):
+                holdout_info[i] = {
+                    "rule": "pooled held-out accuracy",
+                    "held_out_image": problem.holdout,
+                    "best_step": best,
+                    "pooled_accuracy": _subsample(pooled, config.loss_curve_points),
+                }
+        else:
+            for i, margins in enumerate(phase1.holdout_margins):
+                best = max(range(len(margins)), key=lambda s: (margins[s], -s)) if margins else 0
+                budgets[i] = max(best, 1)
+                holdout_info[i] = {
+                    "rule": "held-out margin",
+                    "held_out_image": problems[i].holdout,
+                    "best_step": best,
+                    "held_out_margins": _subsample(margins, config.loss_curve_points),
+                }
+        offset = search_steps
     result = _run(batch, budgets, offset=offset, holdout=False)
     return _finish(batch, result, holdout_info, time.perf_counter() - started)
 
 
+def _warn_without_recorded_defaults(model_id: str) -> None:
+    if recorded_defaults(model_id) is None and model_id not in _WARNED_MODELS:
+        _WARNED_MODELS.add(model_id)
+        log.warning(
+            "no recorded optimisation defaults for %s: the defaults were validated on other "
+            "models; check them on this one (benchmarks/tune.py)",
+            model_id,
+        )
+
+
+def _peers(names: Sequence[str]) -> list[list[int]]:
+    """For each class, the batch's classes with another name (one name never fights itself)."""
+    keys = [n.strip().lower() for n in names]
+    return [[j for j, other in enumerate(keys) if other != key] for key in keys]
+
+
+def _pooled(curves: list[list[float]], include: list[bool]) -> list[float]:
+    """Per step, the mean over the classes that held an image out."""
+    rows = [c for c, keep in zip(curves, include, strict=True) if keep and c]
+    if not rows:
+        return []
+    length = min(len(c) for c in rows)
+    return [sum(c[s] for c in rows) / len(rows) for s in range(length)]
+
+
 def _parameterisation(
-    vocabulary: Vocabulary, config: OptimizationConfig, device: torch.device
+    vocabulary: Vocabulary,
+    config: OptimizationConfig,
+    device: torch.device,
+    max_norm: float | None,
 ) -> _Parameterisation:
     if config.parameterization == "token":
-        return _Parameterisation(mean=None, basis=None, box=None)
+        return _Parameterisation(mean=None, basis=None, box=None, max_norm=max_norm)
     rank = max(vocabulary.token_rank, 1)
     basis = vocabulary.token_basis.to(device)
     std = vocabulary.token_std.to(device).clone()
@@ -229,13 +328,17 @@ def _parameterisation(
     else:
         basis, std = basis[:, :rank], std[:rank]
     return _Parameterisation(
-        mean=vocabulary.token_mean.to(device), basis=basis, box=config.kappa * std
+        mean=vocabulary.token_mean.to(device),
+        basis=basis,
+        box=config.kappa * std,
+        max_norm=max_norm,
     )
 
 
 def _run(batch: _Batch, budgets: list[int], *, offset: int, holdout: bool) -> _RunResult:
     """Batched Adam over the classes' rows, each with its own step budget; with `holdout`, each
-    class's held-out image is left out of its loss and its margin recorded per step."""
+    class's held-out image is left out of its loss and its accuracy and margin recorded per
+    step (against its negatives, peers included)."""
     problems, config, param, backend = batch.problems, batch.config, batch.param, batch.backend
     count = len(problems)
     params = batch.init.detach().clone()
@@ -244,9 +347,12 @@ def _run(batch: _Batch, budgets: list[int], *, offset: int, holdout: bool) -> _R
     beta1, beta2 = config.betas
     curves: list[list[float]] = [[] for _ in problems]
     holdout_margins: list[list[float]] = [[] for _ in problems]
+    holdout_accuracy: list[list[float]] = [[] for _ in problems]
     steps_run = [0] * count
     reasons = ["max_steps"] * count
     active = [budgets[i] > 0 for i in range(count)]
+    # The latest text feature of every class: what its peers see as a negative.
+    current = torch.zeros(count, backend.embed_dim, device=backend.device)
     includes = []
     for problem in problems:
         include = torch.ones_like(problem.groups, dtype=torch.bool)
@@ -266,24 +372,26 @@ def _run(batch: _Batch, budgets: list[int], *, offset: int, holdout: bool) -> _R
             templates, param.to_token(leaf), short_context=config.short_context
         )
         text = F.normalize(features.mean(dim=1), dim=-1)  # (b, E)
+        current[rows] = text.detach().to(current.dtype)
         losses = []
         accuracies = []
         stop_now: list[int] = []
         for j, i in enumerate(rows):
-            loss, margins = class_loss(batch.loss_inputs(i, text[j], includes[i]), config)
+            loss, margins = class_loss(batch.loss_inputs(i, text[j], includes[i], current), config)
             losses.append(loss)
             curves[i].append(float(loss.item()))
             accuracies.append(float((margins > 0).float().mean().item()))
-            if holdout:
+            if holdout and problems[i].holdout is not None:
                 held = problems[i].groups == problems[i].holdout
                 with torch.no_grad():
                     margin = _margins(
-                        problems[i].exemplars[held], text[j].detach(), problems[i].negatives
+                        problems[i].exemplars[held], text[j].detach(), batch.negatives(i, current)
                     )
                 holdout_margins[i].append(float(margin.mean().item()))
-            elif config.early_stopping and _converged(curves[i], margins, config):
+                holdout_accuracy[i].append(float((margin > 0).float().mean().item()))
+            elif not holdout and config.early_stopping and _converged(curves[i], margins, config):
                 stop_now.append(j)
-        # Sum, not mean: each class gets exactly the gradient it would get alone.
+        # Sum, not mean: each class gets exactly the gradient of its own loss.
         torch.stack(losses).sum().backward()
         grad = leaf.grad.detach()
         with torch.no_grad():
@@ -299,7 +407,7 @@ def _run(batch: _Batch, budgets: list[int], *, offset: int, holdout: bool) -> _R
                 second_moment[i] = beta2 * second_moment[i] + (1 - beta2) * grad[j] ** 2
                 m_hat = first_moment[i] / (1 - beta1**t)
                 v_hat = second_moment[i] / (1 - beta2**t)
-                params[i] = param.clamp(params[i] - config.lr * m_hat / (v_hat.sqrt() + _ADAM_EPS))
+                params[i] = param.clamp(params[i] - batch.lr * m_hat / (v_hat.sqrt() + _ADAM_EPS))
         if batch.progress is not None:
             event = ProgressEvent(
                 step=offset + step + 1,
@@ -312,17 +420,36 @@ def _run(batch: _Batch, budgets: list[int], *, offset: int, holdout: bool) -> _R
                     f"cancelled at step {event.step} of {batch.total_steps}"
                 )
         if holdout:
+            _stop_holdout_search(batch, rows, active, reasons, holdout_margins, holdout_accuracy)
+    return _RunResult(params, curves, steps_run, reasons, holdout_margins, holdout_accuracy)
+
+
+def _stop_holdout_search(
+    batch: _Batch,
+    rows: list[int],
+    active: list[bool],
+    reasons: list[str],
+    margins: list[list[float]],
+    accuracy: list[list[float]],
+) -> None:
+    """Held-out quality has not improved for 2 * patience steps: more steps only overfit."""
+    config = batch.config
+
+    def stale(curve: list[float]) -> bool:
+        best = max(range(len(curve)), key=lambda s: (curve[s], -s))
+        return len(curve) - 1 - best >= 2 * config.patience and len(curve) > config.min_steps
+
+    if config.step_rule == "holdout":
+        pooled = _pooled(accuracy, [p.holdout is not None for p in batch.problems])
+        if pooled and stale(pooled):
             for i in rows:
-                margins_i = holdout_margins[i]
-                best = max(range(len(margins_i)), key=lambda s, m=margins_i: (m[s], -s))
-                # Held-out margin has not improved for a while: more steps only overfit.
-                if (
-                    len(margins_i) - 1 - best >= 2 * config.patience
-                    and len(margins_i) > config.min_steps
-                ):
-                    active[i] = False
-                    reasons[i] = "holdout"
-    return _RunResult(params, curves, steps_run, reasons, holdout_margins)
+                active[i] = False
+                reasons[i] = "holdout"
+        return
+    for i in rows:
+        if margins[i] and stale(margins[i]):
+            active[i] = False
+            reasons[i] = "holdout"
 
 
 def _margins(exemplars: torch.Tensor, text: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
@@ -363,15 +490,16 @@ def _finish(
         initial = F.normalize(start_features.mean(dim=1), dim=-1)
     learned = []
     for i, problem in enumerate(batch.problems):
-        margins = _margins(problem.exemplars, final[i], problem.negatives)
+        margins = _margins(problem.exemplars, final[i], batch.negatives(i, final))
+        negatives = [
+            {"name": n, "source": s}
+            for n, s in zip(problem.negative_names, problem.negative_sources, strict=True)
+        ] + [{"name": batch.problems[j].name, "source": "batch"} for j in batch.peers[i]]
         diagnostics: dict[str, Any] = {
             "loss_curve": _subsample(result.curves[i], config.loss_curve_points),
             "exemplar_accuracy": float((margins > 0).float().mean().item()),
             "final_margins": [round(float(m), 6) for m in margins.tolist()],
-            "negatives": [
-                {"name": n, "source": s}
-                for n, s in zip(problem.negative_names, problem.negative_sources, strict=True)
-            ],
+            "negatives": negatives,
             "anchor_words": problem.anchor_words,
             "init_from": problem.init_from,
             "steps_run": result.steps_run[i],
@@ -380,6 +508,9 @@ def _finish(
             "prototype_similarity_final": float(final[i] @ problem.prototype),
             "views": int(problem.exemplars.shape[0]),
             "parameterization": config.parameterization,
+            "lr": batch.lr,
+            "word_norm": float(tokens[i].norm().item()),
+            "norm_cap": param.max_norm,
             "seconds": round(seconds, 4),
             "batch_size": len(batch.problems),
             "config": config.to_dict(),

@@ -183,7 +183,9 @@ class Trainer:
     def optimization_config(self, base: Any) -> Any:
         changes = dict(self.settings.train_options)
         if self.settings.train_steps is not None:
+            # A step count set here is a fixed budget, not the hold-out rule's fallback.
             changes["steps"] = self.settings.train_steps
+            changes.setdefault("step_rule", "fixed")
         return dataclasses.replace(base(), **changes)
 
     def _registered(

@@ -37,6 +37,7 @@ class Settings(BaseSettings):
     # cores that another process holds (benchmarks/perf.py measures both).
     torch_threads: int | None = Field(default=None, ge=1)
     seed: int = 0
+    # A fixed step budget (unset: the engine picks the step count by held-out accuracy).
     train_steps: int | None = None
     # Any other OptimizationConfig field, as JSON: '{"early_stopping": false, "lr": 0.05}'.
     train_options: dict[str, Any] = Field(default_factory=dict)

@@ -56,5 +56,6 @@ def test_mean_std_and_paired_difference() -> None:
     diff = paired_difference([0.5, 0.6, 0.7], [0.4, 0.5, 0.7])
     assert diff["mean"] == pytest.approx(0.2 / 3)
     assert diff["se"] == pytest.approx(diff["std"] / math.sqrt(3))
+    assert (diff["won"], diff["lost"], diff["n"]) == (2, 0, 3)  # the third draw is a tie
     with pytest.raises(ValueError):
         paired_difference([1.0], [1.0, 2.0])

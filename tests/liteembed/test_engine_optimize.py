@@ -182,7 +182,7 @@ def test_batch_equals_alone(backend: ClipBackend, vocabulary: Vocabulary) -> Non
         ClassRequest("bluething", solid_images(BLUE, count=3), confusers=["sky"]),
         ClassRequest("greenthing", solid_images(GREEN, count=2)),
     ]
-    config = OptimizationConfig(steps=20)
+    config = OptimizationConfig(steps=20, step_rule="fixed", batch_negatives=False)
     together = learn_classes(backend, vocabulary, requests, config=config)
     for request, batched in zip(requests, together, strict=True):
         alone = learn_classes(backend, vocabulary, [request], config=config)[0]
@@ -196,7 +196,16 @@ def test_batch_equals_alone(backend: ClipBackend, vocabulary: Vocabulary) -> Non
 
 def test_early_stopping(backend: ClipBackend, vocabulary: Vocabulary) -> None:
     # Explicit switches: the shipped defaults (10 steps, augmentation, no early stop) differ.
-    config = OptimizationConfig(steps=30, early_stopping=True, augment_views=0)
+    # The rule's mechanics at the absolute step size it was written for, without the norm bound.
+    config = OptimizationConfig(
+        steps=30,
+        step_rule="fixed",
+        early_stopping=True,
+        augment_views=0,
+        lr=0.01,
+        lr_scale="absolute",
+        norm_bound=None,
+    )
     stopped = learn_class(backend, vocabulary, NAME, solid_images(RED), config=config)
     assert stopped.diagnostics["stop_reason"] == "converged"
     assert stopped.diagnostics["steps_run"] < config.steps
@@ -208,8 +217,10 @@ def test_early_stopping(backend: ClipBackend, vocabulary: Vocabulary) -> None:
     assert len(full.diagnostics["loss_curve"]) == config.steps
 
 
-def test_holdout_rule_picks_the_step_count(backend: ClipBackend, vocabulary: Vocabulary) -> None:
-    config = OptimizationConfig(holdout_stopping=True, early_stopping=False, steps=20)
+def test_holdout_margin_rule_picks_the_step_count_per_class(
+    backend: ClipBackend, vocabulary: Vocabulary
+) -> None:
+    config = OptimizationConfig(step_rule="holdout-margin", early_stopping=False, steps=20)
     learned = learn_class(backend, vocabulary, NAME, solid_images(RED), config=config)
     holdout = learned.diagnostics["holdout"]
     margins = holdout["held_out_margins"]
@@ -221,7 +232,7 @@ def test_holdout_rule_picks_the_step_count(backend: ClipBackend, vocabulary: Voc
 
 def test_progress_and_cancellation(backend: ClipBackend, vocabulary: Vocabulary) -> None:
     events: list[ProgressEvent] = []
-    config = OptimizationConfig(steps=8, early_stopping=False)
+    config = OptimizationConfig(steps=8, step_rule="fixed", early_stopping=False)
     learn_class(backend, vocabulary, NAME, solid_images(RED), config=config, progress=events.append)
     assert [e.step for e in events] == list(range(1, 9))
     assert all(e.total == 8 and 0 <= e.exemplar_accuracy <= 1 and e.loss > 0 for e in events)
