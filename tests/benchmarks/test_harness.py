@@ -109,7 +109,7 @@ def test_synthetic_world_task_and_batched_learning(
     assert len(task.base) == 72 and len(task.heldout) == 6
     assert all(task.hints[name] for name in task.heldout)  # category words as coarse hints
     ctx = Context.build(backend, task)
-    config = OptimizationConfig(steps=3, early_stopping=False)
+    config = OptimizationConfig(steps=3, step_rule="fixed", early_stopping=False)
     draws = [(0, task.draw(0)), (1, task.draw(1))]
     outcomes = evaluate(
         MethodSpec("ti", "liteembed", config, use_hints=True), ctx, backend, vocabulary, draws, 2

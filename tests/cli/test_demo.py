@@ -17,7 +17,7 @@ def test_demo_runs_end_to_end_through_the_service() -> None:
         shots=2,
         test_per_class=2,
         base_images=2,
-        train_options={"steps": 5},
+        train_options={"steps": 5, "step_rule": "fixed"},
         use_hints=False,
         out=lines.append,
     )
