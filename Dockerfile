@@ -1,32 +1,58 @@
-# CPU image by default; `--build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu130` (and a
-# CUDA base such as nvidia/cuda:13.0.1-runtime-ubuntu24.04 via BASE_IMAGE) builds the GPU image.
+# The LiteEmbed image: CPU torch by default. The GPU image is this file with one argument,
+#   docker build --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu130 -t liteembed:gpu .
+# The CUDA torch wheel carries its CUDA runtime as pip packages, so the Python 3.11 base stays; the
+# host needs only the NVIDIA driver and the NVIDIA container toolkit.
+# BASE_IMAGE: any Debian-like image with python3.11 and its venv module (python:3.11-slim).
 ARG BASE_IMAGE=python:3.11-slim
 FROM ${BASE_IMAGE}
 
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+ARG PYPI_INDEX=https://pypi.org/simple
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
-    LITEEMBED_CACHE_DIR=/data/cache
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_INDEX_URL=${PYPI_INDEX} \
+    VIRTUAL_ENV=/opt/liteembed \
+    PATH=/opt/liteembed/bin:${PATH}
 
+# A virtual environment behaves the same on python:3.11-slim and on a distribution's python3.11,
+# whose system pip refuses to install packages.
+RUN python3 -m venv /opt/liteembed
 WORKDIR /app
-# torch first and pinned: the registry's unpinned torch is a multi-GB CUDA download.
-COPY constraints.txt ./
-RUN pip install --index-url ${TORCH_INDEX} --extra-index-url https://pypi.org/simple \
-        -c constraints.txt torch==2.14.1 torchvision==0.29.1
-COPY pyproject.toml README.md ./
+
+# Dependencies first, each in its own layer, from the pinned constraints: an edit of the source
+# rebuilds only the layers below them. torch comes from TORCH_INDEX (its version from the
+# constraints; the index's local build, +cpu or +cu130, sorts above the plain one).
+COPY constraints.txt pyproject.toml ./
+RUN pip install --extra-index-url "${TORCH_INDEX}" -c constraints.txt torch torchvision
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+        > /tmp/requirements.txt \
+    && pip install -c constraints.txt -r /tmp/requirements.txt \
+    && rm /tmp/requirements.txt
+
+# The source, installed in place (editable: one copy of the code and the shipped checkpoint in the
+# image, and `liteembed migrate` finds migrations/ beside it).
+COPY README.md alembic.ini ./
+COPY migrations ./migrations
 COPY liteembed ./liteembed
 COPY service ./service
 COPY workers ./workers
 COPY cli ./cli
-RUN pip install -c constraints.txt .
-# Migrations are run from the work dir by `liteembed migrate`.
-COPY alembic.ini ./
-COPY migrations ./migrations
+RUN pip install --no-deps -e .
 
-RUN useradd --create-home --uid 10001 liteembed && mkdir -p /data/cache \
-    && chown -R liteembed /data
+# Everything the service writes (the SQLite file by default, the vocabulary caches) lives in
+# /data: writable by the service user, a volume, and overridable by the settings.
+RUN useradd --create-home --uid 10001 liteembed \
+    && mkdir -p /data/cache && chown -R liteembed:liteembed /data
+ENV LITEEMBED_DATABASE_URL=sqlite:////data/liteembed.db \
+    LITEEMBED_CACHE_DIR=/data/cache
 USER liteembed
 VOLUME ["/data"]
 EXPOSE 8000
+# Ready means the model is loaded and the database answers; the first start of a large model
+# builds its vocabulary cache (minutes), hence the long start period. A worker container has no
+# HTTP port: give it `liteembed healthcheck --worker` (docker-compose.yml does).
+HEALTHCHECK --interval=15s --timeout=5s --start-period=10m --retries=3 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=4)"]
 CMD ["liteembed", "serve", "--host", "0.0.0.0", "--port", "8000"]
