@@ -1,15 +1,23 @@
-"""`liteembed`: serve the API, run a queue worker, apply migrations, run the demo; and, as a
-client of a running service: add, classify, classes, delete, export."""
+"""`liteembed`: serve the API, run a queue worker, apply migrations, preload the model, check
+health, run the demo; and, as a client of a running service: add, classify, classes, delete,
+export."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
+import shutil
 import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 from cli.remote import COMMANDS as REMOTE_COMMANDS
 from cli.remote import add_remote_commands, run_remote_command
 from service.core.config import Settings, get_settings
+from service.core.log_config import configure_logging, logging_config
 from service.db import migrate
 
 log = logging.getLogger("liteembed")
@@ -26,6 +34,15 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--workers", type=int, default=1, help="API processes (Redis mode only)")
     commands.add_parser("worker", help="run one queue worker process (needs LITEEMBED_REDIS_URL)")
     commands.add_parser("migrate", help="bring the database schema up to date")
+    commands.add_parser(
+        "preload", help="load the model and build its vocabulary cache in CACHE_DIR, then exit"
+    )
+    health = commands.add_parser(
+        "healthcheck",
+        help="exit 0 when healthy: the API's /readyz, or with --worker this host's worker",
+    )
+    health.add_argument("--worker", action="store_true", help="a queue worker runs on this host")
+    health.add_argument("--port", type=int, default=8000, help="the API's port on 127.0.0.1")
     demo = commands.add_parser(
         "demo", help="start the service with the mini CLIP and personalise three unseen classes"
     )
@@ -45,14 +62,15 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     settings = get_settings()
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(settings.log_level, settings.log_format)
     if args.command == "serve":
         return serve_command(settings, args.host, args.port, args.workers)
     if args.command == "worker":
         return worker_command(settings)
+    if args.command == "preload":
+        return preload_command(settings)
+    if args.command == "healthcheck":
+        return healthcheck_command(settings, worker=args.worker, port=args.port)
     migrate(settings)
     return 0
 
@@ -76,14 +94,88 @@ def serve_command(settings: Settings, host: str | None, port: int, workers: int)
         # The one-command start: the SQLite file is created and migrated here. A shared
         # PostgreSQL is migrated once by `liteembed migrate`, not by every API process.
         migrate(settings)
-    uvicorn.run(
-        "workers:create_app_with_worker",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        log_level=settings.log_level.lower(),
+    with shared_metrics_dir(settings):
+        uvicorn.run(
+            "workers:create_app_with_worker",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            # Applied by uvicorn in each of its worker processes too.
+            log_config=logging_config(settings.log_level, settings.log_format),
+            log_level=settings.log_level.lower(),
+        )
+    return 0
+
+
+@contextmanager
+def shared_metrics_dir(settings: Settings) -> Iterator[Path]:
+    """prometheus_client's multiprocess mode for every API process of this `serve`: one
+    directory of metric files, empty at start (stale files would add old counts). The processes
+    inherit it through the environment, read before prometheus_client is first imported."""
+    if "prometheus_client" in sys.modules:
+        log.warning("prometheus_client was imported before the metrics directory was set")
+    temporary = settings.metrics_dir is None
+    path = (
+        Path(tempfile.mkdtemp(prefix="liteembed-metrics-")) if temporary else settings.metrics_dir
     )
+    assert path is not None
+    path.mkdir(parents=True, exist_ok=True)
+    for stale in path.glob("*.db"):
+        stale.unlink()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
+    os.environ["LITEEMBED_METRICS_DIR"] = str(path)
+    get_settings.cache_clear()  # an app created in this process (--workers 1) sees it too
+    try:
+        yield path
+    finally:
+        if temporary:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def preload_command(settings: Settings) -> int:
+    """Load the model and build (or check) its vocabulary cache, so that the API and the workers
+    that start after it find a warm cache."""
+    from service.runtime import load_runtime
+
+    try:
+        runtime = load_runtime(settings)
+    except Exception:
+        log.exception("preload failed")
+        return 1
+    log.info("preload done: model %s, vocabulary cache in %s", runtime.model_id, settings.cache_dir)
+    return 0
+
+
+def healthcheck_command(settings: Settings, *, worker: bool, port: int) -> int:
+    """For container healthchecks: 0 healthy, 1 not (the reason on stderr)."""
+    if worker:
+        import socket
+
+        from service.worker_presence import WorkerPresence
+
+        if settings.redis_url is None:
+            print("healthcheck --worker needs LITEEMBED_REDIS_URL", file=sys.stderr)
+            return 1
+        try:
+            seen = WorkerPresence(settings).read()
+        except Exception as exc:
+            print(f"cannot read worker heartbeats: {exc}", file=sys.stderr)
+            return 1
+        if seen.alive_on(socket.gethostname()):
+            return 0
+        print(f"no fresh heartbeat from a worker on {socket.gethostname()}", file=sys.stderr)
+        return 1
+    import httpx
+
+    try:
+        response = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=4)
+    except httpx.HTTPError as exc:
+        print(f"/readyz unreachable: {exc}", file=sys.stderr)
+        return 1
+    if response.status_code != 200:
+        print(f"/readyz {response.status_code}: {response.text}", file=sys.stderr)
+        return 1
     return 0
 
 

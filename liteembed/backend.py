@@ -3,11 +3,12 @@ whose placeholder slot holds a learnable token embedding."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -210,13 +211,18 @@ class ClipBackend:
         return self.encode_image_batch(self.preprocess_images(images))
 
     @torch.no_grad()
-    def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:
+    def encode_texts(
+        self, texts: Sequence[str], *, progress: Callable[[int, int], None] | None = None
+    ) -> torch.Tensor:
+        """Text features; `progress(done, total)` is called after each batch."""
         if not texts:
             return torch.empty(0, self.embed_dim)
         outputs = []
         for start in range(0, len(texts), _ENCODE_BATCH):
             ids = self.tokenize(texts[start : start + _ENCODE_BATCH])
             outputs.append(self.text.encode_ids(ids, short_context=True))
+            if progress is not None:
+                progress(min(start + _ENCODE_BATCH, len(texts)), len(texts))
         return torch.cat(outputs).cpu()
 
     def encode_with_token(
@@ -271,6 +277,24 @@ class ClipBackend:
             )
             outputs.append(self.text.encode_with_slots(chunk, stacked[in_chunk]))
         return torch.cat(outputs).cpu()
+
+
+class _RandomInitWarningFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("No pretrained weights loaded for model")
+
+
+@contextlib.contextmanager
+def _no_random_init_warning() -> Iterator[None]:
+    """open_clip warns (on the root logger) that a model created without a pretrained tag is
+    initialized randomly; untrue when a checkpoint's weights are loaded into it right after."""
+    root = logging.getLogger()
+    quiet = _RandomInitWarningFilter()
+    root.addFilter(quiet)
+    try:
+        yield
+    finally:
+        root.removeFilter(quiet)
 
 
 def load_backend(
@@ -332,7 +356,8 @@ def load_backend(
 
     # fork_rng: the fixed seed makes every process build identical random weights without
     # disturbing the caller's global RNG stream.
-    with torch.random.fork_rng(devices=[]):
+    quiet = _no_random_init_warning() if state is not None else contextlib.nullcontext()
+    with torch.random.fork_rng(devices=[]), quiet:
         torch.manual_seed(seed)
         try:
             net, _, preprocess = open_clip.create_model_and_transforms(

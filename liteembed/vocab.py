@@ -13,7 +13,7 @@ import logging
 import os
 import re
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 CACHE_FORMAT = 1
 WORD_TEMPLATE = "a photo of a {}."
 MIN_WORD_LENGTH = 3
+# progress(done, total): words encoded so far while a vocabulary cache is built.
+Progress = Callable[[int, int], None]
 _EIGEN_TOLERANCE = 1e-6  # eigenvalues below this fraction of the largest count as rank deficiency
 
 
@@ -85,18 +87,23 @@ def cache_path(backend: ClipBackend, cache_dir: Path, max_words: int | None) -> 
 
 
 def load_vocabulary(
-    backend: ClipBackend, cache_dir: Path, *, max_words: int | None = None
+    backend: ClipBackend,
+    cache_dir: Path,
+    *,
+    max_words: int | None = None,
+    progress: Progress | None = None,
 ) -> Vocabulary:
     """The model's vocabulary, from `cache_dir` when a valid file is there, else built and saved.
 
     `max_words` caps a BPE-derived vocabulary to its first entries (BPE order, i.e. by merge
     frequency); it keeps random-weight test models fast. Declared vocabularies are never capped.
+    `progress(done, total)` follows the build, which takes minutes for a large model.
     """
     path = cache_path(backend, cache_dir, max_words)
     vocabulary = _read_cache(path, backend)
     if vocabulary is not None:
         return vocabulary
-    vocabulary = build_vocabulary(backend, max_words=max_words)
+    vocabulary = build_vocabulary(backend, max_words=max_words, progress=progress)
     _write_cache(path, vocabulary)
     return vocabulary
 
@@ -124,12 +131,16 @@ def vocabulary_words(backend: ClipBackend, max_words: int | None = None) -> tupl
     return words, "bpe"
 
 
-def build_vocabulary(backend: ClipBackend, *, max_words: int | None = None) -> Vocabulary:
+def build_vocabulary(
+    backend: ClipBackend, *, max_words: int | None = None, progress: Progress | None = None
+) -> Vocabulary:
     words, source = vocabulary_words(backend, max_words)
     if len(words) < 2:
         raise ValueError(f"the vocabulary of {backend.model_id} has fewer than two words")
     word_token_ids = [backend.encode_word_tokens(word) for word in words]
-    features = backend.encode_texts([WORD_TEMPLATE.format(word) for word in words])
+    features = backend.encode_texts(
+        [WORD_TEMPLATE.format(word) for word in words], progress=progress
+    )
     token_ids = torch.tensor(sorted({t for ids in word_token_ids for t in ids}), dtype=torch.long)
     rows = backend.token_table[token_ids.to(backend.device)].cpu().double()
     token_mean, token_basis, token_var = _pca(rows)

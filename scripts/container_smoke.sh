@@ -66,7 +66,13 @@ build_stand_ins() {
       bookworm "$rootfs" http://deb.debian.org/debian >"$SMOKE_DIR/debootstrap.log" 2>&1 \
       || fail "debootstrap failed (see $SMOKE_DIR/debootstrap.log)"
     rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
-    tar -C "$rootfs" -c . | docker import --change 'CMD ["python3"]' - "$base"
+    # The stand-in trusts what this host trusts (a TLS-intercepting proxy's CA included), so pip
+    # inside the build reaches the package index the way the host's pip does.
+    if [[ -f /etc/ssl/certs/ca-certificates.crt ]]; then
+      cp /etc/ssl/certs/ca-certificates.crt "$rootfs/etc/ssl/certs/ca-certificates.crt"
+    fi
+    tar -C "$rootfs" -c . | docker import --change 'CMD ["python3"]' \
+      --change 'ENV PIP_CERT=/etc/ssl/certs/ca-certificates.crt' - "$base"
     rm -rf "$rootfs"
   fi
   local name

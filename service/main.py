@@ -15,6 +15,7 @@ from fastapi_offline import FastAPIOffline
 from service.admin import mount_admin
 from service.api import errors, openapi
 from service.api.limits import BodySizeLimit
+from service.api.request_id import RequestIdMiddleware
 from service.api.routes import classes, classify, health
 from service.core.config import Settings, get_settings
 from service.db import make_engine, make_session_factory
@@ -24,6 +25,7 @@ from service.runtime import RuntimeHolder
 from service.scoring.batcher import ModelRunner, single_threaded_torch
 from service.scoring.scorer import scorer_for
 from service.scoring.sync import ClassMatrixCache
+from service.worker_presence import PresenceCollector, WorkerPresence
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +40,7 @@ def create_app(
     settings = settings or get_settings()
     engine = make_engine(settings.database_url)
     session_factory = make_session_factory(engine)
-    metrics = Metrics()
+    metrics = Metrics(settings.metrics_dir)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -72,7 +74,12 @@ def create_app(
     app.state.checks = {}
     app.state.background_checks = lambda: {k: bool(f()) for k, f in app.state.checks.items()}
     metrics.add_state_collector(session_factory, lambda: app.state.producer.depth())
-    metrics.add_gauges(lambda: _runner_gauges(app))
+    metrics.add_gauges(lambda: _runner_gauges(app), modes=_RUNNER_GAUGE_MODES)
+    # Standalone workers (Redis mode) report their heartbeats; the embedded one lives in this
+    # process and is covered by the background checks.
+    app.state.worker_presence = WorkerPresence(settings) if settings.redis_url else None
+    if app.state.worker_presence is not None:
+        metrics.add_collector(PresenceCollector(app.state.worker_presence))
 
     app.include_router(health.router)
     app.include_router(classes.router)
@@ -82,6 +89,8 @@ def create_app(
     openapi.install(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    # Outermost: every log line of the request, the access line included, carries its id.
+    app.add_middleware(RequestIdMiddleware)
     return app
 
 
@@ -117,6 +126,15 @@ def _warm_up(app: FastAPI) -> Iterator[None]:
         classifier.stop()
         runner.stop()
         app.state.preprocess_pool.shutdown(wait=False, cancel_futures=True)
+
+
+# How each process's value combines across API processes (multiprocess metrics); the class
+# matrix gauges take the most recent value.
+_RUNNER_GAUGE_MODES = {
+    "liteembed_classify_batches": "sum",
+    "liteembed_classify_batched_images": "sum",
+    "liteembed_classify_largest_batch": "max",
+}
 
 
 def _runner_gauges(app: FastAPI) -> dict[str, tuple[str, float]]:

@@ -1,14 +1,21 @@
-"""Prometheus metrics: one registry per app, so several apps in one test process don't clash."""
+"""Prometheus metrics: one registry per app, so several apps in one test process don't clash.
+
+Under `liteembed serve` every API process writes its counters to files in one directory
+(prometheus_client's multiprocess mode, LITEEMBED_METRICS_DIR): a scrape of any process reports
+the totals of all of them.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -17,30 +24,64 @@ from service.models import PersonalizedClass, Status
 
 log = logging.getLogger(__name__)
 
+GaugeRead = Callable[[], dict[str, tuple[str, float]]]
+
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, multiprocess_dir: Path | None = None) -> None:
         self.registry = CollectorRegistry()
+        self.multiprocess = multiprocess_dir is not None
+        # Multiprocess: the values live in the shared files and the registry reads them all;
+        # registering this process's own metrics too would report them twice.
+        own = None if self.multiprocess else self.registry
+        if multiprocess_dir is not None:
+            MultiProcessCollector(self.registry, path=str(multiprocess_dir))
         self.requests = Counter(
             "liteembed_http_requests_total",
             "HTTP requests by method, route and status code",
             ["method", "route", "status"],
-            registry=self.registry,
+            registry=own,
         )
         self.latency = Histogram(
             "liteembed_http_request_duration_seconds",
             "HTTP request latency by method and route",
             ["method", "route"],
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
-            registry=self.registry,
+            registry=own,
         )
+        self._published: list[tuple[GaugeRead, dict[str, Gauge]]] = []
 
     def add_state_collector(self, session_factory: Any, queue_depth: Callable[[], int]) -> None:
         self.registry.register(_StateCollector(session_factory, queue_depth))
 
-    def add_gauges(self, read: Callable[[], dict[str, tuple[str, float]]]) -> None:
-        """Values read at scrape time: name -> (help, value)."""
-        self.registry.register(_GaugeCollector(read))
+    def add_collector(self, collector: Collector) -> None:
+        """Values read at scrape time from a source every process shares (database, Redis)."""
+        self.registry.register(collector)
+
+    def add_gauges(self, read: GaugeRead, modes: dict[str, str] | None = None) -> None:
+        """This process's values, read as name -> (help, value). One process: read at scrape
+        time. Multiprocess: published to the shared files after every request (see `publish`),
+        combined across processes by `modes[name]` ("sum", "max", "mostrecent"...; default
+        "mostrecent")."""
+        if not self.multiprocess:
+            self.registry.register(_GaugeCollector(read))
+            return
+        gauges = {
+            name: Gauge(name, text, multiprocess_mode=(modes or {}).get(name, "mostrecent"))
+            for name, (text, _) in read().items()
+        }
+        self._published.append((read, gauges))
+
+    def publish(self) -> None:
+        for read, gauges in self._published:
+            try:
+                values = read()
+            except Exception:
+                log.exception("metrics: cannot read gauges")
+                continue
+            for name, (_, value) in values.items():
+                if name in gauges:
+                    gauges[name].set(value)
 
 
 class _GaugeCollector(Collector):
@@ -121,3 +162,5 @@ class MetricsMiddleware:
             method = scope.get("method", "")
             self.metrics.requests.labels(method, path, str(status_code)).inc()
             self.metrics.latency.labels(method, path).observe(time.perf_counter() - start)
+            # Before the next scrape of any process reads them.
+            self.metrics.publish()

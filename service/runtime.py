@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from service.core.config import Settings
 
@@ -33,6 +34,35 @@ class Runtime:
         return str(self.backend.model_id)
 
 
+class LoadProgress:
+    """How far loading has come, for /readyz and the log: the stage, and for the vocabulary cache
+    build (minutes for a large model on CPU) the words encoded so far."""
+
+    # Log a line at most this often while the vocabulary cache is built.
+    LOG_EVERY_S = 10.0
+
+    def __init__(self) -> None:
+        self.stage = "waiting"
+        self.done = 0
+        self.total = 0
+        self._logged_at = 0.0
+
+    def enter(self, stage: str) -> None:
+        self.stage, self.done, self.total = stage, 0, 0
+
+    def words(self, done: int, total: int) -> None:
+        self.stage, self.done, self.total = "vocabulary cache", done, total
+        now = time.monotonic()
+        if done == total or now - self._logged_at >= self.LOG_EVERY_S:
+            self._logged_at = now
+            log.info("building the vocabulary cache: %d/%d words encoded", done, total)
+
+    def as_dict(self) -> dict[str, Any]:
+        if self.total:
+            return {"stage": self.stage, "done": self.done, "total": self.total}
+        return {"stage": self.stage}
+
+
 class RuntimeHolder:
     """Loads the runtime at most once; records the failure so /readyz can say why."""
 
@@ -41,6 +71,7 @@ class RuntimeHolder:
         self._lock = threading.Lock()
         self._runtime: Runtime | None = None
         self.error: str | None = None
+        self.progress = LoadProgress()
 
     @property
     def loaded(self) -> Runtime | None:
@@ -52,19 +83,23 @@ class RuntimeHolder:
         with self._lock:
             if self._runtime is None:
                 try:
-                    self._runtime = load_runtime(self._settings)
+                    self._runtime = load_runtime(self._settings, self.progress)
                     self.error = None
                 except Exception as exc:
+                    self.progress.enter("failed")
                     self.error = f"{type(exc).__name__}: {exc}"
                     log.exception("loading the model failed")
                     raise
         return self._runtime
 
 
-def load_runtime(settings: Settings) -> Runtime:
+def load_runtime(settings: Settings, progress: LoadProgress | None = None) -> Runtime:
+    """The model and its vocabulary (from the cache in `settings.cache_dir`, built on a miss)."""
     from liteembed.backend import load_backend
     from liteembed.vocab import load_vocabulary
 
+    progress = progress or LoadProgress()
+    progress.enter("model")
     if settings.torch_threads is not None:
         import torch
 
@@ -79,7 +114,9 @@ def load_runtime(settings: Settings) -> Runtime:
         seed=settings.seed,
     )
     settings.cache_dir.mkdir(parents=True, exist_ok=True)
-    vocabulary = load_vocabulary(backend, settings.cache_dir)
+    progress.enter("vocabulary cache")
+    vocabulary = load_vocabulary(backend, settings.cache_dir, progress=progress.words)
     words = frozenset(w.casefold() for w in vocabulary.words)
+    progress.enter("ready")
     log.info("model %s ready (dim %d, %d words)", backend.model_id, backend.embed_dim, len(words))
     return Runtime(backend=backend, vocabulary=vocabulary, vocabulary_words=words)

@@ -18,6 +18,7 @@ from service.db import make_engine, make_session_factory
 from service.main import create_app
 from service.queue import Producer, make_producer
 from service.runtime import RuntimeHolder
+from service.worker_presence import Heartbeat
 from workers._broker import Consumer, declare_jobs
 from workers.actors import Trainer
 from workers.reconciler import Reconciler
@@ -112,11 +113,14 @@ def run_worker_process(settings: Settings) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    heartbeat = Heartbeat(settings)
     with running_worker(
         settings=settings, sessions=sessions, runtime=runtime, producer=producer, embedded=False
     ):
+        heartbeat.start()
         log.info("worker ready: model %s, queue %s", loaded.model_id, QUEUE_NAME)
         stop.wait()
         log.info("worker stopping (finishing the current job)")
+        heartbeat.stop()
     producer.close()
     return 0

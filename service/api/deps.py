@@ -22,6 +22,7 @@ from service.queue import Producer
 from service.runtime import Runtime, RuntimeHolder
 from service.scoring.batcher import ModelRunner
 from service.scoring.sync import ClassMatrixCache
+from service.worker_presence import WorkerPresence
 
 
 # The trivial dependencies are `async def` on purpose: FastAPI runs a plain `def` dependency
@@ -71,6 +72,11 @@ async def get_metrics(request: Request) -> Metrics:
     return request.app.state.metrics  # type: ignore[no-any-return]
 
 
+async def get_worker_presence(request: Request) -> WorkerPresence | None:
+    """Standalone workers' heartbeats (Redis mode); None with the embedded worker."""
+    return request.app.state.worker_presence  # type: ignore[no-any-return]
+
+
 async def get_background_checks(request: Request) -> dict[str, bool]:
     """Whether each background thread (embedded worker, reconciler) is alive."""
     return request.app.state.background_checks()  # type: ignore[no-any-return]
@@ -86,6 +92,7 @@ PreprocessPoolDep = Annotated[Executor, Depends(get_preprocess_pool)]
 ProducerDep = Annotated[Producer, Depends(get_producer)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 BackgroundChecksDep = Annotated[dict[str, bool], Depends(get_background_checks)]
+WorkerPresenceDep = Annotated[WorkerPresence | None, Depends(get_worker_presence)]
 
 
 class Role(IntEnum):

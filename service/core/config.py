@@ -68,6 +68,10 @@ class Settings(BaseSettings):
     # How long deleted classes stay in the removal log that API processes follow. A process whose
     # class matrix is older than the log rebuilds it in full (slow at 10^5 classes, but correct).
     removal_log_retention_seconds: float = Field(default=3600.0, gt=0)
+    # Standalone queue workers write a heartbeat to Redis this often; one silent for longer than
+    # WORKER_ABSENT_AFTER_SECONDS counts as gone (/readyz warns, /metrics, worker healthcheck).
+    worker_heartbeat_seconds: float = Field(default=10.0, gt=0)
+    worker_absent_after_seconds: float = Field(default=60.0, gt=0)
     broker_heartbeat_timeout_ms: int = 60_000
     broker_maintenance_chance: int = 1000
 
@@ -83,6 +87,12 @@ class Settings(BaseSettings):
     # Threads decoding and preprocessing /classify images before they reach the model thread.
     classify_preprocess_threads: int = Field(default=2, ge=1)
     log_level: str = "INFO"
+    # text: one line per record; json: one JSON object per line (time, level, logger, process,
+    # request_id, message). The same in every process, uvicorn's workers included.
+    log_format: Literal["text", "json"] = "text"
+    # Where `serve` keeps Prometheus' per-process metric files, so every API process reports the
+    # same totals; unset: a fresh temporary directory per `serve`, removed at exit.
+    metrics_dir: Path | None = None
 
     @field_validator("admin_keys", "client_keys", mode="before")
     @classmethod

@@ -16,6 +16,7 @@ from service.api.deps import (
     ProducerDep,
     RuntimeHolderDep,
     SessionDep,
+    WorkerPresenceDep,
 )
 
 router = APIRouter(tags=["health"])
@@ -43,6 +44,7 @@ def readyz(
     session: SessionDep,
     producer: ProducerDep,
     background: BackgroundChecksDep,
+    presence: WorkerPresenceDep,
 ) -> JSONResponse:
     checks: dict[str, Any] = {}
     problems: list[str] = []
@@ -51,8 +53,13 @@ def readyz(
         checks["model"] = runtime.loaded.model_id
     else:
         checks["model"] = False
-        reason = f": {runtime.error}" if runtime.error else ""
-        problems.append(f"model not loaded{reason}")
+        if runtime.error:
+            problems.append(f"model not loaded: {runtime.error}")
+        else:
+            loading = runtime.progress.as_dict()
+            checks["loading"] = loading
+            done = f" {loading['done']}/{loading['total']} words" if "total" in loading else ""
+            problems.append(f"model loading: {loading['stage']}{done}")
     try:
         session.execute(text("SELECT 1"))
         checks["database"] = True
@@ -65,17 +72,33 @@ def readyz(
     except Exception as exc:
         checks["broker"] = False
         problems.append(f"broker unreachable: {type(exc).__name__}")
+    warnings: list[str] = []
+    if presence is not None:
+        try:
+            seen = presence.read()
+            checks["workers"] = seen.alive
+            if not seen.alive:
+                last = "never" if seen.last_seen_s is None else f"{seen.last_seen_s:.0f} s ago"
+                warnings.append(
+                    f"no queue worker seen within {seen.absent_after_s:.0f} s (last: {last}); "
+                    "registered classes wait in the queue"
+                )
+        except Exception as exc:
+            checks["workers"] = None
+            warnings.append(f"worker heartbeats unreadable: {type(exc).__name__}")
     for name, alive in background.items():
         checks[name] = alive
         if not alive:
             problems.append(f"{name} is not running")
 
+    # Warnings leave the API ready: it classifies without workers, only training waits.
+    extra = {"warnings": warnings} if warnings else {}
     if problems:
         return JSONResponse(
-            {"status": "not ready", "detail": "; ".join(problems), "checks": checks},
+            {"status": "not ready", "detail": "; ".join(problems), "checks": checks, **extra},
             status_code=503,
         )
-    return JSONResponse({"status": "ready", "checks": checks})
+    return JSONResponse({"status": "ready", "checks": checks, **extra})
 
 
 @router.get(
