@@ -104,6 +104,9 @@ def serve_command(settings: Settings, host: str | None, port: int, workers: int)
             # Applied by uvicorn in each of its worker processes too.
             log_config=logging_config(settings.log_level, settings.log_format),
             log_level=settings.log_level.lower(),
+            # A starting process imports torch and the model code before it answers the
+            # supervisor's ping: uvicorn's 5 s default kills and restarts it on a busy machine.
+            timeout_worker_healthcheck=60,
         )
     return 0
 
