@@ -122,8 +122,9 @@ REBUILD_S=$(elapsed "$start")
 echo "rebuild: ${REBUILD_S}s (steps run again: $(grep -c -- '---> Running in' "$SMOKE_DIR/rebuild.log"))"
 SIZE=$(docker image inspect -f '{{.Size}}' "$IMAGE")
 echo "image size: $((SIZE / 1000000)) MB"
-docker history --format '{{.Size}}\t{{.CreatedBy}}' "$IMAGE" | awk -F'\t' \
-  '$1 !~ /^0B$/ { printf "  %8s  %s\n", $1, substr($2, 1, 90) }'
+docker history --no-trunc --format '{{.Size}}\t{{.CreatedBy}}' "$IMAGE" |
+  sed -E 's/\t\|[0-9]+ ([A-Z_]+=[^ ]* )+/\t/; s|/bin/sh -c (#\(nop\) )?||; s/(COPY )(dir|file|multi):[0-9a-f]+ /\1/' |
+  awk -F'\t' '$1 !~ /^0B$/ { printf "  %8s  %s\n", $1, substr($2, 1, 80) }'
 docker run --rm "$IMAGE" python -c \
   "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'available', torch.cuda.is_available())"
 
