@@ -16,12 +16,13 @@
 #   TORCH_INDEX        torch wheel index for the build. Default with stand-ins: PyPI (its torch
 #                      is the CUDA build, multi-GB); without: the Dockerfile's CPU index.
 #   SMOKE_DIR          work directory (default: a new one under /tmp)
+#   REPO               the repository to clone (default: the one holding this script)
 #   SMOKE_PORT         host port of the API (default 18000, bound to 127.0.0.1)
 #   KEEP=1             leave the compose stack running at the end
 # Needs: docker (daemon + CLI) with the compose v2 plugin, git, curl; debootstrap for stand-ins.
 set -euo pipefail
 
-REPO=$(git -C "$(dirname "$0")/.." rev-parse --show-toplevel)
+REPO=${REPO:-$(git -C "$(dirname "$0")/.." rev-parse --show-toplevel)}
 STAND_INS=${STAND_INS:-1}
 SMOKE_DIR=${SMOKE_DIR:-$(mktemp -d /tmp/liteembed-smoke.XXXXXX)}
 SMOKE_PORT=${SMOKE_PORT:-18000}
