@@ -20,7 +20,7 @@ import pytest
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
-CLI = [sys.executable, "-c", "from workers.cli import main; raise SystemExit(main())"]
+CLI = [sys.executable, "-c", "from cli.main import main; raise SystemExit(main())"]
 
 
 def free_port() -> int:

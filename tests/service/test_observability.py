@@ -80,7 +80,7 @@ def test_readyz_shows_the_vocabulary_cache_being_built(
     from fastapi.testclient import TestClient
 
     import service.runtime
-    from workers.embedded import create_app_with_worker
+    from workers import create_app_with_worker
 
     real_load = service.runtime.load_runtime
     halfway = threading.Event()
@@ -137,8 +137,8 @@ def test_worker_heartbeats_show_on_readyz_metrics_and_healthcheck(
     redis_server_url: str,
     redis_namespace: str,
 ) -> None:
+    from cli.main import healthcheck_command
     from service.worker_presence import Heartbeat, WorkerPresence
-    from workers.cli import healthcheck_command
 
     settings = make_settings(
         sqlite_url,
