@@ -21,14 +21,20 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 RUN python3 -m venv /opt/liteembed
 WORKDIR /app
 
-# Dependencies first, each in its own layer, from the pinned constraints: an edit of the source
-# rebuilds only the layers below them. torch comes from TORCH_INDEX (its version from the
-# constraints; the index's local build, +cpu or +cu130, sorts above the plain one).
+# Dependencies first, in their own layers: an edit of the source rebuilds only the layers below.
+# torch first, from TORCH_INDEX (whose local build, +cpu or +cu130, sorts above PyPI's plain
+# one), keyed on its version alone so that a change of another dependency does not download it
+# again. The versions are constraints.txt's pins; the next layer fails when they differ.
+ARG TORCH_VERSION=2.14.1
+ARG TORCHVISION_VERSION=0.29.1
+RUN pip install --extra-index-url "${TORCH_INDEX}" \
+        "torch==${TORCH_VERSION}" "torchvision==${TORCHVISION_VERSION}"
+# Every other dependency, pinned by constraints.txt.
 COPY constraints.txt pyproject.toml ./
-RUN pip install --extra-index-url "${TORCH_INDEX}" -c constraints.txt torch torchvision
 RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
         > /tmp/requirements.txt \
     && pip install -c constraints.txt -r /tmp/requirements.txt \
+        "torch==${TORCH_VERSION}" "torchvision==${TORCHVISION_VERSION}" \
     && rm /tmp/requirements.txt
 
 # The source, installed in place (editable: one copy of the code and the shipped checkpoint in the
