@@ -17,6 +17,9 @@ Real data (any open_clip model; one subfolder per class; --heldout picks the new
 
 LiteEmbed's settings come from the validation search (benchmarks/tune.py writes
 benchmarks/results/chosen_config.json); without that file the engine's defaults are used.
+
+Longer than the ~400-line module guide: the harness, its report and its command line are
+one reproducible unit.
 """
 
 from __future__ import annotations

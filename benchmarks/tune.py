@@ -19,6 +19,9 @@ The first run (2026-11-28) showed validation HM falling from 10 to 25 to 50 step
 budgets (100, 200) were dropped from the grid rather than paid for.
 
     python -m benchmarks.tune --out benchmarks/results
+
+Longer than the ~400-line module guide: the search's stages run in order on shared state,
+and reading them top to bottom is the point.
 """
 
 from __future__ import annotations

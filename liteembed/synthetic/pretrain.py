@@ -27,6 +27,9 @@ batch 128 in all. ``liteembed-mini-v2.pt`` continues it; its report records the 
 Output: ``{"state_dict": fp16 state dict, "vocabulary": caption words, "meta": {...}}`` and a
 ``<stem>.report.json`` with the recipe, steps, wall time, zero-shot accuracies and the
 tokenization of held-out names.
+
+Longer than the ~400-line module guide: the pretraining loop, its objective and the report
+that evaluates its checkpoint are one reproducible recipe.
 """
 
 from __future__ import annotations
