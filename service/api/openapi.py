@@ -36,12 +36,9 @@ def _one_validation_error(schema: dict[str, Any]) -> None:
     # FastAPI adds a 422 with its own body model to every route with parameters; the server
     # sends `ValidationErrorOut` (service/api/errors.py), so that is what every 422 declares.
     components = schema.setdefault("components", {}).setdefault("schemas", {})
-    for name, model_schema in ValidationErrorOut.model_json_schema(
-        ref_template=_REF.replace("{name}", "{model}")
-    ).get("$defs", {}).items():
-        components.setdefault(name, model_schema)
     body = ValidationErrorOut.model_json_schema(ref_template=_REF.replace("{name}", "{model}"))
-    body.pop("$defs", None)
+    for name, model_schema in body.pop("$defs", {}).items():
+        components.setdefault(name, model_schema)
     components.setdefault("ValidationErrorOut", body)
     ours = {"application/json": {"schema": {"$ref": _REF.format(name="ValidationErrorOut")}}}
     for operations in schema.get("paths", {}).values():

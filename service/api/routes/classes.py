@@ -122,16 +122,15 @@ def register_class(
     responses=responses(401, 403, 422, 503),
 )
 def list_classes(session: SessionDep, page: Annotated[ClassPage, Query()]) -> ClassList:
-    status_, limit, offset = page.status, page.limit, page.offset
     query = select(PersonalizedClass)
     count = select(func.count()).select_from(PersonalizedClass)
-    if status_ is not None:
-        query = query.where(PersonalizedClass.status == status_)
-        count = count.where(PersonalizedClass.status == status_)
+    if page.status is not None:
+        query = query.where(PersonalizedClass.status == page.status)
+        count = count.where(PersonalizedClass.status == page.status)
     rows = session.scalars(
         query.order_by(PersonalizedClass.created_at, PersonalizedClass.id)
-        .limit(limit)
-        .offset(offset)
+        .limit(page.limit)
+        .offset(page.offset)
     ).all()
     total = session.scalar(count) or 0
     return ClassList(items=[ClassOut.of(r, diagnostics=False) for r in rows], total=total)
