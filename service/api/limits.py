@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -30,29 +31,41 @@ class BodySizeLimit:
                     await self._reject(send)
                     return
         received = 0
+        exceeded = False
         started = False
 
         async def counting_receive() -> Message:
-            nonlocal received
+            nonlocal received, exceeded
+            if exceeded:
+                raise _TooLarge
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 # Chunked bodies declare no length: count what actually arrives.
                 if received > self.max_bytes:
+                    exceeded = True
                     raise _TooLarge
             return message
 
-        async def tracking_send(message: Message) -> None:
+        async def guarded_send(message: Message) -> None:
             nonlocal started
+            if exceeded:
+                # Whoever read the body may have caught the error and answered in its own words
+                # (the form parser turns any failure into a 400 "error parsing the body"): the
+                # client gets the 413 in place of that answer.
+                if message["type"] == "http.response.start" and not started:
+                    started = True
+                    await self._reject(send)
+                return
             if message["type"] == "http.response.start":
                 started = True
             await send(message)
 
-        try:
-            await self.app(scope, counting_receive, tracking_send)
-        except _TooLarge:
-            if not started:
-                await self._reject(send)
+        # The app may let the error through (then it never answered) or answer in its place.
+        with contextlib.suppress(_TooLarge):
+            await self.app(scope, counting_receive, guarded_send)
+        if exceeded and not started:
+            await self._reject(send)
 
     async def _reject(self, send: Send) -> None:
         body = json.dumps(
