@@ -20,8 +20,9 @@ import torch.nn.functional as F
 from liteembed.backend import ClipBackend
 from liteembed.config import OptimizationConfig
 from liteembed.errors import NoImagesError
+from liteembed.names import validate_name
 from liteembed.negatives import as_rgb
-from liteembed.optimize import ClassRequest, learn_classes, validate_name
+from liteembed.optimize import ClassRequest, learn_classes
 from liteembed.registry import register_method
 from liteembed.vocab import WORD_TEMPLATE, Vocabulary
 

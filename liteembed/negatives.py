@@ -20,6 +20,7 @@ from liteembed.backend import ClipBackend
 from liteembed.config import OptimizationConfig
 from liteembed.errors import NoImagesError
 from liteembed.images import decode_image, to_rgb
+from liteembed.names import hint_form, unknown_hints
 from liteembed.vocab import WORD_TEMPLATE, Vocabulary, words_in
 
 if TYPE_CHECKING:
@@ -59,7 +60,7 @@ def prepare(
 ) -> list[ClassProblem]:
     """One `ClassProblem` per request; `names` are the requests' validated names."""
     device = backend.device
-    hint_lists = [[" ".join(h.lower().split()) for h in r.hints if h.strip()] for r in requests]
+    hint_lists = [[hint_form(h) for h in r.hints if h.strip()] for r in requests]
     for hints in hint_lists:
         validate_hints(vocabulary, hints)
     all_views: list[Image.Image] = []
@@ -223,14 +224,11 @@ def _vector(value: torch.Tensor | Sequence[float]) -> torch.Tensor:
 
 
 def validate_hints(vocabulary: Vocabulary, hints: list[str]) -> None:
-    """Each hint must be a vocabulary word, or a phrase made only of vocabulary words
-    ("curved shape"): the anchor is only meaningful where the model has seen the words."""
-    for hint in hints:
-        if vocabulary.index(hint) is not None:
-            continue
-        parts = hint.split()
-        if len(parts) < 2 or any(vocabulary.index(part) is None for part in parts):
-            vocabulary.require_words([hint])  # raises UnknownHintError with the usual message
+    """Raises UnknownHintError for the first hint the model cannot anchor on (the rule is
+    `liteembed.names.unknown_hints`, shared with the service)."""
+    unknown = unknown_hints(hints, lambda word: vocabulary.index(word) is not None)
+    if unknown:
+        vocabulary.require_words(unknown[:1])  # raises UnknownHintError with the usual message
 
 
 def first_views(groups: list[int], device: torch.device) -> torch.Tensor:

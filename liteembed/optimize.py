@@ -20,7 +20,6 @@ Preparation and negative mining live in `liteembed.negatives`, the loss terms in
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,15 +30,15 @@ import torch.nn.functional as F
 
 from liteembed.backend import ClipBackend
 from liteembed.config import OptimizationConfig, recorded_defaults
-from liteembed.errors import InvalidNameError, OptimizationCancelled
+from liteembed.errors import OptimizationCancelled
 from liteembed.losses import LossInputs, class_loss
+from liteembed.names import validate_name
 from liteembed.negatives import ClassProblem, ImageInput, prepare
 from liteembed.scale import word_scale
 from liteembed.vocab import Vocabulary
 
 log = logging.getLogger(__name__)
 
-MAX_NAME_LENGTH = 100
 _ADAM_EPS = 1e-8
 _WARNED_MODELS: set[str] = set()
 
@@ -169,17 +168,6 @@ class _Batch:
         )
 
 
-def validate_name(name: str) -> str:
-    cleaned = " ".join(str(name).split())
-    if not cleaned or not re.search(r"[^\W_]", cleaned):
-        raise InvalidNameError(f"class name {name!r} is empty or has no letters or digits")
-    if len(cleaned) > MAX_NAME_LENGTH:
-        raise InvalidNameError(
-            f"class name is {len(cleaned)} characters; at most {MAX_NAME_LENGTH}"
-        )
-    return cleaned
-
-
 def learn_class(
     backend: ClipBackend,
     vocabulary: Vocabulary,
@@ -224,7 +212,7 @@ def learn_classes(
     if not requests:
         return []
     started = time.perf_counter()
-    names = [validate_name(r.name) for r in requests]
+    names = [validate_name(r.name, field="class name") for r in requests]
     problems = prepare(backend, vocabulary, requests, names, registered or {}, config, seed)
     scale = word_scale(backend, vocabulary)
     param = _parameterisation(vocabulary, config, backend.device, scale.norm_cap(config))

@@ -9,6 +9,7 @@ needs one transaction per row and commits each itself.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import uuid
@@ -74,7 +75,11 @@ def register_class(
     replace: bool,
 ) -> Registered:
     """Add a queued class with its images; with `replace`, a class of the same name goes in the
-    same transaction (its running job notices and stops). Raises `NameTaken` otherwise."""
+    same transaction (its running job notices and stops). Raises `NameTaken` otherwise.
+
+    Registrations of one name run one at a time, so concurrent replacements all succeed and the
+    last to commit wins (none is refused because another replaced the class it saw)."""
+    serialize_name(session=session, model_id=model_id, name_key=name_key)
     existing = session.scalars(
         select(PersonalizedClass).where(
             PersonalizedClass.model_id == model_id, PersonalizedClass.name_key == name_key
@@ -110,6 +115,21 @@ def register_class(
         session.rollback()
         raise NameTaken(name, None) from None
     return Registered(row=row, replaced_ready=replaced_ready)
+
+
+def serialize_name(*, session: Session, model_id: str, name_key: str) -> None:
+    """Hold, until the caller's transaction ends, the lock that orders writes of one name."""
+    if session.get_bind().dialect.name == "postgresql":
+        # A transaction-scoped advisory lock per (model, name): other names are not held up.
+        digest = hashlib.blake2b(f"{model_id}\0{name_key}".encode(), digest_size=8).digest()
+        session.execute(select(func.pg_advisory_xact_lock(int.from_bytes(digest, signed=True))))
+    else:
+        # SQLite has one writer at a time. Taking the write lock before the first read (a no-op
+        # write) makes that read see the last committed registration; a transaction that read
+        # first and wrote later would fail on its stale snapshot instead.
+        session.execute(
+            update(Generation).where(Generation.id == GENERATION_ROW).values(value=Generation.value)
+        )
 
 
 def remove_class(*, session: Session, row: PersonalizedClass) -> None:

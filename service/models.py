@@ -50,7 +50,8 @@ class Base(DeclarativeBase):
 class PersonalizedClass(Base):
     __tablename__ = "classes"
     __table_args__ = (
-        # Names are unique per model; name_key (NFC + casefold) makes "Tea" and "tea" collide.
+        # Names are unique per model; name_key (liteembed.names: NFKC + casefold) makes "Tea",
+        # "tea" and "ｔｅａ" collide.
         UniqueConstraint("model_id", "name_key", name="uq_classes_model_name"),
         Index("ix_classes_status", "status"),
         # Covers the class matrix's incremental update: the count of ready rows of a model and

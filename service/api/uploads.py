@@ -2,67 +2,38 @@
 
 from __future__ import annotations
 
-import unicodedata
 from dataclasses import dataclass
 
 from fastapi import HTTPException, UploadFile, status
 from PIL import Image
 
+from liteembed import names
+from liteembed.errors import InvalidNameError
 from service.core.config import Settings
 
 # Declared types we accept; anything else is refused before decoding. Clients that do not know
 # the type send octet-stream (curl does for unknown extensions), and the decoder decides.
 _ACCEPTED_TYPES = ("image/", "application/octet-stream")
 
-# Beyond letters, digits and marks (any script), a few separators common in names.
-_NAME_PUNCTUATION = frozenset(" -_'.&()+,/")
-
 
 def error(code: int, detail: str) -> HTTPException:
     return HTTPException(code, detail)
 
 
-def normalize_text(value: str) -> str:
-    return " ".join(unicodedata.normalize("NFC", value).split())
+def validate_name(raw: str, *, field: str = "name") -> str:
+    """The engine's name rule (liteembed.names), its refusal as a 422."""
+    try:
+        return names.validate_name(raw, field=field)
+    except InvalidNameError as exc:
+        raise error(422, str(exc)) from None
 
 
-def name_key(name: str) -> str:
-    return normalize_text(name).casefold()
-
-
-def validate_name(raw: str, settings: Settings, *, field: str = "name") -> str:
-    name = normalize_text(raw)
-    if not name:
-        raise error(422, f"{field} must not be empty")
-    if len(name) > settings.max_name_length:
-        raise error(422, f"{field} is longer than {settings.max_name_length} characters")
-    for ch in name:
-        category = unicodedata.category(ch)
-        if category[0] in "LNM" or ch in _NAME_PUNCTUATION:
-            continue
-        raise error(
-            422,
-            f"{field} {name!r} contains {ch!r}: "
-            "use letters, digits, spaces and - _ ' . & ( ) + , /",
-        )
-    if not any(unicodedata.category(ch)[0] in "LN" for ch in name):
-        raise error(422, f"{field} must contain a letter or a digit")
-    return name
-
-
-def validate_words(
-    values: list[str] | None, settings: Settings, *, field: str, limit: int
-) -> list[str]:
-    words: list[str] = []
-    seen: set[str] = set()
-    for raw in values or []:
-        word = validate_name(raw, settings, field=field)
-        if word.casefold() not in seen:
-            seen.add(word.casefold())
-            words.append(word)
-    if len(words) > limit:
-        raise error(422, f"at most {limit} {field} values are allowed")
-    return words
+def validate_words(values: list[str] | None, *, field: str, limit: int) -> list[str]:
+    """Labels, hints or confusers: each a name by the same rule, duplicates dropped."""
+    try:
+        return names.validate_words(values or [], field=field, limit=limit)
+    except InvalidNameError as exc:
+        raise error(422, str(exc)) from None
 
 
 @dataclass(frozen=True)

@@ -51,7 +51,6 @@ class Settings(BaseSettings):
     max_image_bytes: int = 10 * 1024 * 1024
     max_request_bytes: int = 64 * 1024 * 1024
     max_image_pixels: int = 36_000_000
-    max_name_length: int = 64
     max_hints: int = 16
     max_labels: int = 256
 

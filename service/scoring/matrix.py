@@ -106,7 +106,7 @@ class ClassMatrix:
     model_id: str
     matrix: np.ndarray  # (C, D) float32 or float16, C-contiguous, rows L2-normalised
     names: PackedStrings
-    keys: PackedStrings  # name_key of each class (NFC + casefold)
+    keys: PackedStrings  # name_key of each class (liteembed.names)
     ids: PackedStrings
     # name_key lookup without a dict: sorted 64-bit hashes and the row each came from.
     key_hashes: np.ndarray

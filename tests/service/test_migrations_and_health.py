@@ -17,7 +17,7 @@ def test_upgrade_head_matches_the_models(database_url: str) -> None:
     with engine.connect() as conn:
         context = MigrationContext.configure(conn, opts={"compare_type": True})
         assert compare_metadata(context, Base.metadata) == []
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0002"
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0003"
         counter = conn.execute(text("SELECT value, removals_floor FROM class_generation")).all()
         assert [tuple(row) for row in counter] == [(0, 0)]
     engine.dispose()
@@ -45,8 +45,27 @@ def test_upgrading_a_database_in_use_keeps_its_classes(tmp_path: Any) -> None:
                 " 'ready', 1.0, 1, '[]', '[]', '2026-11-01 00:00:00', '2026-11-01 00:00:00')"
             )
         )
+        # Two names that were distinct under the old key (NFC + casefold) and are one name
+        # under the new one (NFKC): the older keeps the key, the newer stays, keyed apart.
+        for class_id, name, key, day in (
+            ("c2", "ＡＢＣ１", "ａｂｃ１", "02"),
+            ("c3", "abc1", "abc1", "03"),
+        ):
+            conn.execute(
+                text(
+                    "INSERT INTO classes (id, name, name_key, model_id, status, progress,"
+                    " attempts, hints, confusers, created_at, updated_at) VALUES (:id, :name,"
+                    " :key, 'm', 'ready', 1.0, 1, '[]', '[]', :at, :at)"
+                ),
+                {"id": class_id, "name": name, "key": key, "at": f"2026-11-{day} 00:00:00"},
+            )
     engine.dispose()
     command.upgrade(config, "head")
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        keys = dict(conn.execute(text("SELECT id, name_key FROM classes")).all())
+    engine.dispose()
+    assert keys == {"c1": "tea", "c2": "abc1", "c3": "abc1 ~c3"}
     engine = make_engine(url)
     with session_scope(make_session_factory(engine)) as session:
         row = session.get(PersonalizedClass, "c1")
@@ -56,6 +75,12 @@ def test_upgrading_a_database_in_use_keeps_its_classes(tmp_path: Any) -> None:
         removal = session.query(ClassRemoval).one()
         assert (removal.class_id, removal.name_key, removal.generation) == ("c1", "tea", 42)
     engine.dispose()
+    command.downgrade(config, "0002")
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        keys = dict(conn.execute(text("SELECT id, name_key FROM classes")).all())
+    engine.dispose()
+    assert keys == {"c2": "ａｂｃ１", "c3": "abc1"}  # c1 was removed above
     command.downgrade(config, "0001")
 
 

@@ -9,6 +9,7 @@ from fastapi import APIRouter, File, Form, Query, Response, UploadFile, status
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select
 
+from liteembed.names import name_key, unknown_hints
 from service import crud
 from service.api.deps import (
     AdminDep,
@@ -21,7 +22,7 @@ from service.api.deps import (
 )
 from service.api.errors import responses
 from service.api.schemas import ClassList, ClassOut, EmbeddingOut
-from service.api.uploads import error, name_key, read_image, validate_name, validate_words
+from service.api.uploads import error, read_image, validate_name, validate_words
 from service.core.config import Settings
 from service.models import ClassImage, PersonalizedClass, Status
 
@@ -68,22 +69,18 @@ def register_class(
     replace: Annotated[bool, Form(description="replace a class of the same name")] = False,
 ) -> ClassOut:
     # Everything is checked before anything is written: a bad upload changes nothing.
-    clean_name = validate_name(name, settings)
+    clean_name = validate_name(name)
     if not images:
         raise error(422, "at least one image is required")
     if len(images) > settings.max_images:
         raise error(422, f"at most {settings.max_images} images are allowed, got {len(images)}")
-    clean_hints = validate_words(hints, settings, field="hints", limit=settings.max_hints)
-    # A hint may be a phrase; each of its words must be in the vocabulary (the engine's rule).
-    words = runtime.vocabulary_words
-    unknown = [h for h in clean_hints if any(w not in words for w in h.casefold().split())]
+    clean_hints = validate_words(hints, field="hints", limit=settings.max_hints)
+    unknown = unknown_hints(clean_hints, runtime.vocabulary_words.__contains__)
     if unknown:
         raise error(
             422, f"hints not in the model's vocabulary: {', '.join(unknown)} (use common words)"
         )
-    clean_confusers = validate_words(
-        confusers, settings, field="confusers", limit=settings.max_hints
-    )
+    clean_confusers = validate_words(confusers, field="confusers", limit=settings.max_hints)
     checked = [read_image(upload, settings, field="images") for upload in images]
 
     try:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 import numpy as np
 from fastapi import APIRouter, File, Form, UploadFile
 
+from liteembed.names import name_key
 from liteembed.vocab import WORD_TEMPLATE
 from service.api.deps import (
     ClassifierDep,
@@ -21,7 +22,7 @@ from service.api.deps import (
 )
 from service.api.errors import responses
 from service.api.schemas import ClassifyOut, Prediction
-from service.api.uploads import error, name_key, read_image, validate_words
+from service.api.uploads import error, read_image, validate_words
 from service.core.config import Settings
 from service.runtime import Runtime
 from service.scoring.batcher import MatrixMismatch
@@ -95,7 +96,7 @@ async def classify(
 ) -> ClassifyOut:
     # async, so the event loop does only the cheap parts: decoding goes to the preprocessing
     # pool and the model to the model-runner thread, which batches concurrent requests.
-    clean_labels = validate_words(labels, settings, field="labels", limit=settings.max_labels)
+    clean_labels = validate_words(labels, field="labels", limit=settings.max_labels)
     loop = asyncio.get_running_loop()
     with runner.incoming():
         pixels = await loop.run_in_executor(preprocess_pool, _pixels, image, settings, runtime)
