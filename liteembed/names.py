@@ -53,7 +53,9 @@ def validate_name(raw: str, *, field: str = "name", max_length: int = MAX_NAME_L
     if not any(unicodedata.category(ch)[0] in "LN" for ch in name):
         raise InvalidNameError(f"{field} must contain a letter or a digit")
     if len(name_key(name)) > MAX_KEY_LENGTH:
-        raise InvalidNameError(f"{field} is longer than {MAX_KEY_LENGTH} characters once normalised")
+        raise InvalidNameError(
+            f"{field} is longer than {MAX_KEY_LENGTH} characters once normalised"
+        )
     return name
 
 

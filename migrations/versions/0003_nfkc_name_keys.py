@@ -1,4 +1,4 @@
-"""Name keys fold Unicode compatibility forms (NFKC + casefold): "ＡＢＣ１" and "abc1" are one class.
+"""Name keys fold compatibility forms (NFKC + casefold): "ＡＢＣ１" and "abc1" are one class.
 
 Revision ID: 0003
 Revises: 0002
