@@ -20,7 +20,10 @@ def declare_jobs(producer: Producer, trainer: Trainer) -> None:
     settings: Settings = trainer.settings
 
     def train_class(class_id: str) -> None:
-        trainer.train_class(class_id)
+        # Classes handed back by a stopping worker are queued again in the database; sending
+        # their ids again gets them to another worker now, not at the reconciler's next resend.
+        for handed_back in trainer.train_class(class_id):
+            producer.try_send_train(handed_back)
 
     dramatiq.Actor(
         train_class,

@@ -25,9 +25,12 @@ from workers.reconciler import Reconciler
 
 log = logging.getLogger(__name__)
 
-# How long a stopping embedded worker waits for its job: the API process is shutting down and
-# the reconciler re-sends an unfinished job after a restart anyway.
+# How long a stopping worker waits for its job to hand its classes back (the optimisation stops
+# at its next step, so this is seconds). A job stuck elsewhere (a hung database call) is left
+# behind: its row's heartbeat goes stale and the reconciler re-sends it. The standalone bound
+# stays well inside compose's stop_grace_period (60 s), so a stop is never a SIGKILL.
 EMBEDDED_STOP_TIMEOUT_S = 10.0
+STANDALONE_STOP_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -50,7 +53,8 @@ def running_worker(
     Embedded, it shares the API's model, sessions and in-memory queue, which starts empty (so
     the reconciler's first pass re-sends every queued row). Standalone, it holds one message at
     a time (a prefetched one would wait behind the running job, unavailable to idle workers on
-    other GPUs) and lets the running job finish when stopped.
+    other GPUs). Either way, when the block ends the running job stops at its next optimisation
+    step and hands its classes back to the queue for another worker (or the next start).
     """
     trainer = Trainer(settings, sessions, runtime)
     declare_jobs(producer, trainer)
@@ -63,10 +67,9 @@ def running_worker(
     try:
         yield RunningWorker(consumer=consumer, reconciler=reconciler)
     finally:
+        trainer.stop_soon()
         reconciler.stop()
-        consumer.stop(
-            timeout_s=EMBEDDED_STOP_TIMEOUT_S if embedded else settings.job_time_limit_seconds
-        )
+        consumer.stop(timeout_s=EMBEDDED_STOP_TIMEOUT_S if embedded else STANDALONE_STOP_TIMEOUT_S)
 
 
 @contextmanager
@@ -95,8 +98,9 @@ def create_app_with_worker(settings: Settings | None = None) -> FastAPI:
 
 def run_worker_process(settings: Settings) -> int:
     """`liteembed worker`: one process, one thread, one copy of the model per GPU, loaded in
-    this process after start (never inherited through a fork). Stops on SIGINT or SIGTERM after
-    the running job."""
+    this process after start (never inherited through a fork). Stops within seconds on SIGINT
+    or SIGTERM, handing a running job's classes back to the queue; a second signal ends it at
+    once."""
     if settings.redis_url is None:
         log.error("liteembed worker needs LITEEMBED_REDIS_URL (without it, serve runs the worker)")
         return 2
@@ -111,8 +115,14 @@ def run_worker_process(settings: Settings) -> int:
         return 1
 
     stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        stop.set()
+        # The next one gets the default action: a second Ctrl-C does not wait for the stop.
+        signal.signal(signum, signal.SIG_DFL)
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, on_signal)
     heartbeat = Heartbeat(settings)
     with running_worker(
         settings=settings, sessions=sessions, runtime=runtime, producer=producer, embedded=False
@@ -120,7 +130,7 @@ def run_worker_process(settings: Settings) -> int:
         heartbeat.start()
         log.info("worker ready: model %s, queue %s", loaded.model_id, QUEUE_NAME)
         stop.wait()
-        log.info("worker stopping (finishing the current job)")
+        log.info("worker stopping (a running job goes back to the queue)")
         heartbeat.stop()
     producer.close()
     return 0

@@ -27,8 +27,20 @@ from service.runtime import Runtime, RuntimeHolder
 log = logging.getLogger(__name__)
 
 
+class WorkerStopping(Exception):
+    """The worker is stopping: the running optimisation ends at its next step."""
+
+
+# What a handed-back row remembers (shown as its `error` until it is trained).
+STOPPED_REASON = "the worker stopped mid-training; queued again"
+
+
 class Trainer:
-    """Everything a job needs, built once per worker process; the model loads on first use."""
+    """Everything a job needs, built once per worker process; the model loads on first use.
+
+    `stop_soon()` (the worker is stopping) ends the running optimisation at its next step and
+    hands its classes back to the queue instead of letting a long run hold the process.
+    """
 
     def __init__(
         self,
@@ -39,13 +51,26 @@ class Trainer:
         self.settings = settings
         self.sessions = session_factory
         self.runtime = runtime
+        self._stopping = threading.Event()
+
+    def stop_soon(self) -> None:
+        self._stopping.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
 
     # --- the job -------------------------------------------------------------------------------
 
-    def train_class(self, class_id: str) -> None:
+    def train_class(self, class_id: str) -> list[str]:
+        """Train `class_id` (and queued companions). Returns the ids handed back to the queue
+        because the worker is stopping: their rows are queued again, and their messages must
+        be sent again for another worker."""
+        if self.stopping:
+            return [class_id]
         lease = self._claim(class_id)
         if lease is None:
-            return
+            return []
         leases = {class_id: lease}
         heartbeat: _Heartbeat | None = None
         try:
@@ -56,6 +81,11 @@ class Trainer:
             heartbeat = _Heartbeat(self, leases)
             heartbeat.start()
             self._run_batch(leases, heartbeat)
+        except WorkerStopping:
+            log.info("classes %s: handed back to the queue (the worker is stopping)", list(leases))
+            for held_id, held_lease in leases.items():
+                self._release(held_id, held_lease, STOPPED_REASON)
+            return list(leases)
         except BaseException as exc:
             # Infrastructure trouble (DB, model load, time limit): hand the rows back so a retry
             # or the reconciler can claim them at once, remembering why for the final message.
@@ -65,6 +95,7 @@ class Trainer:
         finally:
             if heartbeat is not None:
                 heartbeat.stop()
+        return []
 
     def _claim_companions(self, class_id: str, leases: dict[str, str]) -> None:
         """Claim up to `train_batch_max - 1` other queued rows of the same model.
@@ -147,6 +178,8 @@ class Trainer:
                 runtime.backend, runtime.vocabulary, [requests[i] for i in ids], **common
             )
         except OptimizationCancelled:
+            if self.stopping:
+                raise WorkerStopping() from None
             log.info("classes %s: training abandoned (deleted, replaced or taken over)", ids)
             return
         except LiteEmbedError as exc:
@@ -168,6 +201,8 @@ class Trainer:
                         **common,
                     )
                 except OptimizationCancelled:
+                    if self.stopping:
+                        raise WorkerStopping() from None
                     if heartbeat.all_lost():
                         return
                     continue
@@ -279,7 +314,7 @@ class _Heartbeat:
     def on_progress(self, event: Any) -> bool:
         total = max(int(getattr(event, "total", 0) or 0), 1)
         self._progress = min(max(float(event.step) / total, 0.0), 0.99)
-        return self._cancelled.is_set()
+        return self._cancelled.is_set() or self._trainer.stopping
 
     def _run(self) -> None:
         while not self._stop.wait(self._trainer.settings.heartbeat_seconds):
