@@ -7,8 +7,10 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute
+from pydantic import BaseModel
 
 from service.api.errors import ValidationErrorOut
+from service.api.schemas import REQUEST_BODIES
 
 _REF = "#/components/schemas/{name}"
 
@@ -16,6 +18,46 @@ _REF = "#/components/schemas/{name}"
 def operation_id(route: APIRoute) -> str:
     """Short, stable operation ids: the route function's name (`register_class`, `classify`)."""
     return route.name
+
+
+def request_body(model: type[BaseModel], media_type: str) -> dict[str, Any]:
+    """`openapi_extra` declaring a body that the route reads itself (service/api/bodies.py).
+
+    One media type per operation: openapi-python-client 0.29 generates code that does not
+    import what it uses for an operation with several, so a JSON body is its own operation.
+    """
+    title = model.model_config.get("title") or model.__name__
+    if model not in REQUEST_BODIES:
+        raise ValueError(f"{title} is not in schemas.REQUEST_BODIES, so it would not be declared")
+    content = {media_type: {"schema": {"$ref": _REF.format(name=title)}}}
+    return {"requestBody": {"required": True, "content": content}}
+
+
+def _request_bodies(schema: dict[str, Any]) -> None:
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    for model in REQUEST_BODIES:
+        body = model.model_json_schema(ref_template=_REF.replace("{name}", "{model}"))
+        for name, model_schema in body.pop("$defs", {}).items():
+            components.setdefault(name, model_schema)
+        _not_nullable(body)
+        components[body["title"]] = body
+
+
+def _not_nullable(node: Any) -> None:
+    # An optional body field is left out, never null: `anyOf: [X, null]` becomes X, so
+    # generators type it `X | Unset` and fuzzers send no nulls a form cannot carry.
+    if isinstance(node, dict):
+        options = node.get("anyOf")
+        if isinstance(options, list) and {"type": "null"} in options and len(options) == 2:
+            node.pop("anyOf")
+            node.update(next(o for o in options if o != {"type": "null"}))
+            if node.get("default", 0) is None:
+                node.pop("default")
+        for value in node.values():
+            _not_nullable(value)
+    elif isinstance(node, list):
+        for value in node:
+            _not_nullable(value)
 
 
 def _binary_file_fields(node: Any) -> None:
@@ -60,6 +102,7 @@ def install(app: FastAPI) -> None:
                 description=app.description,
                 routes=app.routes,
             )
+            _request_bodies(schema)
             _binary_file_fields(schema)
             _one_validation_error(schema)
             app.openapi_schema = schema

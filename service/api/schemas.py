@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
 from service.models import PersonalizedClass, as_utc
 
@@ -78,3 +78,108 @@ class Prediction(BaseModel):
 class ClassifyOut(BaseModel):
     model: str
     predictions: list[Prediction]
+
+
+class ImagePredictions(BaseModel):
+    predictions: list[Prediction]
+
+
+class ClassifyBatchOut(BaseModel):
+    """The answer to `images`: one prediction list per image, in the order sent."""
+
+    model: str
+    results: list[ImagePredictions]
+
+
+class EmbeddingsOut(BaseModel):
+    model: str
+    dim: int
+    images: list[list[float]] = Field(description="one L2-normalised feature per image, in order")
+    texts: list[list[float]] = Field(description="one L2-normalised feature per text, in order")
+
+
+# --- request bodies ---------------------------------------------------------------------------
+# The routes read their bodies themselves (service/api/bodies.py), as multipart or JSON; these
+# models are what the OpenAPI document declares for each (service/api/openapi.py adds them) and
+# validate the fields that are not images.
+
+# A multipart file part, typed the way client generators read as a file upload.
+Upload = Annotated[bytes, WithJsonSchema({"type": "string", "format": "binary"})]
+# An image inside a JSON body: its bytes, base64-encoded (standard alphabet, padded; a
+# `data:image/...;base64,` prefix is allowed). URLs are refused: the service fetches nothing.
+Base64Image = Annotated[
+    str,
+    WithJsonSchema(
+        {
+            "type": "string",
+            "contentEncoding": "base64",
+            "description": "the image file's bytes, base64-encoded (no URLs)",
+        }
+    ),
+]
+
+
+class RegisterFields(BaseModel):
+    name: str = Field(description="the class name (unique per model)")
+    hints: list[str] | None = Field(None, description="coarse category words")
+    confusers: list[str] | None = Field(None, description="look-alike classes")
+    replace: bool = Field(False, description="replace a class of the same name")
+
+
+class BodyRegisterClass(RegisterFields):
+    model_config = ConfigDict(title="Body_register_class")
+    images: list[Upload] = Field(description="1..MAX_IMAGES example images")
+
+
+class RegisterClassJson(RegisterFields):
+    model_config = ConfigDict(title="RegisterClassJson", extra="forbid")
+    images: list[Base64Image] = Field(description="1..MAX_IMAGES example images, base64")
+
+
+class ClassifyFields(BaseModel):
+    labels: list[str] | None = Field(
+        None, description="candidate labels: registered class names or plain words"
+    )
+    top_k: int = Field(5, ge=1, le=1000)
+
+
+class BodyClassify(ClassifyFields):
+    model_config = ConfigDict(title="Body_classify")
+    image: Upload | None = Field(None, description="one image; the answer is `ClassifyOut`")
+    images: list[Upload] | None = Field(
+        None,
+        description="1..MAX_CLASSIFY_IMAGES images (instead of `image`); the answer is "
+        "`ClassifyBatchOut`, one prediction list per image in order",
+    )
+
+
+class ClassifyJson(ClassifyFields):
+    model_config = ConfigDict(title="ClassifyJson", extra="forbid")
+    image: Base64Image | None = Field(None, description="one image; the answer is `ClassifyOut`")
+    images: list[Base64Image] | None = Field(
+        None,
+        description="1..MAX_CLASSIFY_IMAGES images (instead of `image`); the answer is "
+        "`ClassifyBatchOut`",
+    )
+
+
+class EmbeddingsJson(BaseModel):
+    model_config = ConfigDict(title="EmbeddingsJson", extra="forbid")
+    images: list[Base64Image] = Field(
+        default_factory=list, description="0..MAX_CLASSIFY_IMAGES images, base64"
+    )
+    texts: list[str] = Field(
+        default_factory=list,
+        description="0..MAX_LABELS texts; `{name}` puts the learned word of the registered "
+        "class `name` into the prompt, `{{` and `}}` are literal braces",
+    )
+
+
+# Every request body the document declares, as components named by their titles.
+REQUEST_BODIES: tuple[type[BaseModel], ...] = (
+    BodyRegisterClass,
+    RegisterClassJson,
+    BodyClassify,
+    ClassifyJson,
+    EmbeddingsJson,
+)

@@ -43,18 +43,25 @@ class CheckedImage:
 
 
 def read_image(upload: UploadFile, settings: Settings, *, field: str) -> CheckedImage:
+    label = f"{field} {upload.filename!r}" if upload.filename else field
+    check_declared_type(upload.content_type, label)
+    upload.file.seek(0)
+    data = upload.file.read(settings.max_image_bytes + 1)
+    return check_image_bytes(data, settings, label=label)
+
+
+def check_declared_type(declared: str | None, label: str) -> None:
+    """415 for a declared type that is not an image (none declared: the decoder decides)."""
+    kind = (declared or "").lower()
+    if kind and not kind.startswith(_ACCEPTED_TYPES):
+        raise error(status.HTTP_415_UNSUPPORTED_MEDIA_TYPE, f"{label}: {kind} is not an image type")
+
+
+def check_image_bytes(data: bytes, settings: Settings, *, label: str) -> CheckedImage:
+    """The checks every image gets, however it arrived (multipart part or base64 in JSON)."""
     from liteembed.errors import ImageTooLargeError, UnsupportedImageTypeError
     from liteembed.images import decode_image
 
-    label = f"{field} {upload.filename!r}" if upload.filename else field
-    declared = (upload.content_type or "").lower()
-    if declared and not declared.startswith(_ACCEPTED_TYPES):
-        raise error(
-            status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
-            f"{label}: {declared} is not an image type",
-        )
-    upload.file.seek(0)
-    data = upload.file.read(settings.max_image_bytes + 1)
     if len(data) > settings.max_image_bytes:
         raise error(
             status.HTTP_413_CONTENT_TOO_LARGE,

@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     max_image_pixels: int = 36_000_000
     max_hints: int = 16
     max_labels: int = 256
+    # Images one /v1/classify or /v1/embeddings call may carry; each goes through the
+    # micro-batcher, so a full call is one or two model batches.
+    max_classify_images: int = Field(default=32, ge=1)
 
     # Jobs.
     # A worker trains up to this many queued classes of its model together, in one batch.

@@ -5,12 +5,13 @@ from __future__ import annotations
 import io
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, File, Form, Query, Response, UploadFile, status
+from fastapi import APIRouter, Query, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select
 
 from liteembed.names import name_key, unknown_hints
 from service import crud
+from service.api.bodies import RegisterBodyDep, load_image
 from service.api.deps import (
     AdminDep,
     ClassifierDep,
@@ -21,8 +22,15 @@ from service.api.deps import (
     SettingsDep,
 )
 from service.api.errors import responses
-from service.api.schemas import ClassList, ClassOut, EmbeddingOut
-from service.api.uploads import error, read_image, validate_name, validate_words
+from service.api.openapi import request_body
+from service.api.schemas import (
+    BodyRegisterClass,
+    ClassList,
+    ClassOut,
+    EmbeddingOut,
+    RegisterClassJson,
+)
+from service.api.uploads import error, validate_name, validate_words
 from service.core.config import Settings
 from service.models import ClassImage, PersonalizedClass, Status
 
@@ -53,7 +61,10 @@ class ThumbnailSize(BaseModel):
     response_model=ClassOut,
     dependencies=[ClientDep],
     summary="Register a class from a few images; training runs on a worker",
+    description="Multipart. The same body as JSON (base64 images) is `register_class_json`; "
+    "this path accepts it too.",
     responses=responses(400, 401, 403, 409, 413, 415, 422, 503),
+    openapi_extra=request_body(BodyRegisterClass, "multipart/form-data"),
 )
 def register_class(
     response: Response,
@@ -62,26 +73,20 @@ def register_class(
     runtime: RuntimeDep,
     classifier: ClassifierDep,
     producer: ProducerDep,
-    name: Annotated[str, Form(description="the class name (unique per model)")],
-    images: Annotated[list[UploadFile], File(description="1..MAX_IMAGES example images")],
-    hints: Annotated[list[str] | None, Form(description="coarse category words")] = None,
-    confusers: Annotated[list[str] | None, Form(description="look-alike classes")] = None,
-    replace: Annotated[bool, Form(description="replace a class of the same name")] = False,
+    body: RegisterBodyDep,
 ) -> ClassOut:
     # Everything is checked before anything is written: a bad upload changes nothing.
-    clean_name = validate_name(name)
-    if not images:
-        raise error(422, "at least one image is required")
-    if len(images) > settings.max_images:
-        raise error(422, f"at most {settings.max_images} images are allowed, got {len(images)}")
-    clean_hints = validate_words(hints, field="hints", limit=settings.max_hints)
+    fields = body.fields
+    clean_name = validate_name(fields.name)
+    clean_hints = validate_words(fields.hints, field="hints", limit=settings.max_hints)
     unknown = unknown_hints(clean_hints, runtime.vocabulary_words.__contains__)
     if unknown:
         raise error(
             422, f"hints not in the model's vocabulary: {', '.join(unknown)} (use common words)"
         )
-    clean_confusers = validate_words(confusers, field="confusers", limit=settings.max_hints)
-    checked = [read_image(upload, settings, field="images") for upload in images]
+    clean_confusers = validate_words(fields.confusers, field="confusers", limit=settings.max_hints)
+    checked = [load_image(image, settings) for image in body.images]
+    replace = fields.replace
 
     try:
         registered = crud.register_class(
@@ -109,6 +114,27 @@ def register_class(
     producer.try_send_train(row.id)
     response.headers["Location"] = f"/v1/classes/{row.id}"
     return ClassOut.of(row)
+
+
+@router.post(
+    ":json",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=ClassOut,
+    dependencies=[ClientDep],
+    summary="`register_class` with a JSON body: images base64-encoded",
+    responses=responses(400, 401, 403, 409, 413, 415, 422, 503),
+    openapi_extra=request_body(RegisterClassJson, "application/json"),
+)
+def register_class_json(
+    response: Response,
+    settings: SettingsDep,
+    session: SessionDep,
+    runtime: RuntimeDep,
+    classifier: ClassifierDep,
+    producer: ProducerDep,
+    body: RegisterBodyDep,
+) -> ClassOut:
+    return register_class(response, settings, session, runtime, classifier, producer, body)
 
 
 @router.get(

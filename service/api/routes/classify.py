@@ -1,17 +1,18 @@
-"""Classify one image against the personalized classes and/or given labels."""
+"""Classify images (one, or a batch) against the personalized classes and/or given labels."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Annotated
+from collections.abc import Callable
 
 import numpy as np
-from fastapi import APIRouter, File, Form, UploadFile
+from fastapi import APIRouter
 
 from liteembed.names import name_key
 from liteembed.vocab import WORD_TEMPLATE
+from service.api.bodies import ClassifyBodyDep
 from service.api.deps import (
     ClassifierDep,
     ClientDep,
@@ -20,16 +21,22 @@ from service.api.deps import (
     RuntimeDep,
     SettingsDep,
 )
+from service.api.encoding import encode_images
 from service.api.errors import responses
-from service.api.schemas import ClassifyOut, Prediction
-from service.api.uploads import error, read_image, validate_words
-from service.core.config import Settings
+from service.api.openapi import request_body
+from service.api.schemas import (
+    BodyClassify,
+    ClassifyBatchOut,
+    ClassifyJson,
+    ClassifyOut,
+    ImagePredictions,
+    Prediction,
+)
+from service.api.uploads import error, validate_words
 from service.runtime import Runtime
-from service.scoring.batcher import MatrixMismatch
+from service.scoring.batcher import Encoded, ModelRunner
 from service.scoring.scorer import top_k_softmax
-
-if TYPE_CHECKING:
-    import torch
+from service.scoring.sync import ClassMatrixCache
 
 router = APIRouter(tags=["classify"])
 
@@ -68,18 +75,15 @@ class TextFeatureCache:
 _text_features = TextFeatureCache()
 
 
-def _pixels(image: UploadFile, settings: Settings, runtime: Runtime) -> torch.Tensor:
-    """Read, check, decode and preprocess the upload (on the preprocessing pool)."""
-    checked = read_image(image, settings, field="image")
-    return runtime.backend.preprocess_images([checked.image])  # type: ignore[no-any-return]
-
-
 @router.post(
     "/v1/classify",
-    response_model=ClassifyOut,
+    response_model=ClassifyOut | ClassifyBatchOut,
     dependencies=[ClientDep],
-    summary="Score one image against the personalized classes or the given labels",
+    summary="Score one image, or several, against the personalized classes or the given labels",
+    description="Multipart. The same body as JSON (base64 images) is `classify_json`; this path "
+    "accepts it too.",
     responses=responses(400, 401, 403, 413, 415, 422, 503),
+    openapi_extra=request_body(BodyClassify, "multipart/form-data"),
 )
 async def classify(
     settings: SettingsDep,
@@ -87,40 +91,71 @@ async def classify(
     classifier: ClassifierDep,
     runner: ModelRunnerDep,
     preprocess_pool: PreprocessPoolDep,
-    image: Annotated[UploadFile, File(description="the image to classify")],
-    labels: Annotated[
-        list[str] | None,
-        Form(description="candidate labels: registered class names or plain words"),
-    ] = None,
-    top_k: Annotated[int, Form(ge=1, le=1000)] = 5,
-) -> ClassifyOut:
+    body: ClassifyBodyDep,
+) -> ClassifyOut | ClassifyBatchOut:
     # async, so the event loop does only the cheap parts: decoding goes to the preprocessing
     # pool and the model to the model-runner thread, which batches concurrent requests.
+    labels, top_k = body.fields.labels, body.fields.top_k
     clean_labels = validate_words(labels, field="labels", limit=settings.max_labels)
-    loop = asyncio.get_running_loop()
-    with runner.incoming():
-        pixels = await loop.run_in_executor(preprocess_pool, _pixels, image, settings, runtime)
-        future = runner.encode(pixels, top_k=None if clean_labels else top_k)
-    try:
-        encoded = await asyncio.wrap_future(future)
-    except MatrixMismatch:
-        raise error(
-            503, "the class matrix does not match the loaded model; try again shortly"
-        ) from None
+    encoded = await encode_images(
+        body.images,
+        top_k=None if clean_labels else top_k,
+        settings=settings,
+        runtime=runtime,
+        runner=runner,
+        pool=preprocess_pool,
+    )
+    if clean_labels:
+        score = await _label_scorer(clean_labels, top_k, runtime, classifier, runner)
+        ranked = [score(one) for one in encoded]
+    else:
+        ranked = [_class_predictions(one) for one in encoded]
+    if not body.batch:
+        return ClassifyOut(model=runtime.model_id, predictions=ranked[0])
+    return ClassifyBatchOut(
+        model=runtime.model_id,
+        results=[ImagePredictions(predictions=predictions) for predictions in ranked],
+    )
 
-    if not clean_labels:
-        snapshot = encoded.snapshot
-        assert snapshot is not None and encoded.indices is not None and encoded.scores is not None
-        return ClassifyOut(
-            model=runtime.model_id,
-            predictions=[
-                Prediction(
-                    label=snapshot.names[int(i)], score=float(p), class_id=snapshot.ids[int(i)]
-                )
-                for i, p in zip(encoded.indices, encoded.scores, strict=True)
-            ],
-        )
 
+@router.post(
+    "/v1/classify:json",
+    response_model=ClassifyOut | ClassifyBatchOut,
+    dependencies=[ClientDep],
+    summary="`classify` with a JSON body: images base64-encoded",
+    responses=responses(400, 401, 403, 413, 415, 422, 503),
+    openapi_extra=request_body(ClassifyJson, "application/json"),
+)
+async def classify_json(
+    settings: SettingsDep,
+    runtime: RuntimeDep,
+    classifier: ClassifierDep,
+    runner: ModelRunnerDep,
+    preprocess_pool: PreprocessPoolDep,
+    body: ClassifyBodyDep,
+) -> ClassifyOut | ClassifyBatchOut:
+    return await classify(settings, runtime, classifier, runner, preprocess_pool, body)
+
+
+def _class_predictions(encoded: Encoded) -> list[Prediction]:
+    """The top classes of the class matrix, as the runner scored them."""
+    snapshot = encoded.snapshot
+    assert snapshot is not None and encoded.indices is not None and encoded.scores is not None
+    return [
+        Prediction(label=snapshot.names[int(i)], score=float(p), class_id=snapshot.ids[int(i)])
+        for i, p in zip(encoded.indices, encoded.scores, strict=True)
+    ]
+
+
+async def _label_scorer(
+    clean_labels: list[str],
+    top_k: int,
+    runtime: Runtime,
+    classifier: ClassMatrixCache,
+    runner: ModelRunner,
+) -> Callable[[Encoded], list[Prediction]]:
+    """Ranks an image among `clean_labels`: a registered class by its learned feature (and id),
+    any other word by CLIP's own; the label matrix is built once for all the request's images."""
     snapshot = classifier.snapshot(runtime.model_id, int(runtime.backend.embed_dim))
     vectors: list[np.ndarray | None] = []
     class_ids: list[str | None] = []
@@ -146,15 +181,15 @@ async def classify(
         plain_features |= _text_features.add(runtime.model_id, missing, features)
     rows = zip(vectors, clean_labels, strict=True)
     matrix = np.stack([v if v is not None else plain_features[label] for v, label in rows])
-    if matrix.shape[1] != encoded.feature.shape[0]:
-        raise error(503, "the class matrix does not match the loaded model; try again shortly")
-    indices, scores = top_k_softmax(
-        matrix @ encoded.feature, float(runtime.backend.logit_scale), top_k
-    )
-    return ClassifyOut(
-        model=runtime.model_id,
-        predictions=[
+    scale = float(runtime.backend.logit_scale)
+
+    def score(encoded: Encoded) -> list[Prediction]:
+        if matrix.shape[1] != encoded.feature.shape[0]:
+            raise error(503, "the class matrix does not match the loaded model; try again shortly")
+        indices, scores = top_k_softmax(matrix @ encoded.feature, scale, top_k)
+        return [
             Prediction(label=clean_labels[int(i)], score=float(p), class_id=class_ids[int(i)])
             for i, p in zip(indices, scores, strict=True)
-        ],
-    )
+        ]
+
+    return score

@@ -1,0 +1,271 @@
+"""Request bodies read by hand, as multipart or JSON, into one shape per operation.
+
+The routes that take images accept `multipart/form-data` (files) and `application/json` (base64
+strings), chosen by the request's Content-Type. FastAPI's own body parameters can express only
+one of them, so these dependencies parse the body and validate the non-image fields with the
+models in `service/api/schemas.py`; an invalid field is the same 422 FastAPI would send. Images
+are checked later, by `load_image`, with the same rules and limits whichever way they came.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Annotated, Any, TypeVar
+
+from fastapi import Depends, Request, status
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ValidationError
+from starlette.datastructures import FormData, UploadFile
+
+from service.api.deps import SettingsDep
+from service.api.schemas import (
+    ClassifyFields,
+    ClassifyJson,
+    EmbeddingsJson,
+    RegisterClassJson,
+    RegisterFields,
+)
+from service.api.uploads import (
+    CheckedImage,
+    check_declared_type,
+    check_image_bytes,
+    error,
+    read_image,
+)
+from service.core.config import Settings
+
+M = TypeVar("M", bound=BaseModel)
+
+# `data:image/png;base64,` before the base64 text, as browsers' FileReader writes it.
+_DATA_URL = re.compile(r"^data:([\w.+-]+/[\w.+-]+)?(;[\w-]+=[\w.-]+)*;base64,", re.ASCII)
+# Anything that names a resource instead of carrying bytes: the service never fetches.
+_URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://|^www\.", re.ASCII)
+_FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
+URL_REFUSED = "image URLs are not fetched; send the image's bytes (multipart, or base64 in JSON)"
+
+
+@dataclass(frozen=True)
+class ImageInput:
+    """One image as sent: a multipart upload, or base64 text from a JSON body."""
+
+    field: str  # where it was: `images[2]`
+    upload: UploadFile | None = None
+    text: str | None = None
+
+
+def load_image(source: ImageInput, settings: Settings) -> CheckedImage:
+    """Check and decode one image (CPU work: run it off the event loop)."""
+    if source.upload is not None:
+        return read_image(source.upload, settings, field=source.field)  # type: ignore[arg-type]
+    assert source.text is not None
+    text, declared = source.text, None
+    if (prefix := _DATA_URL.match(text)) is not None:
+        text, declared = text[prefix.end() :], prefix.group(1)
+    check_declared_type(declared, source.field)
+    # The size is known from the text's length: a too-large image is refused before decoding.
+    if decoded_length(text) > settings.max_image_bytes:
+        raise error(
+            status.HTTP_413_CONTENT_TOO_LARGE,
+            f"{source.field} is larger than {settings.max_image_bytes} bytes",
+        )
+    try:
+        data = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise error(422, f"{source.field} is not valid base64") from None
+    return check_image_bytes(data, settings, label=source.field)
+
+
+def decoded_length(text: str) -> int:
+    """Bytes that base64 `text` decodes to (an upper bound when it is malformed)."""
+    padding = len(text) - len(text.rstrip("="))
+    return max(0, len(text) * 3 // 4 - min(padding, 2))
+
+
+@dataclass(frozen=True)
+class RegisterBody:
+    fields: RegisterFields
+    images: list[ImageInput]
+
+
+@dataclass(frozen=True)
+class ClassifyBody:
+    fields: ClassifyFields
+    images: list[ImageInput]
+    batch: bool  # sent as `images` (a list answered per image) rather than one `image`
+
+
+@dataclass(frozen=True)
+class EmbeddingsBody:
+    images: list[ImageInput]
+    texts: list[str]
+
+
+async def register_body(request: Request, settings: SettingsDep) -> AsyncIterator[RegisterBody]:
+    async with _Parsed(request) as (form, document):
+        if form is not None:
+            fields = _validate(RegisterFields, _text_fields(form, RegisterFields))
+            images = _files(form, "images")
+        else:
+            parsed = _validate(RegisterClassJson, document)
+            fields = RegisterFields.model_validate(parsed.model_dump(exclude={"images"}))
+            images = _texts("images", parsed.images)
+        if not images:
+            _invalid("images", "at least one image is required", "missing")
+        if len(images) > settings.max_images:
+            raise error(422, f"at most {settings.max_images} images are allowed, got {len(images)}")
+        yield RegisterBody(fields, images)
+
+
+async def classify_body(request: Request, settings: SettingsDep) -> AsyncIterator[ClassifyBody]:
+    async with _Parsed(request) as (form, document):
+        if form is not None:
+            fields = _validate(ClassifyFields, _text_fields(form, ClassifyFields))
+            single, many = _files(form, "image"), _files(form, "images")
+            if len(single) > 1:
+                raise error(
+                    422,
+                    f"image was sent {len(single)} times; send one `image`, or several "
+                    f"`images` (at most {settings.max_classify_images})",
+                )
+        else:
+            parsed = _validate(ClassifyJson, document)
+            fields = ClassifyFields.model_validate(parsed.model_dump(exclude={"image", "images"}))
+            single = _texts("image", [parsed.image] if parsed.image is not None else [])
+            many = _texts("images", parsed.images or [])
+        if single and many:
+            raise error(422, "send either `image` or `images`, not both")
+        if not single and not many:
+            _invalid("image", "Field required (or send `images`)", "missing")
+        if len(many) > settings.max_classify_images:
+            raise error(
+                422,
+                f"at most {settings.max_classify_images} images are allowed, got {len(many)}",
+            )
+        yield ClassifyBody(fields, single or many, batch=bool(many))
+
+
+async def embeddings_body(request: Request, settings: SettingsDep) -> AsyncIterator[EmbeddingsBody]:
+    async with _Parsed(request, json_only=True) as (_form, document):
+        parsed = _validate(EmbeddingsJson, document)
+        images = _texts("images", parsed.images)
+        if not images and not parsed.texts:
+            raise error(422, "send at least one of `images` and `texts`")
+        if len(images) > settings.max_classify_images:
+            raise error(
+                422,
+                f"at most {settings.max_classify_images} images are allowed, got {len(images)}",
+            )
+        if len(parsed.texts) > settings.max_labels:
+            raise error(
+                422, f"at most {settings.max_labels} texts are allowed, got {len(parsed.texts)}"
+            )
+        yield EmbeddingsBody(images, parsed.texts)
+
+
+RegisterBodyDep = Annotated[RegisterBody, Depends(register_body)]
+ClassifyBodyDep = Annotated[ClassifyBody, Depends(classify_body)]
+EmbeddingsBodyDep = Annotated[EmbeddingsBody, Depends(embeddings_body)]
+
+
+class _Parsed:
+    """The body as (form, None) or (None, JSON document); the form's files are closed on exit."""
+
+    def __init__(self, request: Request, *, json_only: bool = False) -> None:
+        self._request = request
+        self._json_only = json_only
+        self._form: FormData | None = None
+
+    async def __aenter__(self) -> tuple[FormData | None, Any]:
+        kind = self._request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if kind == "application/json" or kind.endswith("+json"):
+            raw = await self._request.body()
+            try:
+                return None, json.loads(raw)
+            except ValueError as exc:
+                raise RequestValidationError(
+                    [{"loc": ("body",), "msg": f"JSON decode error: {exc}", "type": "json_invalid"}]
+                ) from None
+        if self._json_only and not kind:
+            raise RequestValidationError(
+                [{"loc": ("body",), "msg": "Field required", "type": "missing"}]
+            )
+        # No Content-Type (no body at all) reads as an empty form: the 422 names what is missing.
+        if kind in _FORM_TYPES or not kind:
+            self._form = await self._request.form()
+            return self._form, None
+        accepted = "application/json" if self._json_only else "multipart/form-data or JSON"
+        raise error(
+            status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
+            f"the request body must be {accepted}, not {kind or 'missing'}",
+        )
+
+    async def __aexit__(self, *_exc: object) -> None:
+        if self._form is not None:
+            await self._form.close()
+
+
+def _text_fields(form: FormData, model: type[BaseModel]) -> dict[str, Any]:
+    """The model's fields from the form, as FastAPI would read them: an empty value is absent,
+    a list field takes every part of its name; a scalar sent twice is refused, not guessed."""
+    values: dict[str, Any] = {}
+    for name, info in model.model_fields.items():
+        parts = form.getlist(name)
+        for part in parts:
+            if not isinstance(part, str):
+                _invalid(name, "must be text, not a file", "string_type")
+        if _is_list(info.annotation):
+            if parts:
+                values[name] = parts
+        elif len(parts) > 1:
+            raise error(422, f"{name} was sent {len(parts)} times; send it once")
+        elif parts and parts[0] != "":
+            values[name] = parts[0]
+    return values
+
+
+def _is_list(annotation: Any) -> bool:
+    return "list[" in str(annotation)
+
+
+def _files(form: FormData, name: str) -> list[ImageInput]:
+    found = []
+    for index, part in enumerate(form.getlist(name)):
+        if not isinstance(part, UploadFile):
+            _invalid(name, "must be a file upload, not text", "value_error")
+        found.append(ImageInput(f"{name}[{index}]" if name == "images" else name, upload=part))
+    return found
+
+
+def _texts(name: str, values: list[str]) -> list[ImageInput]:
+    found = []
+    for index, text in enumerate(values):
+        field = f"{name}[{index}]" if name == "images" else name
+        if _URL.match(text.strip()):
+            raise error(422, f"{field}: {URL_REFUSED}")
+        found.append(ImageInput(field, text=text))
+    return found
+
+
+def _validate(model: type[M], values: Any) -> M:
+    if not isinstance(values, dict):
+        raise RequestValidationError(
+            [{"loc": ("body",), "msg": "the body must be a JSON object", "type": "dict_type"}]
+        )
+    for key in values:
+        if "url" in key.casefold():
+            raise error(422, f"{key}: {URL_REFUSED}")
+    try:
+        return model.model_validate(values)
+    except ValidationError as exc:
+        raise RequestValidationError(
+            [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
+        ) from None
+
+
+def _invalid(field: str, msg: str, kind: str) -> None:
+    raise RequestValidationError([{"loc": ("body", field), "msg": msg, "type": kind}])

@@ -1,0 +1,55 @@
+"""Images of one request through the preprocessing pool and the micro-batcher, together."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import Executor
+from typing import TYPE_CHECKING
+
+from service.api.bodies import ImageInput, load_image
+from service.api.uploads import error
+from service.core.config import Settings
+from service.runtime import Runtime
+from service.scoring.batcher import Encoded, MatrixMismatch, ModelRunner
+
+if TYPE_CHECKING:
+    import torch
+
+
+def _pixels(source: ImageInput, settings: Settings, runtime: Runtime) -> torch.Tensor:
+    """Read, check, decode and preprocess one image (on the preprocessing pool)."""
+    checked = load_image(source, settings)
+    return runtime.backend.preprocess_images([checked.image])  # type: ignore[no-any-return]
+
+
+async def encode_images(
+    images: list[ImageInput],
+    *,
+    top_k: int | None,
+    settings: Settings,
+    runtime: Runtime,
+    runner: ModelRunner,
+    pool: Executor,
+) -> list[Encoded]:
+    """Each image's feature (scored against the class matrix when `top_k` is set), in order.
+
+    Every image is decoded and checked before any is submitted, so a bad one fails the request
+    before model work, and the runner finds them all waiting: a request of N images is one
+    batch of N (two when the runner was mid-gather), not N batches.
+    """
+    loop = asyncio.get_running_loop()
+    with runner.incoming():
+        outcomes = await asyncio.gather(
+            *(loop.run_in_executor(pool, _pixels, image, settings, runtime) for image in images),
+            return_exceptions=True,
+        )
+        for outcome in outcomes:  # the first bad image in order answers, whatever finished first
+            if isinstance(outcome, BaseException):
+                raise outcome
+        futures = [runner.encode(pixels, top_k=top_k) for pixels in outcomes]  # type: ignore[arg-type]
+    try:
+        return [await asyncio.wrap_future(future) for future in futures]
+    except MatrixMismatch:
+        raise error(
+            503, "the class matrix does not match the loaded model; try again shortly"
+        ) from None
