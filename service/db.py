@@ -9,14 +9,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.core.config import Settings
+from service.outage import OutageLog
 
 if TYPE_CHECKING:
     from alembic.config import Config
 
 log = logging.getLogger(__name__)
+
+_CONNECT_TIMEOUT_S = 10
 
 
 def make_engine(url: str) -> Engine:
@@ -24,6 +28,11 @@ def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         # The API threads and the embedded worker thread share one file.
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+    elif url.startswith("postgresql") and "connect_timeout" not in url:
+        # An unreachable host (rather than a refused port) would hold each request for the OS's
+        # TCP timeout, minutes; a bounded wait turns it into a prompt 503. A URL's own
+        # ?connect_timeout= wins.
+        kwargs["connect_args"] = {"connect_timeout": _CONNECT_TIMEOUT_S}
     engine = create_engine(url, **kwargs)
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
@@ -38,6 +47,35 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+
+
+def watch_outages(engine: Engine) -> OutageLog:
+    """The engine's outage log: requests report failures to it (`is_unavailable`), and any
+    connection handed out by the pool (after its pre-ping) ends the outage."""
+    outage = OutageLog("database", log, meanwhile="answering 503 until it is back")
+    event.listen(engine, "checkout", lambda *_: outage.succeeded())
+    return outage
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """Whether `exc` says the database cannot be used right now (down, unreachable, connection
+    lost, pool exhausted) rather than that a statement was wrong."""
+    if isinstance(exc, sa_exc.DBAPIError):
+        return exc.connection_invalidated or isinstance(
+            exc, sa_exc.OperationalError | sa_exc.InterfaceError
+        )
+    return isinstance(exc, sa_exc.TimeoutError)
+
+
+def close_quietly(session: Session) -> None:
+    """Close a request's session even when the database went away meanwhile: closing rolls back
+    over the connection, which may fail after the answer was sent (too late to change it). The
+    pool drops that connection; any other error still raises."""
+    try:
+        session.close()
+    except sa_exc.DBAPIError as exc:
+        if not is_unavailable(exc):
+            raise
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

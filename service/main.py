@@ -18,7 +18,7 @@ from service.api.limits import BodySizeLimit
 from service.api.request_id import RequestIdMiddleware
 from service.api.routes import classes, classify, health
 from service.core.config import Settings, get_settings
-from service.db import make_engine, make_session_factory
+from service.db import make_engine, make_session_factory, watch_outages
 from service.metrics import Metrics, MetricsMiddleware
 from service.queue import make_producer
 from service.runtime import RuntimeHolder
@@ -62,6 +62,7 @@ def create_app(
     )
     app.state.settings = settings
     app.state.engine = engine
+    app.state.database_outage = watch_outages(engine)
     app.state.session_factory = session_factory
     app.state.producer = make_producer(settings)
     app.state.runtime = RuntimeHolder(settings)

@@ -26,6 +26,7 @@ from dramatiq.middleware import (
 )
 
 from service.core.config import QUEUE_NAME, TRAIN_ACTOR_NAME, Settings
+from service.outage import OutageLog
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,9 @@ class Producer:
 
     def __init__(self, broker: dramatiq.Broker) -> None:
         self.broker = broker
+        self.outage = OutageLog(
+            "broker", log, meanwhile="registrations stay queued until the reconciler re-sends them"
+        )
 
     def send(self, actor_name: str, *args: Any) -> None:
         # Built as a bare message so the sender never needs the actor object.
@@ -59,10 +63,12 @@ class Producer:
         the reconciler re-sends rows that stay queued."""
         try:
             self.send_train(class_id)
-            return True
-        except Exception:
-            log.exception("could not enqueue class %s; the reconciler will re-send it", class_id)
+        except Exception as exc:
+            # One line per outage, not a traceback per registration.
+            self.outage.failed(exc)
             return False
+        self.outage.succeeded()
+        return True
 
     def depth(self) -> int:
         """Messages waiting in the queue (not counting those a worker holds)."""

@@ -17,6 +17,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from service.core.config import Settings
+from service.db import close_quietly
 from service.metrics import Metrics
 from service.queue import Producer
 from service.runtime import Runtime, RuntimeHolder
@@ -32,8 +33,11 @@ async def get_settings(request: Request) -> Settings:
 
 
 def get_session(request: Request) -> Iterator[Session]:
-    with request.app.state.session_factory() as session:
+    session = request.app.state.session_factory()
+    try:
         yield session
+    finally:
+        close_quietly(session)
 
 
 async def get_runtime_holder(request: Request) -> RuntimeHolder:

@@ -2,7 +2,8 @@
 
 Every 4xx/5xx answer is JSON with a readable `detail` sentence; a 422 adds `errors`, the
 field-level list. `responses(...)` declares exactly these bodies on a route, so the spec says
-what the server sends (generated clients parse them as typed errors).
+what the server sends (generated clients parse them as typed errors). Every 503 carries
+`Retry-After`; a database that cannot be reached is a 503, logged once per outage.
 """
 
 from __future__ import annotations
@@ -14,7 +15,16 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.db import is_unavailable
+
+# What a 503 asks the client to wait: outages and model loading take seconds to minutes, and a
+# client polling every few seconds costs nothing.
+RETRY_AFTER_SECONDS = 5
 
 
 class ErrorOut(BaseModel):
@@ -44,12 +54,23 @@ _MEANINGS = {
 }
 
 
+_RETRY_AFTER_HEADER = {
+    "Retry-After": {
+        "description": "seconds to wait before trying again",
+        "required": True,
+        "schema": {"type": "integer"},
+    }
+}
+
+
 def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses` for the error codes a route can answer."""
     declared: dict[int | str, dict[str, Any]] = {}
     for code in codes:
         model = ValidationErrorOut if code == 422 else ErrorOut
         declared[code] = {"model": model, "description": _MEANINGS[code]}
+        if code == 503:
+            declared[code]["headers"] = _RETRY_AFTER_HEADER
     return declared
 
 
@@ -88,6 +109,45 @@ async def http_error(request: Request, exc: StarletteHTTPException) -> JSONRespo
     return JSONResponse(body, exc.status_code, headers=headers or None)
 
 
+async def database_error(request: Request, exc: Exception) -> JSONResponse:
+    """A database that is down or unreachable is a 503 with one log line per outage (the outage
+    log ends it at the next connection that works), not a 500 and a traceback per request.
+    Any other database error is a bug and stays a 500."""
+    if not is_unavailable(exc):
+        raise exc
+    outage = getattr(request.app.state, "database_outage", None)
+    if outage is not None:
+        outage.failed(exc)
+    return JSONResponse(
+        {"detail": "the database is unavailable; try again shortly"},
+        503,
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
+
+
+class RetryAfterOn503:
+    """Adds `Retry-After` to every 503 that lacks one, whoever answered it (a route's
+    HTTPException, a readiness report, a handler)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_retry_after(message: Message) -> None:
+            if message["type"] == "http.response.start" and message["status"] == 503:
+                headers = list(message.get("headers", []))
+                if not any(name.lower() == b"retry-after" for name, _ in headers):
+                    headers.append((b"retry-after", str(RETRY_AFTER_SECONDS).encode()))
+                    message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_retry_after)
+
+
 def _methods_of_path(request: Request, fallback: str) -> str:
     # The route that matched the path (with another method) knows its template; the OpenAPI
     # document knows every method served at that template.
@@ -100,3 +160,6 @@ def _methods_of_path(request: Request, fallback: str) -> str:
 def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, http_error)  # type: ignore[arg-type]
+    app.add_exception_handler(DBAPIError, database_error)
+    app.add_exception_handler(PoolTimeoutError, database_error)
+    app.add_middleware(RetryAfterOn503)
