@@ -16,7 +16,7 @@ from service.admin import mount_admin
 from service.api import errors, openapi
 from service.api.limits import BodySizeLimit
 from service.api.request_id import RequestIdMiddleware
-from service.api.routes import classes, classify, health
+from service.api.routes import classes, classify, embeddings, health
 from service.core.config import Settings, get_settings
 from service.db import make_engine, make_session_factory, watch_outages
 from service.metrics import Metrics, MetricsMiddleware
@@ -85,6 +85,7 @@ def create_app(
     app.include_router(health.router)
     app.include_router(classes.router)
     app.include_router(classify.router)
+    app.include_router(embeddings.router)
     mount_admin(app)
     errors.install(app)
     openapi.install(app)

@@ -195,7 +195,7 @@ class _Parsed:
                 [{"loc": ("body",), "msg": "Field required", "type": "missing"}]
             )
         # No Content-Type (no body at all) reads as an empty form: the 422 names what is missing.
-        if kind in _FORM_TYPES or not kind:
+        if not self._json_only and (kind in _FORM_TYPES or not kind):
             self._form = await self._request.form()
             return self._form, None
         accepted = "application/json" if self._json_only else "multipart/form-data or JSON"

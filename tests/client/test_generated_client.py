@@ -1,9 +1,10 @@
 """A client generated from the live /openapi.json by openapi-python-client works unpatched:
-register from four images, wait for ready, classify, list, export, delete, and read a 404 and
-a 422 as the typed error models the spec declares."""
+register from four images, wait for ready, classify (one image, a batch, JSON), embed, list,
+export, delete, and read a 404 and a 422 as the typed error models the spec declares."""
 
 from __future__ import annotations
 
+import base64
 import importlib
 import io
 import subprocess
@@ -88,6 +89,36 @@ def test_generated_client_registers_classifies_exports_and_deletes(
             break
         assert time.monotonic() < deadline, predicted
         time.sleep(0.2)
+
+    batch = api("classify.classify").sync(
+        client=client, body=models.BodyClassify(images=[_png(s, types) for s in (9, 10)], top_k=2)
+    )
+    assert isinstance(batch, models.ClassifyBatchOut), batch
+    assert [r.predictions[0].class_id for r in batch.results] == [class_id, class_id]
+
+    encoded = base64.b64encode(image_bytes(COLOURS["magenta"], seed=11)).decode()
+    as_json = api("classify.classify_json").sync(
+        client=client, body=models.ClassifyJson(image=encoded, labels=["generated-zorb", "car"])
+    )
+    assert isinstance(as_json, models.ClassifyOut), as_json
+    assert as_json.predictions[0].class_id == class_id
+
+    embedded = api("embeddings.embeddings").sync(
+        client=client,
+        body=models.EmbeddingsJson(images=[encoded], texts=["a sketch of a {generated-zorb}."]),
+    )
+    assert isinstance(embedded, models.EmbeddingsOut), embedded
+    assert len(embedded.images) == len(embedded.texts) == 1
+    assert len(embedded.images[0]) == len(embedded.texts[0]) == embedded.dim
+
+    json_body = models.RegisterClassJson(name="generated-plax", images=[encoded] * 2)
+    second = api("classes.register_class_json").sync_detailed(client=client, body=json_body)
+    assert second.status_code == 202, second.content
+    assert isinstance(second.parsed, models.ClassOut)
+    assert (
+        api("classes.delete_class").sync_detailed(second.parsed.id, client=client).status_code
+        == 204
+    )
 
     listed = api("classes.list_classes").sync(client=client, status="ready")
     assert isinstance(listed, models.ClassList)

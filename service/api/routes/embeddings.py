@@ -1,0 +1,163 @@
+"""Image and text features, L2-normalised, in the space the classes are scored in.
+
+A text may use the learned word of a registered class: `{name}` in the text stands for that
+class's token embedding, in any prompt (`"a sketch of a {zorb}"`, `"{zorb} next to a {plax}"`),
+which is what lets a learned word be used outside the templates it was trained with. `{{` and
+`}}` are literal braces; any other text is CLIP's own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from fastapi import APIRouter
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+
+from liteembed.names import name_key
+from liteembed.text_path import PromptTooLongError
+from service.api.bodies import EmbeddingsBodyDep
+from service.api.deps import (
+    ClientDep,
+    ModelRunnerDep,
+    PreprocessPoolDep,
+    RuntimeDep,
+    SessionDep,
+    SettingsDep,
+)
+from service.api.encoding import encode_images
+from service.api.errors import responses
+from service.api.openapi import request_body
+from service.api.schemas import EmbeddingsJson, EmbeddingsOut
+from service.api.uploads import error, validate_name
+from service.models import PersonalizedClass, Status
+from service.runtime import Runtime
+
+router = APIRouter(tags=["embeddings"])
+
+# Far more than any CLIP context holds (77 tokens); refused before tokenizing.
+MAX_TEXT_CHARS = 2000
+
+_BRACES = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
+
+
+@dataclass(frozen=True)
+class ClassWord:
+    """`{name}` in a text: the learned word of the registered class `name`."""
+
+    name: str
+    key: str
+
+
+Prompt = list[str | ClassWord]
+
+
+@router.post(
+    "/v1/embeddings",
+    response_model=EmbeddingsOut,
+    dependencies=[ClientDep],
+    summary="Image and text features; `{name}` in a text is a registered class's learned word",
+    responses=responses(400, 401, 403, 409, 413, 415, 422, 503),
+    openapi_extra=request_body(EmbeddingsJson, "application/json"),
+)
+async def embeddings(
+    settings: SettingsDep,
+    runtime: RuntimeDep,
+    runner: ModelRunnerDep,
+    preprocess_pool: PreprocessPoolDep,
+    session: SessionDep,
+    body: EmbeddingsBodyDep,
+) -> EmbeddingsOut:
+    prompts = [parse_prompt(text, field=f"texts[{i}]") for i, text in enumerate(body.texts)]
+    words = {piece.key: piece for p in prompts for piece in p if isinstance(piece, ClassWord)}
+    learned = await run_in_threadpool(_learned_words, session, runtime.model_id, words)
+    # Images through the micro-batcher, like /classify's (unscored); texts on the same thread.
+    encoded = await encode_images(
+        body.images,
+        top_k=None,
+        settings=settings,
+        runtime=runtime,
+        runner=runner,
+        pool=preprocess_pool,
+    )
+    texts = np.zeros((0, int(runtime.backend.embed_dim)), dtype=np.float32)
+    if prompts:
+        pieces = [
+            [p if isinstance(p, str) else learned[p.key] for p in prompt] for prompt in prompts
+        ]
+        try:
+            texts = await asyncio.wrap_future(runner.call(lambda: _encode(runtime, pieces)))
+        except PromptTooLongError as exc:
+            raise error(422, f"texts[{exc.index}] is {exc}") from None
+    return EmbeddingsOut(
+        model=runtime.model_id,
+        dim=int(runtime.backend.embed_dim),
+        images=[one.feature.tolist() for one in encoded],
+        texts=texts.tolist(),
+    )
+
+
+def parse_prompt(text: str, *, field: str) -> Prompt:
+    """A text as pieces: plain text, and `ClassWord`s where it says `{name}`."""
+    if not text.strip():
+        raise error(422, f"{field} must not be empty")
+    if len(text) > MAX_TEXT_CHARS:
+        raise error(422, f"{field} is longer than {MAX_TEXT_CHARS} characters")
+    pieces: Prompt = []
+    plain: list[str] = []
+    position = 0
+    for match in _BRACES.finditer(text):
+        plain.append(text[position : match.start()])
+        position = match.end()
+        token = match.group(0)
+        if token in ("{{", "}}"):
+            plain.append(token[0])
+        elif match.group(1) is not None:
+            name = validate_name(match.group(1), field=f"{field}: the class name in {token!r}")
+            pieces += ["".join(plain), ClassWord(name, name_key(name))]
+            plain = []
+        else:
+            raise error(
+                422, f"{field} has an unmatched {token!r} (write {{{{ or }}}} for a literal brace)"
+            )
+    pieces.append("".join(plain + [text[position:]]))
+    return [p for p in pieces if p != ""]
+
+
+def _learned_words(
+    session: Session, model_id: str, words: dict[str, ClassWord]
+) -> dict[str, torch.Tensor]:
+    """The token embedding of each named class of `model_id`: 422 if there is no such class,
+    409 while it is not ready."""
+    if not words:
+        return {}
+    rows = session.execute(
+        select(
+            PersonalizedClass.name_key,
+            PersonalizedClass.status,
+            PersonalizedClass.token_embedding,
+        ).where(
+            PersonalizedClass.model_id == model_id,
+            PersonalizedClass.name_key.in_(list(words)),
+        )
+    ).all()
+    found = {row.name_key: row for row in rows}
+    learned = {}
+    for key, word in words.items():
+        row = found.get(key)
+        if row is None:
+            raise error(422, f"no class named {word.name!r} is registered for the model {model_id}")
+        if row.status != Status.ready or row.token_embedding is None:
+            raise error(409, f"class {word.name!r} is {row.status}, not ready")
+        learned[key] = torch.from_numpy(np.frombuffer(row.token_embedding, np.float32).copy())
+    return learned
+
+
+def _encode(runtime: Runtime, prompts: list[list[str | torch.Tensor]]) -> np.ndarray:
+    features = runtime.backend.encode_prompts(prompts).float().cpu().numpy()
+    return features / np.linalg.norm(features, axis=1, keepdims=True).clip(min=1e-12)
