@@ -14,9 +14,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from cli.remote import COMMANDS as REMOTE_COMMANDS
 from cli.remote import add_remote_commands, run_remote_command
-from service.core.config import Settings, get_settings
+from service.core.config import MAKE_KEY_COMMAND, Settings, get_settings
 from service.core.log_config import configure_logging, logging_config
 from service.db import migrate
 
@@ -29,7 +31,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="liteembed", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the HTTP API (and, without Redis, the worker)")
-    serve.add_argument("--host", default=None, help="default 0.0.0.0 with keys, else 127.0.0.1")
+    serve.add_argument(
+        "--host",
+        default=None,
+        help="default 0.0.0.0 with keys, else 127.0.0.1 (another needs keys or ALLOW_OPEN)",
+    )
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--workers", type=int, default=1, help="API processes (Redis mode only)")
     commands.add_parser("worker", help="run one queue worker process (needs LITEEMBED_REDIS_URL)")
@@ -61,7 +67,11 @@ def main(argv: list[str] | None = None) -> int:
             classes=args.classes or DEFAULT_CLASSES, shots=args.shots, use_hints=not args.no_hints
         )
 
-    settings = get_settings()
+    try:
+        settings = get_settings()
+    except ValidationError as exc:
+        print(settings_error(exc), file=sys.stderr)
+        return 2
     configure_logging(settings.log_level, settings.log_format)
     if args.command == "serve":
         return serve_command(settings, args.host, args.port, args.workers)
@@ -75,18 +85,46 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def settings_error(exc: ValidationError) -> str:
+    """A rejected setting, said plainly (pydantic's report is for developers)."""
+    lines = ["liteembed: invalid settings (environment or .env):"]
+    for error in exc.errors():
+        setting = "LITEEMBED_" + ".".join(str(part) for part in error["loc"]).upper()
+        message = str(error["msg"]).removeprefix("Value error, ")
+        lines.append(f"  {message}" if message.startswith(setting) else f"  {setting}: {message}")
+    return "\n".join(lines)
+
+
+def serve_host(settings: Settings, host: str | None) -> str:
+    """The address to bind; SystemExit when an open service would be reachable by accident.
+
+    With keys: `host`, default 0.0.0.0. Without: 127.0.0.1 by default; a non-loopback `host`
+    (a container's 0.0.0.0) is an error unless ALLOW_OPEN, rather than a quiet bind to
+    127.0.0.1 that leaves the published port unanswered."""
+    if settings.auth_enabled:
+        return host or "0.0.0.0"
+    host = host or "127.0.0.1"
+    if host not in _LOOPBACK and not settings.allow_open:
+        raise SystemExit(
+            f"liteembed: no API keys configured, so serving on {host} would let anyone who "
+            "reaches it register and delete classes. Set LITEEMBED_ADMIN_KEYS (and "
+            f"LITEEMBED_CLIENT_KEYS); make each key with: {MAKE_KEY_COMMAND}\n"
+            "For a local experiment, LITEEMBED_ALLOW_OPEN=true serves it open anyway, or leave "
+            "out --host to bind 127.0.0.1."
+        )
+    where = "127.0.0.1 only" if host in _LOOPBACK else f"{host}, as LITEEMBED_ALLOW_OPEN asks"
+    log.warning(
+        "!!! NO API KEYS CONFIGURED: the service is OPEN to anyone who can reach it. It binds "
+        "%s. Set LITEEMBED_ADMIN_KEYS / LITEEMBED_CLIENT_KEYS to protect it. !!!",
+        where,
+    )
+    return host
+
+
 def serve_command(settings: Settings, host: str | None, port: int, workers: int) -> int:
     import uvicorn
 
-    if not settings.auth_enabled:
-        if host is not None and host not in _LOOPBACK:
-            log.warning("no API keys configured: refusing to bind %s, binding 127.0.0.1", host)
-        host = "127.0.0.1"
-        log.warning(
-            "!!! NO API KEYS CONFIGURED: the service is OPEN to anyone who can reach it. It binds "
-            "127.0.0.1 only. Set LITEEMBED_ADMIN_KEYS / LITEEMBED_CLIENT_KEYS to expose it. !!!"
-        )
-    host = host or "0.0.0.0"
+    host = serve_host(settings, host)
     if settings.embedded_worker and workers != 1:
         log.warning("the embedded worker needs one API process; ignoring --workers %d", workers)
         workers = 1

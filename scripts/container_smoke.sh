@@ -2,10 +2,10 @@
 # Container smoke check, run by hand (takes minutes and a Docker daemon; not part of CI).
 #
 # From a clean clone of this repository's HEAD it: builds the image (timed), rebuilds it after a
-# code edit (timed), runs it with `docker run` and no options until Docker calls it healthy, then
-# brings the compose stack up, registers a class over HTTP, waits until it is ready, classifies,
-# SIGKILLs the worker's process and waits for Docker to restart it, and trains a second class on
-# the restarted worker.
+# code edit (timed), checks that `docker run` without keys refuses to serve open, runs it with
+# `docker run` and only an admin key until Docker calls it healthy, then brings the compose stack
+# up, registers a class over HTTP, waits until it is ready, classifies, SIGKILLs the worker's
+# process and waits for Docker to restart it, and trains a second class on the restarted worker.
 #
 # Where Docker Hub is out of reach, STAND_INS=1 (the default) first builds stand-in base images
 # from Debian packages (debootstrap + `docker import`; PostgreSQL and Redis from Debian) and hands
@@ -29,8 +29,8 @@ SMOKE_PORT=${SMOKE_PORT:-18000}
 PROJECT=liteembed-smoke
 IMAGE=liteembed:smoke
 STAND_IN_PREFIX=liteembed-stand-in
-ADMIN_KEY=smoke-admin-key
-CLIENT_KEY=smoke-client-key
+ADMIN_KEY=smoke-admin-key-0123456789
+CLIENT_KEY=smoke-client-key-0123456789
 API=http://127.0.0.1:${SMOKE_PORT}
 # The classic builder: it needs no buildx plugin, and compose reuses its cache.
 export DOCKER_BUILDKIT=0
@@ -129,8 +129,13 @@ docker history --no-trunc --format '{{.Size}}\t{{.CreatedBy}}' "$IMAGE" |
 docker run --rm "$IMAGE" python -c \
   "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'available', torch.cuda.is_available())"
 
-say "docker run $IMAGE (no options)"
-run_id=$(docker run -d "$IMAGE")
+say "docker run $IMAGE without keys: refuses to serve open on 0.0.0.0"
+if refused=$(docker run --rm "$IMAGE" 2>&1); then fail "docker run without keys served open"; fi
+grep -q "no API keys configured" <<<"$refused" || { echo "$refused" | tail -5; fail "unclear refusal"; }
+echo "$refused" | head -2
+
+say "docker run $IMAGE (an admin key only)"
+run_id=$(docker run -d -e "LITEEMBED_ADMIN_KEYS=$ADMIN_KEY" "$IMAGE")
 healthy() { [[ $(docker inspect -f '{{.State.Health.Status}}' "$1") == healthy ]]; }
 running() { [[ $(docker inspect -f '{{.State.Running}}' "$1") == true ]]; }
 wait_for 600 "docker run: healthy" healthy "$run_id" \

@@ -9,16 +9,27 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 QUEUE_NAME = "liteembed-train"
 TRAIN_ACTOR_NAME = "train_class"
 
+# API keys: long enough not to be guessed, and not a value copied from an example.
+MIN_KEY_LENGTH = 16
+MAKE_KEY_COMMAND = 'python -c "import secrets; print(secrets.token_urlsafe(32))"'
+_PLACEHOLDER_PREFIXES = ("change-me", "changeme", "change_me", "replace-me", "your-", "<")
+_PLACEHOLDER_WORDS = ("example", "placeholder", "secret", "password")
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_prefix="LITEEMBED_", env_file=".env", extra="ignore", protected_namespaces=()
+        env_prefix="LITEEMBED_",
+        env_file=".env",
+        extra="ignore",
+        protected_namespaces=(),
+        # A rejected value may be a key or a URL with a password: errors never repeat it.
+        hide_input_in_errors=True,
     )
 
     # Storage and queue.
@@ -42,9 +53,13 @@ class Settings(BaseSettings):
     # Any other OptimizationConfig field, as JSON: '{"early_stopping": false, "lr": 0.05}'.
     train_options: dict[str, Any] = Field(default_factory=dict)
 
-    # Auth: comma-separated lists; none at all means the service runs open on 127.0.0.1.
+    # Auth: comma-separated lists of keys of at least MIN_KEY_LENGTH characters, none of them a
+    # placeholder. None at all means the service runs open, on 127.0.0.1 unless ALLOW_OPEN.
     admin_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
     client_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Lets `serve` without keys bind a non-loopback address (a container's 0.0.0.0): anyone who
+    # reaches the port may register and delete classes. For local experiments only.
+    allow_open: bool = False
 
     # Upload limits (checked before anything is written).
     max_images: int = 32
@@ -103,6 +118,19 @@ class Settings(BaseSettings):
             return [k.strip() for k in value.split(",") if k.strip()]
         return value
 
+    @field_validator("admin_keys", "client_keys")
+    @classmethod
+    def _real_keys(cls, keys: list[str], info: ValidationInfo) -> list[str]:
+        # The message names the setting and the key's position, never the key itself.
+        setting = f"LITEEMBED_{(info.field_name or '').upper()}"
+        for position, key in enumerate(keys, start=1):
+            problem = key_problem(key)
+            if problem:
+                raise ValueError(
+                    f"{setting}: key {position} {problem}. Make a key with: {MAKE_KEY_COMMAND}"
+                )
+        return keys
+
     @field_validator("redis_url", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
@@ -127,6 +155,18 @@ class ClientSettings(BaseSettings):
     url: str = "http://127.0.0.1:8000"
     key: SecretStr | None = None
     timeout_seconds: float = Field(default=60.0, gt=0)
+
+
+def key_problem(key: str) -> str | None:
+    """Why `key` must not be an API key (None: it may)."""
+    folded = key.casefold()
+    if folded.startswith(_PLACEHOLDER_PREFIXES) or any(w in folded for w in _PLACEHOLDER_WORDS):
+        return "is a placeholder, not a key"
+    if len(key) < MIN_KEY_LENGTH:
+        return f"is shorter than {MIN_KEY_LENGTH} characters"
+    if len(set(key)) < 4:  # "aaaaaaaaaaaaaaaa", "0000000000000000"
+        return "repeats too few characters to be a key"
+    return None
 
 
 @lru_cache

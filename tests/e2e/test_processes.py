@@ -21,7 +21,7 @@ from tests.helpers.images import COLOURS, class_images, image_bytes
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis]
 
-ADMIN = "e2e-admin"
+ADMIN = "e2e-admin-key-0123456789"
 AUTH = {"Authorization": f"Bearer {ADMIN}"}
 
 

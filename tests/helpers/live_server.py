@@ -45,8 +45,8 @@ def running_server(
     port = free_port()
     server = LiveServer(
         url=f"http://127.0.0.1:{port}",
-        admin_key="live-admin-key",
-        client_key="live-client-key",
+        admin_key="live-admin-key-0123456789",
+        client_key="live-client-key-0123456789",
         log_path=workdir / "server.log",
     )
     settings = {

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-ADMIN, CLIENT = "admin-key-1", "client-key-1"
+ADMIN, CLIENT = "admin-key-1-0123456789", "client-key-1-0123456789"
 PNG = b""  # replaced per test with a real image
 
 ROUTES: list[tuple[str, str, str]] = [  # method, path, who may call it
@@ -22,7 +22,9 @@ ROUTES: list[tuple[str, str, str]] = [  # method, path, who may call it
 
 @pytest.fixture
 def secured(sqlite_url: str, make_settings: Any, make_client: Any) -> Any:
-    settings = make_settings(sqlite_url, admin_keys=[ADMIN, "admin-key-2"], client_keys=[CLIENT])
+    settings = make_settings(
+        sqlite_url, admin_keys=[ADMIN, "admin-key-2-0123456789"], client_keys=[CLIENT]
+    )
     return make_client(settings)
 
 
@@ -67,7 +69,7 @@ def test_auth_matrix(secured: Any, make_image: Any, method: str, path: str, who:
         assert client_response.status_code == 403, client_response.text
     else:
         assert client_response.status_code not in (401, 403), client_response.text
-    admin_response = call(secured, method, path, "admin-key-2", image, class_id)
+    admin_response = call(secured, method, path, "admin-key-2-0123456789", image, class_id)
     assert admin_response.status_code not in (401, 403), admin_response.text
 
 
