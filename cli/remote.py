@@ -1,5 +1,6 @@
-"""`liteembed add | classify | classes | delete | export`: a running service's HTTP API from a
-shell, through `liteembed.client`. `--url` / `--key` override LITEEMBED_URL / LITEEMBED_KEY."""
+"""`liteembed add | classify | embed | classes | delete | export`: a running service's HTTP API
+from a shell, through `liteembed.client`. `--url` / `--key` override LITEEMBED_URL /
+LITEEMBED_KEY."""
 
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ from service.core.config import ClientSettings
 # What `add` picks up from a folder (the service decides what it accepts).
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 STATUSES = ("queued", "training", "ready", "failed")
-COMMANDS = ("add", "classify", "classes", "delete", "export")
+COMMANDS = ("add", "classify", "embed", "classes", "delete", "export")
+# Images per /v1/classify request: the service's default MAX_CLASSIFY_IMAGES.
+CLASSIFY_BATCH = 32
 
 
 def add_remote_commands(commands: Any) -> None:
@@ -52,6 +55,22 @@ def add_remote_commands(commands: Any) -> None:
     )
     classify.add_argument("--top-k", type=int, default=5)
     classify.add_argument("--json", action="store_true", help="one JSON object per image")
+    classify.add_argument(
+        "--batch-size",
+        type=int,
+        default=CLASSIFY_BATCH,
+        help=f"images per request (default {CLASSIFY_BATCH}, the service's MAX_CLASSIFY_IMAGES)",
+    )
+
+    embed = commands.add_parser(
+        "embed",
+        parents=[connection],
+        help="image and text features as JSON lines; {name} in a text is a class's learned word",
+    )
+    embed.add_argument("images", nargs="*", metavar="IMAGE")
+    embed.add_argument(
+        "--text", action="append", default=[], dest="texts", metavar="TEXT", help="repeatable"
+    )
 
     classes = commands.add_parser("classes", parents=[connection], help="list classes (admin)")
     classes.add_argument("--status", choices=STATUSES, default=None)
@@ -142,13 +161,31 @@ def _wait_with_progress(client: Client, info: ClassInfo, timeout: float | None) 
 
 
 def _classify(client: Client, args: argparse.Namespace, out: TextIO) -> int:
-    for path in image_paths(args.images):
-        result = client.classify(path, labels=args.labels, top_k=args.top_k)
-        if args.json:
-            print(json.dumps({"image": str(path), **result.model_dump(mode="json")}), file=out)
-            continue
-        ranked = ", ".join(f"{p.label} {p.score:.3f}" for p in result.predictions)
-        print(f"{path}\t{ranked or '(no classes)'}", file=out)
+    if args.batch_size < 1:
+        raise UsageError("--batch-size must be at least 1")
+    paths = image_paths(args.images)
+    for start in range(0, len(paths), args.batch_size):
+        chunk = paths[start : start + args.batch_size]
+        # One request per chunk: the service encodes its images as one model batch.
+        results = client.classify_many(chunk, labels=args.labels, top_k=args.top_k)
+        for path, result in zip(chunk, results, strict=True):
+            if args.json:
+                print(json.dumps({"image": str(path), **result.model_dump(mode="json")}), file=out)
+                continue
+            ranked = ", ".join(f"{p.label} {p.score:.3f}" for p in result.predictions)
+            print(f"{path}\t{ranked or '(no classes)'}", file=out)
+    return 0
+
+
+def _embed(client: Client, args: argparse.Namespace, out: TextIO) -> int:
+    if not args.images and not args.texts:
+        raise UsageError("give images, --text, or both")
+    paths = image_paths(args.images)
+    result = client.embed(images=paths, texts=args.texts)
+    for path, feature in zip(paths, result.images, strict=True):
+        print(json.dumps({"image": str(path), "model": result.model, "feature": feature}), file=out)
+    for text, feature in zip(args.texts, result.texts, strict=True):
+        print(json.dumps({"text": text, "model": result.model, "feature": feature}), file=out)
     return 0
 
 
@@ -203,6 +240,7 @@ def _export(client: Client, args: argparse.Namespace, out: TextIO) -> int:
 _HANDLERS: dict[str, Callable[[Client, argparse.Namespace, TextIO], int]] = {
     "add": _add,
     "classify": _classify,
+    "embed": _embed,
     "classes": _classes,
     "delete": _delete,
     "export": _export,

@@ -6,6 +6,9 @@
         info = client.register_class("zorb", ["zorb1.png", "zorb2.png"], hints=["star"])
         client.wait_ready(info.id)
         print(client.classify("test.png").top)
+        for result in client.classify_many(["a.png", "b.png"]):  # one request
+            print(result.top)
+        features = client.embed(images=["a.png"], texts=["a sketch of a {zorb}"])
 
 It imports neither torch nor the service: a client machine needs only httpx and pydantic.
 """
@@ -29,7 +32,14 @@ from liteembed.client.errors import (
     UnsupportedMediaType,
     WaitTimeout,
 )
-from liteembed.client.models import Classification, ClassInfo, ClassPage, Embedding, Prediction
+from liteembed.client.models import (
+    Classification,
+    ClassInfo,
+    ClassPage,
+    Embedding,
+    Embeddings,
+    Prediction,
+)
 from liteembed.client.retry import RetryPolicy
 from liteembed.client.sync import Client
 
@@ -44,6 +54,7 @@ __all__ = [
     "Conflict",
     "ConnectionFailed",
     "Embedding",
+    "Embeddings",
     "Forbidden",
     "ImageSource",
     "InvalidRequest",

@@ -3,6 +3,7 @@ so the sync and the async client run the same code and differ only in how they w
 
 from __future__ import annotations
 
+import base64
 import mimetypes
 import os
 from collections.abc import Callable, Iterable
@@ -14,7 +15,14 @@ from urllib.parse import quote
 import httpx
 
 from liteembed.client.errors import error_for
-from liteembed.client.models import Classification, ClassInfo, ClassPage, ClassStatus, Embedding
+from liteembed.client.models import (
+    Classification,
+    ClassInfo,
+    ClassPage,
+    ClassStatus,
+    Embedding,
+    Embeddings,
+)
 
 T = TypeVar("T")
 
@@ -32,6 +40,7 @@ class Call(Generic[T]):
     params: dict[str, Any] | None = None
     data: dict[str, Any] | None = None
     files: list[_Upload] | None = None
+    json: dict[str, Any] | None = None
 
     def request_args(self) -> dict[str, Any]:
         return {
@@ -40,6 +49,7 @@ class Call(Generic[T]):
             "params": self.params,
             "data": self.data,
             "files": self.files,
+            "json": self.json,
         }
 
     def result(self, response: httpx.Response) -> T:
@@ -48,15 +58,18 @@ class Call(Generic[T]):
         return self.read(response)
 
 
+def _read(source: ImageSource, index: int) -> tuple[str, bytes]:
+    if isinstance(source, bytes):
+        return f"image-{index}", source
+    if isinstance(source, tuple):
+        return source
+    path = Path(source)
+    return path.name, path.read_bytes()
+
+
 def upload(field: str, source: ImageSource, index: int = 0) -> _Upload:
     """One multipart file part. Files are read into memory, so a retry can send them again."""
-    if isinstance(source, bytes):
-        filename, data = f"image-{index}", source
-    elif isinstance(source, tuple):
-        filename, data = source
-    else:
-        path = Path(source)
-        filename, data = path.name, path.read_bytes()
+    filename, data = _read(source, index)
     guessed, _ = mimetypes.guess_type(filename)
     # Unknown types go as octet-stream and the service's decoder decides.
     image_type = guessed if guessed and guessed.startswith("image/") else None
@@ -119,3 +132,28 @@ def classify(
     return Call(
         "POST", "/v1/classify", _model(Classification), data=data, files=[upload("image", image)]
     )
+
+
+def _predictions_per_image(response: httpx.Response) -> list[Classification]:
+    body = response.json()
+    return [
+        Classification.model_validate({"model": body["model"], **result})
+        for result in body["results"]
+    ]
+
+
+def classify_many(
+    images: Iterable[ImageSource], *, labels: Iterable[str] | None = None, top_k: int = 5
+) -> Call[list[Classification]]:
+    """One request for several images (at most the service's MAX_CLASSIFY_IMAGES)."""
+    data: dict[str, Any] = {"top_k": str(top_k)}
+    if labels is not None and (chosen := list(labels)):
+        data["labels"] = chosen
+    files = [upload("images", source, i) for i, source in enumerate(images)]
+    return Call("POST", "/v1/classify", _predictions_per_image, data=data, files=files)
+
+
+def embed(images: Iterable[ImageSource] = (), texts: Iterable[str] = ()) -> Call[Embeddings]:
+    encoded = [base64.b64encode(_read(source, i)[1]).decode() for i, source in enumerate(images)]
+    body = {"images": encoded, "texts": list(texts)}
+    return Call("POST", "/v1/embeddings", _model(Embeddings), json=body)

@@ -13,7 +13,14 @@ from liteembed.client import _calls as calls
 from liteembed.client._base import DEFAULT_URL, done, session_options
 from liteembed.client._calls import Call, ImageSource
 from liteembed.client.errors import WaitTimeout
-from liteembed.client.models import Classification, ClassInfo, ClassPage, ClassStatus, Embedding
+from liteembed.client.models import (
+    Classification,
+    ClassInfo,
+    ClassPage,
+    ClassStatus,
+    Embedding,
+    Embeddings,
+)
 from liteembed.client.retry import RetryPolicy
 
 T = TypeVar("T")
@@ -101,6 +108,20 @@ class AsyncClient:
         self, image: ImageSource, *, labels: Iterable[str] | None = None, top_k: int = 5
     ) -> Classification:
         return await self._run(calls.classify(image, labels=labels, top_k=top_k))
+
+    async def classify_many(
+        self,
+        images: Iterable[ImageSource],
+        *,
+        labels: Iterable[str] | None = None,
+        top_k: int = 5,
+    ) -> list[Classification]:
+        return await self._run(calls.classify_many(images, labels=labels, top_k=top_k))
+
+    async def embed(
+        self, *, images: Iterable[ImageSource] = (), texts: Iterable[str] = ()
+    ) -> Embeddings:
+        return await self._run(calls.embed(images, texts))
 
     async def wait_ready(
         self,

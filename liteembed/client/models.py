@@ -71,3 +71,12 @@ class Embedding(_Result):
     templates: list[str]
     text_feature: list[float]
     token_embedding: list[float]
+
+
+class Embeddings(_Result):
+    """`POST /v1/embeddings`: L2-normalised features of the images and texts, in the order sent."""
+
+    model: str
+    dim: int
+    images: list[list[float]]
+    texts: list[list[float]]

@@ -12,7 +12,14 @@ from liteembed.client import _calls as calls
 from liteembed.client._base import DEFAULT_URL, done, session_options
 from liteembed.client._calls import Call, ImageSource
 from liteembed.client.errors import WaitTimeout
-from liteembed.client.models import Classification, ClassInfo, ClassPage, ClassStatus, Embedding
+from liteembed.client.models import (
+    Classification,
+    ClassInfo,
+    ClassPage,
+    ClassStatus,
+    Embedding,
+    Embeddings,
+)
 from liteembed.client.retry import RetryPolicy
 
 T = TypeVar("T")
@@ -110,6 +117,22 @@ class Client:
         """Score an image against every ready class, or against `labels` (registered class
         names and plain words)."""
         return self._run(calls.classify(image, labels=labels, top_k=top_k))
+
+    def classify_many(
+        self,
+        images: Iterable[ImageSource],
+        *,
+        labels: Iterable[str] | None = None,
+        top_k: int = 5,
+    ) -> list[Classification]:
+        """Score several images in one request (one model batch on the service); one
+        `Classification` per image, in order. At most the service's MAX_CLASSIFY_IMAGES."""
+        return self._run(calls.classify_many(images, labels=labels, top_k=top_k))
+
+    def embed(self, *, images: Iterable[ImageSource] = (), texts: Iterable[str] = ()) -> Embeddings:
+        """L2-normalised features of images and texts, in one space. `{name}` in a text is the
+        learned word of the registered class `name`: `"a sketch of a {zorb}"`."""
+        return self._run(calls.embed(images, texts))
 
     def wait_ready(
         self,

@@ -41,7 +41,7 @@ def run(capsys: Any, *argv: str) -> tuple[int, str, str]:
 
 
 def test_add_wait_list_classify_export_delete(
-    service_env: LiveServer, tmp_path: Path, capsys: Any
+    service_env: LiveServer, tmp_path: Path, capsys: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     folder = write_images(tmp_path / "zorb", "green")
     code, out, err = run(capsys, "add", "cli-zorb", str(folder), "--hint", "star", "--wait")
@@ -67,13 +67,31 @@ def test_add_wait_list_classify_export_delete(
     queries = [tmp_path / "q1.png", tmp_path / "q2.png"]
     for i, query in enumerate(queries):
         query.write_bytes(image_bytes(COLOURS["green"], seed=900 + i))
+    requests = []
+    classify_many = Client.classify_many
+
+    def counted(self: Client, images: Any, **kwargs: Any) -> Any:
+        requests.append(len(list(images)))
+        return classify_many(self, images, **kwargs)
+
+    monkeypatch.setattr(Client, "classify_many", counted)
     code, out, err = run(capsys, "classify", *map(str, queries), "--labels", "cli-zorb", "car")
     assert code == 0, err
+    assert requests == [2]  # every image in one request
     assert [line.split("\t")[0] for line in out.splitlines()] == [str(q) for q in queries]
     assert all(line.split("\t")[1].startswith("cli-zorb ") for line in out.splitlines())
     code, out, _ = run(capsys, "classify", str(queries[0]), "--top-k", "1", "--json")
     (result,) = [json.loads(line) for line in out.splitlines()]
     assert result["image"] == str(queries[0]) and len(result["predictions"]) == 1
+
+    code, out, err = run(capsys, "embed", str(queries[0]), "--text", "a sketch of a {cli-zorb}.")
+    assert code == 0, err
+    image_line, text_line = [json.loads(line) for line in out.splitlines()]
+    assert (
+        image_line["image"] == str(queries[0]) and text_line["text"] == "a sketch of a {cli-zorb}."
+    )
+    assert len(image_line["feature"]) == len(text_line["feature"])
+    assert run(capsys, "embed")[0] == 2
 
     feature_file = tmp_path / "zorb.npy"
     code, out, err = run(capsys, "export", class_id, "-o", str(feature_file))

@@ -21,10 +21,12 @@ from PIL import Image
 from liteembed.client import (
     AsyncClient,
     BadRequest,
+    Classification,
     ClassInfo,
     Client,
     Conflict,
     ConnectionFailed,
+    Embeddings,
     Forbidden,
     InvalidRequest,
     NotFound,
@@ -99,6 +101,25 @@ def test_register_wait_classify_export_list_delete(live_server: LiveServer, tmp_
 
         embedding = client.get_embedding(green.id)
         assert len(embedding.text_feature) == embedding.dim == ready.dim
+
+        # Several images in one request: one typed result per image, in order.
+        queries = [
+            image_bytes(COLOURS[c], seed=600 + i) for i, c in enumerate(("magenta", "green"))
+        ]
+        many = client.classify_many(queries, labels=labels, top_k=2)
+        assert [type(r) for r in many] == [Classification, Classification]
+        assert [r.top.class_id for r in many if r.top] == [magenta.id, green.id]
+        assert (
+            many[1].predictions == client.classify(queries[1], labels=labels, top_k=2).predictions
+        )
+
+        features = client.embed(images=queries, texts=["a sketch of a {sync-zorb}.", "a dog"])
+        assert isinstance(features, Embeddings) and features.dim == ready.dim
+        assert len(features.images) == len(features.texts) == 2
+        assert np.linalg.norm(features.texts[0]) == pytest.approx(1.0, abs=1e-3)
+        with pytest.raises(InvalidRequest) as unknown:
+            client.embed(texts=["a {nobody}"])
+        assert "nobody" in unknown.value.detail
         assert np.linalg.norm(embedding.text_feature) == pytest.approx(1.0, abs=1e-3)
 
         ready_page = client.list_classes(status="ready", limit=1000)
@@ -127,6 +148,10 @@ def test_the_async_client_does_the_same(live_server: LiveServer, tmp_path: Path)
                     break
                 await asyncio.sleep(0.1)
             listed = [c.id async for c in client.iter_classes(status="ready", page_size=1)]
+            many = await client.classify_many(images[:2], labels=["async-quim", "car"], top_k=2)
+            assert [r.top.label for r in many if r.top] == ["async-quim", "async-quim"]
+            features = await client.embed(images=images[:1], texts=["a sketch of a {async-quim}."])
+            assert len(features.images[0]) == len(features.texts[0]) == features.dim
             await client.delete_class(created.id)
             with pytest.raises(NotFound):
                 await client.get_class(created.id)

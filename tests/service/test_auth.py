@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 import pytest
@@ -16,6 +17,9 @@ ROUTES: list[tuple[str, str, str]] = [  # method, path, who may call it
     ("GET", "/v1/classes/{id}/embedding", "client"),
     ("GET", "/v1/classes/{id}/thumbnail", "client"),
     ("POST", "/v1/classify", "client"),
+    ("POST", "/v1/classes:json", "client"),
+    ("POST", "/v1/classify:json", "client"),
+    ("POST", "/v1/embeddings", "client"),
     ("DELETE", "/v1/classes/{id}", "admin"),
 ]
 
@@ -40,6 +44,12 @@ def call(client: Any, method: str, path: str, key: str | None, image: bytes, cla
         )
     if path == "/v1/classify":
         return client.post(path, files=[("image", ("a.png", image, "image/png"))], headers=headers)
+    encoded = base64.b64encode(image).decode()
+    if path == "/v1/classes:json":
+        name = f"j{len(client.cookies)}-{key}"
+        return client.post(path, json={"name": name, "images": [encoded]}, headers=headers)
+    if path in ("/v1/classify:json", "/v1/embeddings"):
+        return client.post(path, json={"images": [encoded]}, headers=headers)
     return client.request(method, path, headers=headers)
 
 
