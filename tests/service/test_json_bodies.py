@@ -4,6 +4,7 @@ canonical paths and on the JSON operations of the OpenAPI document (`:json`)."""
 from __future__ import annotations
 
 import base64
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -71,11 +72,17 @@ def test_json_registration_and_classification(sqlite_client: Any, wait_status: A
     assert ready["status"] == "ready" and ready["hints"] == ["green"]
 
     query = image_bytes(COLOURS["green"], seed=50)
-    multipart = client.post(
-        "/v1/classify",
-        files={"image": ("q.png", query, "image/png")},
-        data={"labels": ["zorb", "car"]},
-    ).json()
+    deadline = time.monotonic() + 10
+    while True:  # until /classify has taken the new class up (its refresh period)
+        multipart = client.post(
+            "/v1/classify",
+            files={"image": ("q.png", query, "image/png")},
+            data={"labels": ["zorb", "car"]},
+        ).json()
+        if any(p["class_id"] for p in multipart["predictions"]):
+            break
+        assert time.monotonic() < deadline, multipart
+        time.sleep(0.05)
     for path in ("/v1/classify", "/v1/classify:json"):
         single = client.post(path, json={"image": b64(query), "labels": ["zorb", "car"]})
         assert single.status_code == 200, single.text
