@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -131,3 +132,50 @@ def sqlite_parent(url: str) -> Path:
 
     database = make_url(url).database
     return Path(database).expanduser().resolve().parent if database else Path.cwd()
+
+
+@lru_cache(maxsize=1)
+def _migration_revisions() -> tuple[frozenset[str], frozenset[str]]:
+    """(the head revisions, every revision) of this version's migrations."""
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    config = Config()
+    config.set_main_option("script_location", str(migrations_dir()))
+    script = ScriptDirectory.from_config(config)
+    known = frozenset(revision.revision for revision in script.walk_revisions())
+    return frozenset(script.get_heads()), known
+
+
+class SchemaCheck:
+    """Is the database's schema at this version's migration head?
+
+    Asked until the answer is yes, then remembered: a running service's schema does not go back
+    (a newer version's migration is additive), so /readyz stays one cheap query."""
+
+    def __init__(self) -> None:
+        self._at_head = False
+
+    def problem(self, session: Session) -> str | None:
+        """None when at head, else what is wrong and what to run."""
+        if self._at_head:
+            return None
+        from alembic.migration import MigrationContext
+
+        heads, known = _migration_revisions()
+        current = set(MigrationContext.configure(session.connection()).get_current_heads())
+        if current == heads:
+            self._at_head = True
+            return None
+        if not current:
+            return "the database has no schema: run `liteembed migrate`"
+        at = ", ".join(sorted(current))
+        if current - known:
+            return (
+                f"the database schema is at revision {at}, which this version does not know "
+                "(migrated by a newer one?)"
+            )
+        return (
+            f"the database schema is at revision {at}, not {', '.join(sorted(heads))}: "
+            "run `liteembed migrate`"
+        )

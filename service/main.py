@@ -18,7 +18,7 @@ from service.api.limits import BodySizeLimit
 from service.api.request_id import RequestIdMiddleware
 from service.api.routes import classes, classify, embeddings, health
 from service.core.config import Settings, get_settings
-from service.db import make_engine, make_session_factory, watch_outages
+from service.db import SchemaCheck, make_engine, make_session_factory, watch_outages
 from service.metrics import Metrics, MetricsMiddleware
 from service.queue import make_producer
 from service.runtime import RuntimeHolder
@@ -64,6 +64,7 @@ def create_app(
     app.state.engine = engine
     app.state.database_outage = watch_outages(engine)
     app.state.session_factory = session_factory
+    app.state.schema_check = SchemaCheck()
     app.state.producer = make_producer(settings)
     app.state.runtime = RuntimeHolder(settings)
     app.state.classifier = ClassMatrixCache(

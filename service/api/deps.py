@@ -17,7 +17,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from service.core.config import Settings
-from service.db import close_quietly
+from service.db import SchemaCheck, close_quietly
 from service.metrics import Metrics
 from service.queue import Producer
 from service.runtime import Runtime, RuntimeHolder
@@ -81,6 +81,11 @@ async def get_worker_presence(request: Request) -> WorkerPresence | None:
     return request.app.state.worker_presence  # type: ignore[no-any-return]
 
 
+async def get_schema_check(request: Request) -> SchemaCheck:
+    """Whether the database's schema is at the migrations' head (remembers a yes)."""
+    return request.app.state.schema_check  # type: ignore[no-any-return]
+
+
 async def get_background_checks(request: Request) -> dict[str, bool]:
     """Whether each background thread (embedded worker, reconciler) is alive."""
     return request.app.state.background_checks()  # type: ignore[no-any-return]
@@ -97,6 +102,7 @@ ProducerDep = Annotated[Producer, Depends(get_producer)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 BackgroundChecksDep = Annotated[dict[str, bool], Depends(get_background_checks)]
 WorkerPresenceDep = Annotated[WorkerPresence | None, Depends(get_worker_presence)]
+SchemaCheckDep = Annotated[SchemaCheck, Depends(get_schema_check)]
 
 
 class Role(IntEnum):
@@ -124,7 +130,7 @@ async def caller_role(
     _credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
 ) -> Role:
     if not settings.auth_enabled:
-        return Role.admin  # open mode: the CLI binds to 127.0.0.1 and logs a warning
+        return Role.admin  # open mode: the CLI binds 127.0.0.1 (unless ALLOW_OPEN) and warns
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     unauthorized = HTTPException(

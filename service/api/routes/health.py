@@ -9,15 +9,18 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 from sqlalchemy import text
+from sqlalchemy.orm import Session
 
 from service.api.deps import (
     BackgroundChecksDep,
     MetricsDep,
     ProducerDep,
     RuntimeHolderDep,
+    SchemaCheckDep,
     SessionDep,
     WorkerPresenceDep,
 )
+from service.db import SchemaCheck
 
 router = APIRouter(tags=["health"])
 
@@ -35,7 +38,7 @@ def healthz() -> dict[str, str]:
 
 @router.get(
     "/readyz",
-    summary="Readiness: model loaded, database and broker reachable",
+    summary="Readiness: model loaded, database reachable and migrated, broker reachable",
     response_model=ReadyOut,
     responses={503: {"model": ReadyOut, "description": "not ready; `detail` says why"}},
 )
@@ -45,6 +48,7 @@ def readyz(
     producer: ProducerDep,
     background: BackgroundChecksDep,
     presence: WorkerPresenceDep,
+    schema: SchemaCheckDep,
 ) -> JSONResponse:
     checks: dict[str, Any] = {}
     problems: list[str] = []
@@ -66,6 +70,11 @@ def readyz(
     except Exception as exc:
         checks["database"] = False
         problems.append(f"database unreachable: {type(exc).__name__}")
+    else:
+        behind = _schema_problem(schema, session)
+        checks["schema"] = behind is None
+        if behind is not None:
+            problems.append(behind)
     try:
         producer.ping()
         checks["broker"] = True
@@ -99,6 +108,15 @@ def readyz(
             status_code=503,
         )
     return JSONResponse({"status": "ready", "checks": checks, **extra})
+
+
+def _schema_problem(schema: SchemaCheck, session: Session) -> str | None:
+    try:
+        return schema.problem(session)
+    except SystemExit:  # no migrations/ next to the code or in the working directory: unknown
+        return None
+    except Exception as exc:
+        return f"database schema unreadable: {type(exc).__name__}"
 
 
 @router.get(
