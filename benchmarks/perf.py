@@ -3,7 +3,7 @@
     python -m benchmarks.perf --model liteembed-tiny
     python -m benchmarks.perf --model ViT-B-32          # random weights: speed only
 
-Three parts, each printed as a markdown table and written to benchmarks/results/perf-<model>.json:
+Four parts, each printed as a markdown table and written to benchmarks/results/perf-<model>.json:
 
 1. classify: the bare model (preprocess + encode, in this process, same torch threads) at batch 1
    and batch 32, against POST /v1/classify on a real `liteembed serve` subprocess (uvicorn) over
@@ -23,11 +23,18 @@ Three parts, each printed as a markdown table and written to benchmarks/results/
    first row (10 vs 10) compares two equal servers: its distance from 1.00 is the noise floor.
    Also the resident memory of both API processes at each size, and the latency while the
    largest matrix changes (appends, then deletes), again alternating with the reference.
+4. freshness: what /classify's per-request check of the class generation costs (it makes a
+   class any API process answered `ready` for scored by the next request). Two servers on one
+   shared database (a fresh SQLite file, or `--database-url`), one with the check (the default)
+   and one with LITEEMBED_CLASSIFY_CHECKS_GENERATION=false, side by side: at concurrency 1 one
+   client alternates requests between them (ratio of p50s from the same window, and the median
+   per-pair ratio); at concurrency 16 the two are loaded in turn, in interleaved rounds (the
+   order flips each round), and the throughput ratio is per round, then the median.
 
 This is a measurement, not a test: nothing asserts on time. The client runs on the same CPU as
 the server, so on a small machine the HTTP numbers include the client's own cost.
 
-Longer than the project's ~400-line module guide: three measured parts share one server
+Longer than the project's ~400-line module guide: four measured parts share one server
 harness and one report writer, and keeping them in one script keeps a run self-contained.
 """
 
@@ -140,7 +147,9 @@ class Server:
     def __init__(self, args: argparse.Namespace, workdir: Path, **settings: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.database_url = f"sqlite:///{workdir / f'perf-{uuid.uuid4().hex[:8]}.db'}"
+        self.database_url = settings.get("database_url") or (
+            f"sqlite:///{workdir / f'perf-{uuid.uuid4().hex[:8]}.db'}"
+        )
         env = {k: v for k, v in os.environ.items() if not k.startswith("LITEEMBED_")}
         env.update(
             {
@@ -712,6 +721,101 @@ def part_scale(
     }
 
 
+# --- part 4: freshness --------------------------------------------------------------------------
+
+
+def part_freshness(args: argparse.Namespace, workdir: Path, dim: int) -> dict[str, Any]:
+    """/classify with the generation check against the same server without it, side by side."""
+    database_url = args.database_url or f"sqlite:///{workdir / 'freshness.db'}"
+    if not database_url.startswith("sqlite"):  # `serve` migrates only SQLite itself
+        from service.core.config import Settings
+        from service.db import migrate
+
+        migrate(Settings(_env_file=None, database_url=database_url))  # type: ignore[call-arg]
+    image = test_image()
+    with (
+        running(args, workdir, database_url=database_url) as checked,
+        running(
+            args, workdir, database_url=database_url, classify_checks_generation="false"
+        ) as unchecked,
+    ):
+        replace_ready_classes(database_url, checked.model_id, 10, dim, "base")
+        wait_for_size(checked, 10, "base")
+        wait_for_size(unchecked, 10, "base")
+        # Counts sized from the service's own latency, so each measurement lasts ~args.seconds.
+        per_request_s = max(classify_sequential(checked.url, image, count=5)["p50_ms"] / 1000, 1e-4)
+        pairs = int(min(max(args.seconds / (2 * per_request_s), 20), 2000))
+        n16 = int(min(max(args.seconds / per_request_s, 64), 4000))
+        rounds = []
+        for r in range(args.rounds):
+            c1 = classify_alternating(unchecked.url, checked.url, image, count=pairs)
+            c16: dict[str, dict[str, float]] = {}
+            order = [("on", checked), ("off", unchecked)]
+            for key, server in order if r % 2 == 0 else order[::-1]:
+                c16[key] = classify_concurrent(server.url, image, concurrency=16, count=n16)
+            rounds.append(
+                {
+                    "c1_on": c1["sized"],
+                    "c1_off": c1["reference"],
+                    "c1_pair_ratio_median": c1["pair_ratio_median"],
+                    "ratio_c1": c1["sized"]["p50_ms"] / c1["reference"]["p50_ms"],
+                    "c16_on": c16["on"],
+                    "c16_off": c16["off"],
+                    "throughput_ratio_c16": c16["on"]["throughput_per_s"]
+                    / c16["off"]["throughput_per_s"],
+                }
+            )
+            last = rounds[-1]
+            print(
+                f"  round {r + 1}: c1 p50 {c1['sized']['p50_ms']:.2f} vs "
+                f"{c1['reference']['p50_ms']:.2f} ms (x{last['ratio_c1']:.3f}); c16 "
+                f"{c16['on']['throughput_per_s']:.1f} vs {c16['off']['throughput_per_s']:.1f}/s "
+                f"(x{last['throughput_ratio_c16']:.3f})",
+                flush=True,
+            )
+    return {
+        "database": database_url.split(":", 1)[0].split("+", 1)[0],
+        "classes": 10,
+        "pairs_c1": pairs,
+        "requests_c16": n16,
+        "rounds": rounds,
+        "ratio_c1": statistics.median(r["ratio_c1"] for r in rounds),
+        "throughput_ratio_c16": statistics.median(r["throughput_ratio_c16"] for r in rounds),
+    }
+
+
+def freshness_markdown(f: dict[str, Any]) -> list[str]:
+    rounds = f["rounds"]
+
+    def med(part: str, key: str) -> float:
+        return statistics.median(r[part][key] for r in rounds)
+
+    return [
+        f"**Freshness** (/classify reads the class generation from the database before scoring, "
+        f"so a class any process answered `ready` for is scored; {f['database']}, "
+        f"{f['classes']} classes). Two servers on one database, with the check (default) and "
+        f"with LITEEMBED_CLASSIFY_CHECKS_GENERATION=false, side by side; medians of "
+        f"{len(rounds)} interleaved rounds.",
+        "",
+        "| | with check | without | ratio |",
+        "|---|---:|---:|---:|",
+        f"| concurrency 1, p50 ms (alternating, {f['pairs_c1']} pairs) | "
+        f"{med('c1_on', 'p50_ms'):.2f} | {med('c1_off', 'p50_ms'):.2f} | "
+        f"**{f['ratio_c1']:.3f}** (median per-pair "
+        f"{statistics.median(r['c1_pair_ratio_median'] for r in rounds):.3f}) |",
+        f"| concurrency 16, images/s ({f['requests_c16']} requests each) | "
+        f"{med('c16_on', 'throughput_per_s'):.1f} | {med('c16_off', 'throughput_per_s'):.1f} | "
+        f"**{f['throughput_ratio_c16']:.3f}** |",
+        f"| concurrency 16, p50 ms | {med('c16_on', 'p50_ms'):.2f} | "
+        f"{med('c16_off', 'p50_ms'):.2f} | |",
+        "",
+        "Per round (c=1 p50 ratio / c=16 throughput ratio): "
+        + ", ".join(f"{r['ratio_c1']:.3f} / {r['throughput_ratio_c16']:.3f}" for r in rounds)
+        + ".",
+        "",
+    ]
+
+
 # --- report ---------------------------------------------------------------------------------
 
 
@@ -789,6 +893,9 @@ def markdown(result: dict[str, Any]) -> str:
     s = result.get("scale")
     if s:
         lines += scale_markdown(s, result["classifier_dtype"])
+    f = result.get("freshness")
+    if f:
+        lines += freshness_markdown(f)
     if result.get("note"):
         lines += [result["note"], ""]
     return "\n".join(lines)
@@ -896,7 +1003,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default="10,1000,10000,100000")
     parser.add_argument("--train-steps", type=int, default=10, help="engine per-step timing")
     parser.add_argument("--reload-every", type=float, default=1.0)
-    parser.add_argument("--parts", default="classify,training,scale")
+    parser.add_argument("--parts", default="classify,training,scale,freshness")
+    parser.add_argument(
+        "--database-url",
+        default=None,
+        help="an empty database the freshness part's two servers share (default: a SQLite file)",
+    )
     parser.add_argument("--note", default="", help="what else ran on the machine")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--render", type=Path, default=None, help="re-print a result JSON")
@@ -940,7 +1052,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     with tempfile.TemporaryDirectory(prefix="liteembed-perf-") as tmp:
         workdir = Path(tmp)
-        if parts & {"classify", "scale"} or "training" in parts:
+        if parts & {"classify", "scale", "training"}:
             print(f"[{args.model}] server (default settings)", flush=True)
             with running(args, workdir) as server:
                 if "classify" in parts:
@@ -972,6 +1084,9 @@ def main(argv: list[str] | None = None) -> int:
                 result["training"]["full"] = post_and_wait(server.url, ["zorb"], 1, timeout=3600)
             print("training (engine, in-process):", flush=True)
             result["training"]["engine"] = engine_training(backend, vocabulary, args.train_steps)
+        if "freshness" in parts:
+            print("freshness (with and without the per-request generation check):", flush=True)
+            result["freshness"] = part_freshness(args, workdir, int(backend.embed_dim))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     table = markdown(result)

@@ -97,6 +97,10 @@ class Settings(BaseSettings):
     # The class matrix in memory: float32, or float16 for half the memory (scores change in the
     # fourth decimal).
     classifier_dtype: Literal["float32", "float16"] = "float32"
+    # Each /classify reads the class generation first and, when this process's class matrix is
+    # behind, brings it up to date before scoring: a class any API process answered `ready` for
+    # (or deleted) is scored accordingly. Off: classes show up within CLASSIFIER_REFRESH_SECONDS.
+    classify_checks_generation: bool = True
     # /classify micro-batching: one model thread encodes up to this many images at once...
     classify_max_batch: int = Field(default=32, ge=1)
     # ...waiting at most this long for more requests, and only while more are on their way.

@@ -5,6 +5,11 @@ the database's generation counter with the snapshot's at most every `classifier_
 updates off the request path when they differ, and swaps the reference (an atomic assignment), so
 a request always sees one consistent snapshot.
 
+/classify does not wait for that thread: `catch_up` reads the generation (one primary-key read)
+as a request starts and, when the snapshot is behind, syncs before the request is scored, so a
+class any process has answered `ready` for (or deleted) is scored accordingly. Concurrent requests
+behind the same change share one sync.
+
 Updates are incremental: classes that became ready are appended, and classes that left are
 dropped using the removal log (`class_removals`). A full re-read of every embedding, seconds of
 per-row Python at 10^5 classes, happens only at start, on a model change, or when the increments
@@ -20,11 +25,13 @@ import time
 from datetime import datetime
 
 import numpy as np
-from sqlalchemy import func, select
+from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.models import (
+    GENERATION_ROW,
     ClassRemoval,
+    Generation,
     PersonalizedClass,
     Status,
     read_generation,
@@ -41,6 +48,8 @@ from service.scoring.matrix import (
 
 log = logging.getLogger(__name__)
 
+# The generation, read by every /classify (`catch_up`).
+_GENERATION = select(Generation.value).where(Generation.id == GENERATION_ROW)
 # Rows fetched per round trip while building: bounds the transient Python objects at 10^5 classes.
 _FETCH_ROWS = 4096
 
@@ -157,11 +166,14 @@ class ClassMatrixCache:
                 f"class matrix dtype must be one of {sorted(MATRIX_DTYPES)}, not {dtype!r}"
             )
         self._factory = session_factory
+        self._engine: Engine = session_factory.kw["bind"]
         self._refresh_seconds = refresh_seconds
         self._dtype = dtype
         self._snapshot: ClassMatrix | None = None
         self._model: tuple[str, int] | None = None
         self._lock = threading.Lock()  # one rebuild at a time
+        # Snapshots swapped in since start (for tests: concurrent catch-ups share one sync).
+        self.syncs = 0
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -185,26 +197,53 @@ class ClassMatrixCache:
         assert snap is not None
         return snap
 
+    def catch_up(self, model_id: str, dim: int) -> None:
+        """Bring the snapshot up to every class change committed before this call.
+
+        One primary-key read of the generation; only when the snapshot is behind it, an
+        (incremental) sync before returning. Why a read per request: a client that saw `ready`
+        from any API process must have the class scored by the next /classify, and this
+        process cannot know about another's commit otherwise. Callers behind the same change
+        share one sync: whoever takes the lock after it finds the snapshot current. Database
+        errors propagate (the caller cannot vouch for the snapshot then).
+        """
+        if self._model != (model_id, dim):
+            self.bind_model(model_id, dim)
+        # A Core read on a pooled connection: about a third of an ORM session's cost, per request.
+        with self._engine.connect() as connection:
+            target = int(connection.execute(_GENERATION).scalar() or 0)
+        if self._covers(model_id, target):
+            return
+        with self._lock:
+            if self._covers(model_id, target):  # synced by a concurrent caller meanwhile
+                return
+            self._sync(force=False)
+
+    def _covers(self, model_id: str, generation: int) -> bool:
+        snap = self._snapshot
+        return snap is not None and snap.model_id == model_id and snap.generation >= generation
+
     def refresh(self, *, force: bool = False) -> None:
         if self._model is None:
             return
-        model_id, dim = self._model
         with self._lock:
-            with self._factory() as session:
-                current = self._snapshot
-                if (
-                    not force
-                    and current is not None
-                    and current.model_id == model_id
-                    and read_generation(session) == current.generation
-                ):
-                    return
-                snap = None
-                if not force and current is not None and current.model_id == model_id:
-                    snap = update_matrix(session, current, dim)
-                if snap is None:
-                    snap = build_matrix(session, model_id, dim, self._dtype)
-            self._snapshot = snap
+            self._sync(force=force)
+
+    def _sync(self, *, force: bool) -> None:
+        """Update (or rebuild) the snapshot from the database; the caller holds the lock."""
+        assert self._model is not None
+        model_id, dim = self._model
+        with self._factory() as session:
+            current = self._snapshot
+            if force or (current is not None and current.model_id != model_id):
+                current = None  # rebuilt in full
+            if current is not None and read_generation(session) == current.generation:
+                return
+            snap = update_matrix(session, current, dim) if current is not None else None
+            if snap is None:
+                snap = build_matrix(session, model_id, dim, self._dtype)
+        self._snapshot = snap
+        self.syncs += 1
         log.debug(
             "class matrix now: %d classes, %.1f MB, generation %d",
             snap.size,

@@ -1,4 +1,5 @@
-"""Class vectors and snapshots for the scoring tests, and the full-sort reference top-k."""
+"""Class vectors and snapshots for the scoring tests, the full-sort reference top-k, and ready
+classes written straight into (and removed from) a test database."""
 
 from __future__ import annotations
 
@@ -29,3 +30,52 @@ def full_sort_reference(logits: np.ndarray, scale: float, k: int) -> tuple[np.nd
     probabilities /= probabilities.sum()
     order = np.argsort(-probabilities, kind="stable")[:k]
     return order, probabilities[order]
+
+
+def insert_ready(url: str, model_id: str, vectors: np.ndarray, first: int = 0) -> None:
+    """Insert ready classes "Class i" (name_key "class i") with `vectors` as their embeddings
+    and bump the generation, in one transaction."""
+    from sqlalchemy import insert
+
+    from service.db import make_engine, session_scope
+    from service.db import make_session_factory as factory_of
+    from service.models import PersonalizedClass, bump_generation, utcnow
+
+    engine = make_engine(url)
+    now = utcnow()
+    rows = [
+        {
+            "id": f"00000000-0000-0000-0000-{first + i:012d}",
+            "name": f"Class {first + i}",
+            "name_key": f"class {first + i}",
+            "model_id": model_id,
+            "status": "ready",
+            "embedding": v.astype(np.float32).tobytes(),
+            "dim": v.shape[0],
+            "hints": [],
+            "confusers": [],
+            "created_at": now,
+            "updated_at": now,
+        }
+        for i, v in enumerate(vectors)
+    ]
+    with session_scope(factory_of(engine)) as session:
+        session.execute(insert(PersonalizedClass), rows)
+        bump_generation(session)
+    engine.dispose()
+
+
+def remove_classes(factory: Any, *keys: str) -> None:
+    """Delete classes the way the API does (logged), one transaction each."""
+    from sqlalchemy import select
+
+    from service.crud import remove_class
+    from service.db import session_scope
+    from service.models import PersonalizedClass
+
+    for key in keys:
+        with session_scope(factory) as session:
+            row = session.scalars(
+                select(PersonalizedClass).where(PersonalizedClass.name_key == key)
+            ).one()
+            remove_class(session=session, row=row)

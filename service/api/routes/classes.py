@@ -187,7 +187,7 @@ def get_class(session: SessionDep, class_id: str) -> ClassOut:
 def delete_class(session: SessionDep, classifier: ClassifierDep, class_id: str) -> Response:
     crud.remove_class(session=session, row=_get_or_404(session, class_id))
     session.commit()
-    # This process drops it from /classify before answering; others within the refresh period.
+    # This process drops it from /classify before answering; every other at its next /classify.
     classifier.refresh_now()
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 

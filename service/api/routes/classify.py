@@ -33,6 +33,7 @@ from service.api.schemas import (
     Prediction,
 )
 from service.api.uploads import error, validate_words
+from service.core.config import Settings
 from service.runtime import Runtime
 from service.scoring.batcher import Encoded, ModelRunner
 from service.scoring.scorer import top_k_softmax
@@ -97,6 +98,7 @@ async def classify(
     # pool and the model to the model-runner thread, which batches concurrent requests.
     labels, top_k = body.fields.labels, body.fields.top_k
     clean_labels = validate_words(labels, field="labels", limit=settings.max_labels)
+    await _classes_current(settings, runtime, classifier)
     encoded = await encode_images(
         body.images,
         top_k=None if clean_labels else top_k,
@@ -135,6 +137,21 @@ async def classify_json(
     body: ClassifyBodyDep,
 ) -> ClassifyOut | ClassifyBatchOut:
     return await classify(settings, runtime, classifier, runner, preprocess_pool, body)
+
+
+async def _classes_current(
+    settings: Settings, runtime: Runtime, classifier: ClassMatrixCache
+) -> None:
+    """Have the class matrix hold every class change committed before this request started
+    (`ready` answered by any API process means classifiable), before any image is scored. A
+    database that cannot be read answers 503 (the app's database handler): unconfirmed, the
+    class list is not guessed."""
+    if not settings.classify_checks_generation:
+        return
+    dim = int(runtime.backend.embed_dim)
+    await asyncio.get_running_loop().run_in_executor(
+        None, classifier.catch_up, runtime.model_id, dim
+    )
 
 
 def _class_predictions(encoded: Encoded) -> list[Prediction]:

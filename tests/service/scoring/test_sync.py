@@ -10,38 +10,12 @@ import pytest
 
 from service.scoring.scorer import class_logits, top_k_softmax
 from service.scoring.sync import ClassMatrixCache, build_matrix, update_matrix
-from tests.helpers.class_vectors import full_sort_reference, random_matrix
-
-
-def _insert_ready(url: str, model_id: str, vectors: np.ndarray, first: int = 0) -> None:
-    from sqlalchemy import insert
-
-    from service.db import make_engine, session_scope
-    from service.db import make_session_factory as factory_of
-    from service.models import PersonalizedClass, bump_generation, utcnow
-
-    engine = make_engine(url)
-    now = utcnow()
-    rows = [
-        {
-            "id": f"00000000-0000-0000-0000-{first + i:012d}",
-            "name": f"Class {first + i}",
-            "name_key": f"class {first + i}",
-            "model_id": model_id,
-            "status": "ready",
-            "embedding": v.astype(np.float32).tobytes(),
-            "dim": v.shape[0],
-            "hints": [],
-            "confusers": [],
-            "created_at": now,
-            "updated_at": now,
-        }
-        for i, v in enumerate(vectors)
-    ]
-    with session_scope(factory_of(engine)) as session:
-        session.execute(insert(PersonalizedClass), rows)
-        bump_generation(session)
-    engine.dispose()
+from tests.helpers.class_vectors import (
+    full_sort_reference,
+    insert_ready,
+    random_matrix,
+    remove_classes,
+)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
@@ -51,7 +25,7 @@ def test_build_from_the_database_and_refresh_on_a_new_generation(
     from service.db import make_engine, make_session_factory
 
     vectors = random_matrix(5000, 16)
-    _insert_ready(database_url, "m@1", vectors)
+    insert_ready(database_url, "m@1", vectors)
     engine = make_engine(database_url)
     factory = make_session_factory(engine)
     with factory() as session:
@@ -77,7 +51,7 @@ def test_build_from_the_database_and_refresh_on_a_new_generation(
     assert first.size == 5000
     cache.refresh()  # same generation: the snapshot object is kept
     assert cache.snapshot("m@1", 16) is first
-    _insert_ready(database_url, "m@1", random_matrix(1, 16, seed=5), first=5000)
+    insert_ready(database_url, "m@1", random_matrix(1, 16, seed=5), first=5000)
     cache.refresh()  # the generation moved: rebuilt, and swapped in whole
     second = cache.snapshot("m@1", 16)
     assert second is not first and second.size == 5001 and first.size == 5000
@@ -97,34 +71,18 @@ def _assert_same_content(updated: Any, rebuilt: Any) -> None:
     np.testing.assert_array_equal(np.sort(updated.key_hashes), updated.key_hashes)
 
 
-def _remove(factory: Any, *keys: str) -> None:
-    """Delete classes the way the API does (logged), one transaction each."""
-    from sqlalchemy import select
-
-    from service.crud import remove_class
-    from service.db import session_scope
-    from service.models import PersonalizedClass
-
-    for key in keys:
-        with session_scope(factory) as session:
-            row = session.scalars(
-                select(PersonalizedClass).where(PersonalizedClass.name_key == key)
-            ).one()
-            remove_class(session=session, row=row)
-
-
 def test_a_new_ready_class_is_appended_in_place(database_url: str) -> None:
     """Appending equals a full rebuild in content, writes into spare rows, and never changes
     what an older snapshot sees."""
     from service.db import make_engine, make_session_factory
 
-    _insert_ready(database_url, "m@1", random_matrix(300, 16))
+    insert_ready(database_url, "m@1", random_matrix(300, 16))
     engine = make_engine(database_url)
     factory = make_session_factory(engine)
     cache = ClassMatrixCache(factory, refresh_seconds=60)
     first = cache.snapshot("m@1", 16)
     before = first.matrix.copy()
-    _insert_ready(database_url, "m@1", random_matrix(2, 16, seed=3), first=300)
+    insert_ready(database_url, "m@1", random_matrix(2, 16, seed=3), first=300)
     with factory() as session:
         appended = update_matrix(session, first, 16)
         rebuilt = build_matrix(session, "m@1", 16)
@@ -134,7 +92,7 @@ def test_a_new_ready_class_is_appended_in_place(database_url: str) -> None:
     np.testing.assert_array_equal(first.matrix, before)
     assert first.size == 300 and len(first.ids) == 300
 
-    _insert_ready(database_url, "m@1", random_matrix(3, 16, seed=4), first=302)
+    insert_ready(database_url, "m@1", random_matrix(3, 16, seed=4), first=302)
     with factory() as session:
         again = update_matrix(session, appended, 16)
         # `first` is no longer the tip of the shared buffer: it must copy, not overwrite the
@@ -154,13 +112,13 @@ def test_a_new_ready_class_is_appended_in_place(database_url: str) -> None:
 def test_a_deleted_class_leaves_the_matrix_without_a_rebuild(database_url: str, dtype: str) -> None:
     from service.db import make_engine, make_session_factory
 
-    _insert_ready(database_url, "m@1", random_matrix(300, 16))
+    insert_ready(database_url, "m@1", random_matrix(300, 16))
     engine = make_engine(database_url)
     factory = make_session_factory(engine)
     cache = ClassMatrixCache(factory, refresh_seconds=60, dtype=dtype)
     first = cache.snapshot("m@1", 16)
-    _remove(factory, "class 7", "class 0", "class 299")
-    _insert_ready(database_url, "m@1", random_matrix(2, 16, seed=3), first=300)
+    remove_classes(factory, "class 7", "class 0", "class 299")
+    insert_ready(database_url, "m@1", random_matrix(2, 16, seed=3), first=300)
     with factory() as session:
         updated = update_matrix(session, first, 16)
         rebuilt = build_matrix(session, "m@1", 16, dtype)
@@ -183,13 +141,13 @@ def test_a_replaced_class_drops_the_old_row_and_appends_the_new(database_url: st
     from service.db import make_engine, make_session_factory, session_scope
     from service.models import PersonalizedClass
 
-    _insert_ready(database_url, "m@1", random_matrix(10, 16))
+    insert_ready(database_url, "m@1", random_matrix(10, 16))
     engine = make_engine(database_url)
     factory = make_session_factory(engine)
     with factory() as session:
         first = build_matrix(session, "m@1", 16)
-    _remove(factory, "class 4")
-    _insert_ready(database_url, "m@1", random_matrix(1, 16, seed=8), first=4)  # same name
+    remove_classes(factory, "class 4")
+    insert_ready(database_url, "m@1", random_matrix(1, 16, seed=8), first=4)  # same name
     with session_scope(factory) as session:  # ids must differ from the removed row's
         session.execute(
             update(PersonalizedClass)
@@ -213,7 +171,7 @@ def test_changes_it_cannot_account_for_fall_back_to_a_full_rebuild(database_url:
     from service.db import make_engine, make_session_factory, session_scope
     from service.models import PersonalizedClass, bump_generation, utcnow
 
-    _insert_ready(database_url, "m@1", random_matrix(50, 16))
+    insert_ready(database_url, "m@1", random_matrix(50, 16))
     engine = make_engine(database_url)
     factory = make_session_factory(engine)
     cache = ClassMatrixCache(factory, refresh_seconds=60)
@@ -230,7 +188,7 @@ def test_changes_it_cannot_account_for_fall_back_to_a_full_rebuild(database_url:
     assert after.size == 49 and after.index_of("class 7") is None
 
     # The log was pruned past the snapshot: it cannot know what left, so it rebuilds.
-    _remove(factory, "class 8")
+    remove_classes(factory, "class 8")
     with session_scope(factory) as session:
         assert prune_removals(session=session, older_than=utcnow()) == 1
     with factory() as session:
@@ -250,12 +208,12 @@ def test_pruning_keeps_recent_removals_and_raises_the_floor(database_url: str) -
     from service.db import make_engine, make_session_factory, session_scope
     from service.models import ClassRemoval, read_removals_floor, utcnow
 
-    _insert_ready(database_url, "m@1", random_matrix(5, 16))
+    insert_ready(database_url, "m@1", random_matrix(5, 16))
     engine = make_engine(database_url)
     factory = make_session_factory(engine)
-    _remove(factory, "class 0", "class 1")
+    remove_classes(factory, "class 0", "class 1")
     cutoff = utcnow()
-    _remove(factory, "class 2")
+    remove_classes(factory, "class 2")
     with session_scope(factory) as session:
         generations = session.scalars(
             select(ClassRemoval.generation).order_by(ClassRemoval.generation)
@@ -282,7 +240,7 @@ def test_random_changes_follow_incrementally_and_equal_a_rebuild(
     from service.db import make_engine, make_session_factory, session_scope
     from service.models import PersonalizedClass
 
-    _insert_ready(database_url, "m@1", random_matrix(200, 16))
+    insert_ready(database_url, "m@1", random_matrix(200, 16))
     engine = make_engine(database_url)
     factory = make_session_factory(engine)
     cache = ClassMatrixCache(factory, refresh_seconds=60)
@@ -303,19 +261,19 @@ def test_random_changes_follow_incrementally_and_equal_a_rebuild(
         action = rng.choice(["append", "delete", "replace", "mixed"])
         if action in ("append", "mixed"):
             count = rng.randint(1, 5)
-            _insert_ready(
+            insert_ready(
                 database_url, "m@1", random_matrix(count, 16, seed=100 + step), first=next_index
             )
             alive.update(range(next_index, next_index + count))
             next_index += count
         if action in ("delete", "mixed"):
             gone = rng.sample(sorted(alive), rng.randint(1, 4))
-            _remove(factory, *(f"class {i}" for i in gone))
+            remove_classes(factory, *(f"class {i}" for i in gone))
             alive.difference_update(gone)
         if action == "replace":  # the same name comes back as a new class (new id)
             index = rng.choice(sorted(alive))
-            _remove(factory, f"class {index}")
-            _insert_ready(database_url, "m@1", random_matrix(1, 16, seed=500 + step), first=index)
+            remove_classes(factory, f"class {index}")
+            insert_ready(database_url, "m@1", random_matrix(1, 16, seed=500 + step), first=index)
             with session_scope(factory) as session:
                 session.execute(
                     update(PersonalizedClass)

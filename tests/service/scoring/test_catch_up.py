@@ -1,0 +1,83 @@
+"""`ClassMatrixCache.catch_up`: a request brings the class matrix up to the database's generation
+before it is scored, and concurrent requests behind the same change share one sync."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from service.scoring.sync import ClassMatrixCache
+from tests.helpers.class_vectors import insert_ready, random_matrix, remove_classes
+
+
+@pytest.fixture
+def factory(database_url: str) -> Any:
+    from service.db import make_engine, make_session_factory
+
+    engine = make_engine(database_url)
+    yield make_session_factory(engine)
+    engine.dispose()
+
+
+def test_catch_up_syncs_only_when_the_database_moved(database_url: str, factory: Any) -> None:
+    insert_ready(database_url, "m@1", random_matrix(10, 16))
+    cache = ClassMatrixCache(factory, refresh_seconds=60)  # the refresher thread never runs
+    first = cache.snapshot("m@1", 16)
+    syncs = cache.syncs
+    cache.catch_up("m@1", 16)
+    assert cache.snapshot("m@1", 16) is first and cache.syncs == syncs
+
+    insert_ready(database_url, "m@1", random_matrix(1, 16, seed=4), first=10)
+    cache.catch_up("m@1", 16)
+    assert cache.snapshot("m@1", 16).index_of("class 10") == 10
+    remove_classes(factory, "class 3")
+    cache.catch_up("m@1", 16)
+    after = cache.snapshot("m@1", 16)
+    assert after.size == 10 and after.index_of("class 3") is None
+    assert cache.syncs == syncs + 2
+
+
+def test_concurrent_catch_ups_behind_one_change_share_one_sync(
+    database_url: str, factory: Any
+) -> None:
+    """16 requests that all read the new generation before any of them synced: one sync."""
+    requests = 16
+    insert_ready(database_url, "m@1", random_matrix(10, 16))
+    cache = ClassMatrixCache(factory, refresh_seconds=60)
+    cache.snapshot("m@1", 16)
+    syncs = cache.syncs
+    insert_ready(database_url, "m@1", random_matrix(1, 16, seed=4), first=10)
+
+    # Each request's generation read, once done, waits until all 16 have read: the worst case
+    # for sharing, where every request finds the snapshot behind.
+    all_read = threading.Barrier(requests)
+    generation_read = cache._engine.connect
+
+    @contextmanager
+    def connect() -> Iterator[Any]:
+        with generation_read() as connection:
+            yield connection
+        all_read.wait(timeout=30)
+
+    cache._engine = SimpleNamespace(connect=connect)  # type: ignore[assignment]
+    errors: list[BaseException] = []
+
+    def request() -> None:
+        try:
+            cache.catch_up("m@1", 16)
+            assert cache.snapshot("m@1", 16).index_of("class 10") == 10
+        except BaseException as exc:  # reported below, not lost in the thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=request) for _ in range(requests)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    assert cache.syncs == syncs + 1
