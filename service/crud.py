@@ -69,6 +69,7 @@ def register_class(
     name: str,
     name_key: str,
     model_id: str,
+    tenant: str,
     images: Sequence[bytes],
     hints: list[str],
     confusers: list[str],
@@ -79,10 +80,12 @@ def register_class(
 
     Registrations of one name run one at a time, so concurrent replacements all succeed and the
     last to commit wins (none is refused because another replaced the class it saw)."""
-    serialize_name(session=session, model_id=model_id, name_key=name_key)
+    serialize_name(session=session, model_id=model_id, tenant=tenant, name_key=name_key)
     existing = session.scalars(
         select(PersonalizedClass).where(
-            PersonalizedClass.model_id == model_id, PersonalizedClass.name_key == name_key
+            PersonalizedClass.model_id == model_id,
+            PersonalizedClass.tenant == tenant,
+            PersonalizedClass.name_key == name_key,
         )
     ).first()
     if existing is not None and not replace:
@@ -97,6 +100,7 @@ def register_class(
         name=name,
         name_key=name_key,
         model_id=model_id,
+        tenant=tenant,
         status=Status.queued.value,
         progress=0.0,
         attempts=0,
@@ -117,11 +121,13 @@ def register_class(
     return Registered(row=row, replaced_ready=replaced_ready)
 
 
-def serialize_name(*, session: Session, model_id: str, name_key: str) -> None:
+def serialize_name(*, session: Session, model_id: str, tenant: str, name_key: str) -> None:
     """Hold, until the caller's transaction ends, the lock that orders writes of one name."""
     if session.get_bind().dialect.name == "postgresql":
-        # A transaction-scoped advisory lock per (model, name): other names are not held up.
-        digest = hashlib.blake2b(f"{model_id}\0{name_key}".encode(), digest_size=8).digest()
+        # A transaction-scoped advisory lock per (model, tenant, name): other names are not held up.
+        digest = hashlib.blake2b(
+            f"{model_id}\0{tenant}\0{name_key}".encode(), digest_size=8
+        ).digest()
         session.execute(select(func.pg_advisory_xact_lock(int.from_bytes(digest, signed=True))))
     else:
         # SQLite has one writer at a time. Taking the write lock before the first read (a no-op
@@ -143,6 +149,7 @@ def remove_class(*, session: Session, row: PersonalizedClass) -> None:
             generation=generation,
             class_id=row.id,
             model_id=row.model_id,
+            tenant=row.tenant,
             name_key=row.name_key,
         )
     )
@@ -203,18 +210,22 @@ def claim_class(
 def claim_companions(
     *, sessions: sessionmaker[Session], class_id: str, limit: int, max_attempts: int
 ) -> Iterator[tuple[str, str]]:
-    """Claim up to `limit` other queued rows of `class_id`'s model, oldest first, with the same
-    compare-and-set as `claim_class` (a row another worker took is skipped).
+    """Claim up to `limit` other queued rows of `class_id`'s model and tenant, oldest first, with
+    the same compare-and-set as `claim_class` (a row another worker took is skipped). Classes
+    trained together are each other's negatives, so tenants are never mixed in a batch.
 
     Yields (class id, lease) as each claim commits, so a caller that fails half-way still knows
     every row it holds."""
     cls = PersonalizedClass
     with session_scope(sessions) as session:
-        model_id = session.scalar(select(cls.model_id).where(cls.id == class_id))
+        owner = session.execute(select(cls.model_id, cls.tenant).where(cls.id == class_id)).first()
+        if owner is None:
+            return
         candidates = session.execute(
             select(cls.id, cls.attempts)
             .where(
-                cls.model_id == model_id,
+                cls.model_id == owner.model_id,
+                cls.tenant == owner.tenant,
                 cls.status == Status.queued,
                 cls.attempts < max_attempts,
                 cls.id != class_id,

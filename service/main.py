@@ -16,9 +16,10 @@ from service.admin import mount_admin
 from service.api import errors, openapi
 from service.api.limits import BodySizeLimit
 from service.api.request_id import RequestIdMiddleware
-from service.api.routes import classes, classify, embeddings, health
+from service.api.routes import classes, classify, embeddings, health, keys
 from service.core.config import Settings, get_settings
 from service.db import SchemaCheck, make_engine, make_session_factory, watch_outages
+from service.keys import KeyLookup, hash_secret
 from service.metrics import Metrics, MetricsMiddleware
 from service.queue import make_producer
 from service.runtime import RuntimeHolder
@@ -65,6 +66,11 @@ def create_app(
     app.state.database_outage = watch_outages(engine)
     app.state.session_factory = session_factory
     app.state.schema_check = SchemaCheck()
+    app.state.key_lookup = KeyLookup(
+        session_factory,
+        ttl=settings.key_cache_seconds,
+        hash_secret=hash_secret(settings),
+    )
     app.state.producer = make_producer(settings)
     app.state.runtime = RuntimeHolder(settings)
     app.state.classifier = ClassMatrixCache(
@@ -87,6 +93,7 @@ def create_app(
     app.include_router(classes.router)
     app.include_router(classify.router)
     app.include_router(embeddings.router)
+    app.include_router(keys.router)
     mount_admin(app)
     errors.install(app)
     openapi.install(app)

@@ -36,6 +36,13 @@ def as_utc(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC)
 
 
+# The tenant of classes registered before tenants existed, and of the keys set in the environment.
+DEFAULT_TENANT = "default"
+# Tenant ids: short, lower-case, URL- and log-safe (and never containing the class matrix's
+# key separator "/").
+TENANT_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+
+
 class Status(enum.StrEnum):
     queued = "queued"
     training = "training"
@@ -50,9 +57,9 @@ class Base(DeclarativeBase):
 class PersonalizedClass(Base):
     __tablename__ = "classes"
     __table_args__ = (
-        # Names are unique per model; name_key (liteembed.names: NFKC + casefold) makes "Tea",
-        # "tea" and "ｔｅａ" collide.
-        UniqueConstraint("model_id", "name_key", name="uq_classes_model_name"),
+        # Names are unique per model within a tenant; name_key (liteembed.names: NFKC +
+        # casefold) makes "Tea", "tea" and "ｔｅａ" collide.
+        UniqueConstraint("model_id", "tenant", "name_key", name="uq_classes_tenant_name"),
         Index("ix_classes_status", "status"),
         # Covers the class matrix's incremental update: the count of ready rows of a model and
         # the rows that became ready since, without scanning 10^5 rows of embeddings.
@@ -60,6 +67,8 @@ class PersonalizedClass(Base):
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=lambda: str(uuid.uuid4()))
+    # The tenant that owns the class: only its keys (and admin keys) see it.
+    tenant: Mapped[str] = mapped_column(String(64), default=DEFAULT_TENANT)
     name: Mapped[str] = mapped_column(String(200))
     name_key: Mapped[str] = mapped_column(String(200))
     model_id: Mapped[str] = mapped_column(String(200))
@@ -138,8 +147,25 @@ class ClassRemoval(Base):
     generation: Mapped[int] = mapped_column(BigInteger, index=True)
     class_id: Mapped[str] = mapped_column(String(36))
     model_id: Mapped[str] = mapped_column(String(200))
+    tenant: Mapped[str] = mapped_column(String(64), default=DEFAULT_TENANT)
     name_key: Mapped[str] = mapped_column(String(200))
     removed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ApiKey(Base):
+    """A key issued through the admin API. Only a hash of the secret is kept (service/keys.py)."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=lambda: str(uuid.uuid4()))
+    # The first characters of the key, shown in lists so an operator can tell keys apart.
+    prefix: Mapped[str] = mapped_column(String(16))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    tenant: Mapped[str | None] = mapped_column(String(64), nullable=True)  # None: an admin key
+    role: Mapped[str] = mapped_column(String(8))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 GENERATION_ROW = 1

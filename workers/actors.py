@@ -134,6 +134,7 @@ class Trainer:
 
         runtime = self.runtime.get()
         jobs: dict[str, Any] = {}  # class id -> ClassRequest, for the rows still ours
+        tenants: set[str] = set()  # one, as companions are claimed within the tenant
         with self.sessions() as session:
             for class_id, lease in leases.items():
                 row = session.get(PersonalizedClass, class_id)
@@ -153,8 +154,10 @@ class Trainer:
                     .order_by(ClassImage.position)
                 ).all()
                 jobs[class_id] = (row.name, list(row.hints), list(row.confusers), blobs)
-            # The classes being trained are not ready, so none is another's negative.
-            registered = self._registered(session, runtime, exclude=set(leases))
+                tenants.add(row.tenant)
+            # The classes being trained are not ready, so none is another's negative; and only
+            # the tenant's own classes are (another tenant's names must not shape this one).
+            registered = self._registered(session, runtime, tenants=tenants, exclude=set(leases))
         requests: dict[str, Any] = {}
         for class_id, (name, hints, confusers, blobs) in jobs.items():
             try:
@@ -224,7 +227,7 @@ class Trainer:
         return dataclasses.replace(base(), **changes)
 
     def _registered(
-        self, session: Session, runtime: Runtime, *, exclude: set[str]
+        self, session: Session, runtime: Runtime, *, tenants: set[str], exclude: set[str]
     ) -> dict[str, Any]:
         import torch
 
@@ -233,6 +236,7 @@ class Trainer:
             .where(
                 PersonalizedClass.model_id == runtime.model_id,
                 PersonalizedClass.status == Status.ready,
+                PersonalizedClass.tenant.in_(tenants),
                 PersonalizedClass.id.not_in(exclude),
             )
             # A stable order, so a retried job sees its negatives in the same order.

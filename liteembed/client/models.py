@@ -20,6 +20,7 @@ class ClassInfo(_Result):
 
     id: str
     name: str
+    tenant: str = "default"
     model: str
     status: ClassStatus
     progress: float

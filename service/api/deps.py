@@ -9,21 +9,28 @@ from __future__ import annotations
 import hmac
 from collections.abc import Iterator
 from concurrent.futures import Executor
+from dataclasses import dataclass
 from enum import IntEnum
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request, Security, status
+from fastapi import Depends, HTTPException, Query, Request, Security, status
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from service.core.config import Settings
 from service.db import SchemaCheck, close_quietly
+from service.keys import KEY_MARK, KeyLookup
 from service.metrics import Metrics
+from service.models import DEFAULT_TENANT, TENANT_PATTERN
 from service.queue import Producer
 from service.runtime import Runtime, RuntimeHolder
 from service.scoring.batcher import ModelRunner
 from service.scoring.sync import ClassMatrixCache
 from service.worker_presence import WorkerPresence
+
+# Issued keys are 46 characters; anything much longer is not worth hashing.
+MAX_TOKEN_CHARS = 128
 
 
 # The trivial dependencies are `async def` on purpose: FastAPI runs a plain `def` dependency
@@ -110,6 +117,18 @@ class Role(IntEnum):
     admin = 2
 
 
+@dataclass(frozen=True)
+class Caller:
+    """Who sent the request: a client of one tenant, or an admin of every tenant."""
+
+    role: Role
+    tenant: str | None  # None for admins
+
+
+async def get_key_lookup(request: Request) -> KeyLookup:
+    return request.app.state.key_lookup  # type: ignore[no-any-return]
+
+
 def _matches(candidate: bytes, keys: list[str]) -> bool:
     # Compare against every key without stopping early, so timing says nothing about which
     # key (or how much of one) matched.
@@ -124,39 +143,80 @@ def _matches(candidate: bytes, keys: list[str]) -> bool:
 _bearer = HTTPBearer(auto_error=False, description="an admin or client API key")
 
 
-async def caller_role(
+async def get_caller(
     request: Request,
     settings: SettingsDep,
+    lookup: Annotated[KeyLookup, Depends(get_key_lookup)],
     _credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
-) -> Role:
-    if not settings.auth_enabled:
-        return Role.admin  # open mode: the CLI binds 127.0.0.1 (unless ALLOW_OPEN) and warns
+) -> Caller:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
+    token = token.strip()
+    has_token = scheme.lower() == "bearer" and bool(token)
+    if not settings.auth_enabled and not has_token:
+        # Open mode (no keys in the environment): the CLI binds 127.0.0.1 (unless ALLOW_OPEN).
+        return Caller(Role.admin, None)
     unauthorized = HTTPException(
         status.HTTP_401_UNAUTHORIZED,
         "missing or invalid API key (send 'Authorization: Bearer <key>')",
         headers={"WWW-Authenticate": "Bearer"},
     )
-    if scheme.lower() != "bearer" or not token.strip():
+    if not has_token:
         raise unauthorized
-    candidate = token.strip().encode()
+    candidate = token.encode()
     if _matches(candidate, settings.admin_keys):
-        return Role.admin
+        return Caller(Role.admin, None)
     if _matches(candidate, settings.client_keys):
-        return Role.client
+        return Caller(Role.client, DEFAULT_TENANT)
+    if token.startswith(KEY_MARK) and len(token) <= MAX_TOKEN_CHARS:
+        holder = await run_in_threadpool(lookup.find, token)
+        if holder is not None:
+            role = Role.admin if holder.role == "admin" else Role.client
+            return Caller(role, holder.tenant if role is Role.client else None)
+    if not settings.auth_enabled:
+        return Caller(Role.admin, None)  # open mode: an unknown token changes nothing
     raise unauthorized
 
 
-async def require_client(role: Annotated[Role, Depends(caller_role)]) -> Role:
-    return role
+async def require_client(caller: Annotated[Caller, Depends(get_caller)]) -> Caller:
+    return caller
 
 
-async def require_admin(role: Annotated[Role, Depends(caller_role)]) -> Role:
-    if role < Role.admin:
+async def require_admin(caller: Annotated[Caller, Depends(get_caller)]) -> Caller:
+    if caller.role < Role.admin:
         raise HTTPException(status.HTTP_403_FORBIDDEN, "this route needs an admin key")
-    return role
+    return caller
 
 
 ClientDep = Depends(require_client)
 AdminDep = Depends(require_admin)
+CallerDep = Annotated[Caller, Depends(require_client)]
+
+
+def tenant_scope(caller: Caller, requested: str | None) -> str | None:
+    """The tenant a request acts within; None: every tenant (admins only)."""
+    if caller.role is Role.client:
+        if requested is not None and requested != caller.tenant:
+            raise HTTPException(
+                status.HTTP_403_FORBIDDEN, "a client key acts only within its own tenant"
+            )
+        return caller.tenant
+    return requested
+
+
+TENANT_QUERY_DESCRIPTION = (
+    "admin keys: act within this tenant (default: every tenant; a registration goes to "
+    "`default`); client keys act within their own tenant"
+)
+
+
+async def get_tenant_scope(
+    caller: CallerDep,
+    tenant: Annotated[
+        str | None, Query(pattern=TENANT_PATTERN, description=TENANT_QUERY_DESCRIPTION)
+    ] = None,
+) -> str | None:
+    return tenant_scope(caller, tenant)
+
+
+TenantScopeDep = Annotated[str | None, Depends(get_tenant_scope)]

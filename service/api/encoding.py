@@ -30,8 +30,10 @@ async def encode_images(
     runtime: Runtime,
     runner: ModelRunner,
     pool: Executor,
+    tenant: str | None = None,
 ) -> list[Encoded]:
-    """Each image's feature (scored against the class matrix when `top_k` is set), in order.
+    """Each image's feature (scored against the class matrix when `top_k` is set, against
+    `tenant`'s classes only when that is set too), in order.
 
     Every image is decoded and checked before any is submitted, so a bad one fails the request
     before model work, and the runner finds them all waiting: a request of N images is one
@@ -46,7 +48,7 @@ async def encode_images(
         for outcome in outcomes:  # the first bad image in order answers, whatever finished first
             if isinstance(outcome, BaseException):
                 raise outcome
-        futures = [runner.encode(pixels, top_k=top_k) for pixels in outcomes]  # type: ignore[arg-type]
+        futures = [runner.encode(pixels, top_k=top_k, tenant=tenant) for pixels in outcomes]  # type: ignore[arg-type]
     try:
         return [await asyncio.wrap_future(future) for future in futures]
     except MatrixMismatch:

@@ -14,6 +14,7 @@ from service.models import PersonalizedClass, as_utc
 class ClassOut(BaseModel):
     id: str
     name: str
+    tenant: str
     model: str
     status: str
     progress: float
@@ -31,6 +32,7 @@ class ClassOut(BaseModel):
         return cls(
             id=row.id,
             name=row.name,
+            tenant=row.tenant,
             model=row.model_id,
             status=row.status,
             progress=round(float(row.progress or 0.0), 4),

@@ -60,6 +60,12 @@ class Settings(BaseSettings):
     # Lets `serve` without keys bind a non-loopback address (a container's 0.0.0.0): anyone who
     # reaches the port may register and delete classes. For local experiments only.
     allow_open: bool = False
+    # Keys issued through /v1/keys are looked up in the database and remembered this long by
+    # each API process: a revocation takes effect everywhere within this time.
+    key_cache_seconds: float = Field(default=0.5, ge=0, le=1.0)
+    # Optional secret mixed into the stored hashes of issued keys (a stolen database alone then
+    # cannot even test guesses). Changing it invalidates every issued key.
+    key_hash_secret: SecretStr | None = None
 
     # Upload limits (checked before anything is written).
     max_images: int = 32

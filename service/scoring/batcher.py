@@ -54,6 +54,7 @@ class _Job:
     future: Future[Any]
     pixels: torch.Tensor | None = None  # (n, 3, H, W)
     top_k: int | None = None  # score against the class matrix, keep the best top_k
+    tenant: str | None = None  # ...of this tenant's classes only (None: every class)
     call: Callable[[], Any] | None = None  # any other model work (text features)
 
 
@@ -113,11 +114,14 @@ class ModelRunner:
             with self._incoming_lock:
                 self._incoming -= 1
 
-    def encode(self, pixels: torch.Tensor, *, top_k: int | None = None) -> Future[Encoded]:
-        """Encode `pixels` (1, 3, H, W); with `top_k`, also score against the class matrix."""
+    def encode(
+        self, pixels: torch.Tensor, *, top_k: int | None = None, tenant: str | None = None
+    ) -> Future[Encoded]:
+        """Encode `pixels` (1, 3, H, W); with `top_k`, also score against the class matrix (the
+        classes of `tenant` only, when given)."""
         if pixels.ndim != 4 or pixels.shape[0] != 1:
             raise ValueError("submit one image at a time: pixels of shape (1, 3, H, W)")
-        return self._submit(_Job(Future(), pixels=pixels, top_k=top_k))
+        return self._submit(_Job(Future(), pixels=pixels, top_k=top_k, tenant=tenant))
 
     def call(self, fn: Callable[[], Any]) -> Future[Any]:
         """Run `fn` on the model thread (between batches), e.g. encoding label prompts."""
@@ -250,7 +254,9 @@ class ModelRunner:
         if self._scorer is None:
             self._scorer = self._make_scorer()
         ks = [jobs[i].top_k or 0 for i in rows]
-        results = self._scorer.top_k(snapshot, features[rows], scale, ks)
+        tenants = [jobs[i].tenant for i in rows]
+        scopes = [None if t is None else snapshot.tenant_rows(t) for t in tenants]
+        results = self._scorer.top_k(snapshot, features[rows], scale, ks, scopes)
         return {
             i: Encoded(features[i], snapshot, indices, scores)
             for i, (indices, scores) in zip(rows, results, strict=True)

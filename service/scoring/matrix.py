@@ -1,8 +1,9 @@
 """The class matrix: one immutable snapshot of the ready classes of one model.
 
 A contiguous (C x D) matrix (float32, or float16 to halve the memory), rows L2-normalised, plus
-the classes' names, name keys and ids packed into a few flat arrays (no Python object per class,
-so 10^5 classes cost the matrix plus a few MB) and a sorted hash index for lookup by name key.
+the classes' names, keys (tenant and name key) and ids packed into a few flat arrays (no Python
+object per class, so 10^5 classes cost the matrix plus a few MB) and a sorted hash index for
+lookup by key. Every tenant's classes share the one matrix: a tenant is a set of its rows.
 
 Snapshots change only by making new ones: `with_rows` appends classes (into spare rows of a shared
 buffer when there are any) and `without` drops classes, each at the cost of the changed rows plus
@@ -13,6 +14,7 @@ the database; `service/scoring/scorer.py` scores image features against one.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -75,6 +77,16 @@ class PackedStrings:
         return len(self._buffer) + self._offsets.nbytes
 
 
+# Tenant ids never contain it (service/models.py TENANT_PATTERN), so the first one splits.
+TENANT_SEPARATOR = "/"
+_NO_ROWS = np.zeros(0, dtype=np.int64)
+
+
+def scoped_key(tenant: str, name_key: str) -> str:
+    """A class's key in the matrix: names are unique per tenant, so the lookup is by both."""
+    return f"{tenant}{TENANT_SEPARATOR}{name_key}"
+
+
 def spare_rows(count: int) -> int:
     """Spare rows to reserve for a matrix of `count` classes."""
     return max(count // _SPARE_FRACTION, _SPARE_MIN)
@@ -106,7 +118,7 @@ class ClassMatrix:
     model_id: str
     matrix: np.ndarray  # (C, D) float32 or float16, C-contiguous, rows L2-normalised
     names: PackedStrings
-    keys: PackedStrings  # name_key of each class (liteembed.names)
+    keys: PackedStrings  # `scoped_key` of each class: its tenant and name_key
     ids: PackedStrings
     # name_key lookup without a dict: sorted 64-bit hashes and the row each came from.
     key_hashes: np.ndarray
@@ -133,8 +145,20 @@ class ClassMatrix:
             + self.key_rows.nbytes
         )
 
+    @functools.cached_property
+    def _rows_by_tenant(self) -> dict[str, np.ndarray]:
+        # Once per snapshot, on first use: a pass over the keys (tens of ms at 10^5 classes).
+        rows: dict[str, list[int]] = {}
+        for row, key in enumerate(self.keys):
+            rows.setdefault(key.partition(TENANT_SEPARATOR)[0], []).append(row)
+        return {tenant: np.asarray(found, dtype=np.int64) for tenant, found in rows.items()}
+
+    def tenant_rows(self, tenant: str) -> np.ndarray:
+        """The rows of `tenant`'s classes, ascending (empty when it has none)."""
+        return self._rows_by_tenant.get(tenant, _NO_ROWS)
+
     def index_of(self, key: str, class_id: str | None = None) -> int | None:
-        """Row of the class whose name_key is `key` (and whose id is `class_id`, if given)."""
+        """Row of the class whose scoped key is `key` (and whose id is `class_id`, if given)."""
         target = _key_hash(key)
         start = int(np.searchsorted(self.key_hashes, target, side="left"))
         while start < len(self.key_hashes) and self.key_hashes[start] == target:

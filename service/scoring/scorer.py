@@ -25,24 +25,48 @@ _PARTITION_FROM = 64
 TopK = tuple[np.ndarray, np.ndarray]
 
 
+# The rows of the snapshot one image is scored against (a tenant's classes); None: every row.
+Scope = np.ndarray | None
+
+
 class Scorer(Protocol):
     def top_k(
-        self, snapshot: ClassMatrix, features: np.ndarray, scale: float, ks: Sequence[int]
+        self,
+        snapshot: ClassMatrix,
+        features: np.ndarray,
+        scale: float,
+        ks: Sequence[int],
+        scopes: Sequence[Scope] | None = None,
     ) -> list[TopK]:
         """For each row n of `features` (B, D) float32, the best `ks[n]` rows of `snapshot` by
-        softmax(scale * cosine) over all its classes: (indices int64, probabilities float64),
-        best first, ties broken by the lower index."""
+        softmax(scale * cosine) over the rows of `scopes[n]` (ascending; None or no `scopes`:
+        every row): (indices int64 into the snapshot, probabilities float64), best first, ties
+        broken by the lower index."""
         ...
 
 
 class CpuScorer:
     def top_k(
-        self, snapshot: ClassMatrix, features: np.ndarray, scale: float, ks: Sequence[int]
+        self,
+        snapshot: ClassMatrix,
+        features: np.ndarray,
+        scale: float,
+        ks: Sequence[int],
+        scopes: Sequence[Scope] | None = None,
     ) -> list[TopK]:
         # One product for the whole batch: at 10^5 classes the matrix is read once per batch
-        # instead of once per request (the product is memory-bound).
+        # instead of once per request (the product is memory-bound). A tenant's scope then
+        # picks its logits out of the row: one gather of its classes, not a second product.
         logits = class_logits(snapshot.matrix, features)
-        return [top_k_softmax(logits[n], scale, k) for n, k in enumerate(ks)]
+        results = []
+        for n, k in enumerate(ks):
+            rows = scopes[n] if scopes is not None else None
+            if rows is None:
+                results.append(top_k_softmax(logits[n], scale, k))
+            else:
+                best, probabilities = top_k_softmax(logits[n][rows], scale, k)
+                results.append((rows[best], probabilities))
+        return results
 
 
 class DeviceScorer:
@@ -63,12 +87,28 @@ class DeviceScorer:
         return uploaded[1]
 
     def top_k(
-        self, snapshot: ClassMatrix, features: np.ndarray, scale: float, ks: Sequence[int]
+        self,
+        snapshot: ClassMatrix,
+        features: np.ndarray,
+        scale: float,
+        ks: Sequence[int],
+        scopes: Sequence[Scope] | None = None,
     ) -> list[TopK]:
-        best, probabilities = top_k_softmax_on_device(
-            self.weights(snapshot), features, scale, max(ks, default=0)
-        )
-        return [(best[n, :k], probabilities[n, :k]) for n, k in enumerate(ks)]
+        weights = self.weights(snapshot)
+        if scopes is None or all(rows is None for rows in scopes):
+            best, probabilities = top_k_softmax_on_device(
+                weights, features, scale, max(ks, default=0)
+            )
+            return [(best[n, :k], probabilities[n, :k]) for n, k in enumerate(ks)]
+        # Scoped images one by one: the rows differ per image (a batch mixes tenants).
+        results = []
+        for n, k in enumerate(ks):
+            rows = scopes[n]
+            part = weights if rows is None else weights[torch.from_numpy(rows).to(self.device)]
+            best, probabilities = top_k_softmax_on_device(part, features[n : n + 1], scale, k)
+            picked = best[0] if rows is None else rows[best[0]]
+            results.append((picked, probabilities[0]))
+        return results
 
 
 def scorer_for(device: torch.device) -> Scorer:

@@ -43,6 +43,7 @@ from service.scoring.matrix import (
     PackedStrings,
     RowStore,
     assemble,
+    scoped_key,
     spare_rows,
 )
 
@@ -71,7 +72,7 @@ def build_matrix(session: Session, model_id: str, dim: int, dtype: str = "float3
     ids: list[PackedStrings] = []
     filled = skipped = 0
     result = session.execute(
-        select(cls.id, cls.name, cls.name_key, cls.embedding, cls.updated_at)
+        select(cls.id, cls.name, cls.tenant, cls.name_key, cls.embedding, cls.updated_at)
         .where(*ready)
         .order_by(cls.created_at, cls.id)
         .execution_options(yield_per=_FETCH_ROWS)
@@ -91,7 +92,7 @@ def build_matrix(session: Session, model_id: str, dim: int, dtype: str = "float3
         matrix[filled : filled + len(good)] = block.reshape(len(good), dim)
         filled += len(good)
         names.append(PackedStrings([r.name for r in good]))
-        keys.append(PackedStrings([r.name_key for r in good]))
+        keys.append(PackedStrings([scoped_key(r.tenant, r.name_key) for r in good]))
         ids.append(PackedStrings([r.id for r in good]))
     if skipped:
         log.warning("%d ready classes have a wrong dimension; skipped", skipped)
@@ -115,7 +116,7 @@ def update_matrix(session: Session, snap: ClassMatrix, dim: int) -> ClassMatrix 
     generation = read_generation(session)
     cls = PersonalizedClass
     removed = session.execute(
-        select(ClassRemoval.class_id, ClassRemoval.name_key).where(
+        select(ClassRemoval.class_id, ClassRemoval.tenant, ClassRemoval.name_key).where(
             ClassRemoval.model_id == snap.model_id, ClassRemoval.generation > snap.generation
         )
     ).all()
@@ -123,12 +124,16 @@ def update_matrix(session: Session, snap: ClassMatrix, dim: int) -> ClassMatrix 
     if read_removals_floor(session) > snap.generation:
         return None
     gone = sorted(
-        {row for class_id, key in removed if (row := snap.index_of(key, class_id)) is not None}
+        {
+            row
+            for class_id, tenant, key in removed
+            if (row := snap.index_of(scoped_key(tenant, key), class_id)) is not None
+        }
     )
     ready = (cls.model_id == snap.model_id, cls.status == Status.ready)
     total = int(session.scalar(select(func.count()).select_from(cls).where(*ready)) or 0)
     rows = session.execute(
-        select(cls.id, cls.name, cls.name_key, cls.embedding, cls.updated_at)
+        select(cls.id, cls.name, cls.tenant, cls.name_key, cls.embedding, cls.updated_at)
         .where(*ready, cls.updated_at > snap.ready_through)
         .order_by(cls.created_at, cls.id)
     ).all()
@@ -144,7 +149,7 @@ def update_matrix(session: Session, snap: ClassMatrix, dim: int) -> ClassMatrix 
         updated = updated.with_rows(
             block.reshape(len(rows), dim),
             [r.name for r in rows],
-            [r.name_key for r in rows],
+            [scoped_key(r.tenant, r.name_key) for r in rows],
             [r.id for r in rows],
         )
         latest = max(r.updated_at for r in rows)

@@ -11,7 +11,7 @@ def truncate_postgres(url: str) -> None:
 
     engine = create_engine(url)
     with engine.begin() as conn:
-        conn.execute(text("TRUNCATE class_images, classes, class_removals"))
+        conn.execute(text("TRUNCATE class_images, classes, class_removals, api_keys"))
         conn.execute(text("UPDATE class_generation SET value = 0, removals_floor = 0"))
     engine.dispose()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, text
@@ -17,7 +18,7 @@ def test_upgrade_head_matches_the_models(database_url: str) -> None:
     with engine.connect() as conn:
         context = MigrationContext.configure(conn, opts={"compare_type": True})
         assert compare_metadata(context, Base.metadata) == []
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0003"
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0004"
         counter = conn.execute(text("SELECT value, removals_floor FROM class_generation")).all()
         assert [tuple(row) for row in counter] == [(0, 0)]
     engine.dispose()
@@ -30,7 +31,9 @@ def test_upgrading_a_database_in_use_keeps_its_classes(tmp_path: Any) -> None:
 
     from service.crud import remove_class
     from service.db import alembic_config, make_engine, make_session_factory, session_scope
-    from service.models import ClassRemoval, PersonalizedClass
+    from service.models import DEFAULT_TENANT, ClassRemoval, PersonalizedClass
+    from service.scoring.matrix import scoped_key
+    from service.scoring.sync import build_matrix
 
     url = f"sqlite:///{tmp_path / 'old.db'}"
     config = alembic_config(url)
@@ -69,7 +72,14 @@ def test_upgrading_a_database_in_use_keeps_its_classes(tmp_path: Any) -> None:
     engine = make_engine(url)
     with session_scope(make_session_factory(engine)) as session:
         row = session.get(PersonalizedClass, "c1")
-        assert row is not None and row.name == "Tea"
+        assert row is not None and row.name == "Tea" and row.tenant == DEFAULT_TENANT
+        # Still classifiable: the class matrix finds it in the default tenant.
+        row.embedding = np.ones(4, dtype=np.float32).tobytes()
+    with session_scope(make_session_factory(engine)) as session:
+        matrix = build_matrix(session, "m", 4)
+        assert matrix.ids[matrix.index_of(scoped_key(DEFAULT_TENANT, "tea"))] == "c1"
+        assert "c1" in {matrix.ids[int(i)] for i in matrix.tenant_rows(DEFAULT_TENANT)}
+        row = session.get(PersonalizedClass, "c1")
         remove_class(session=session, row=row)
     with session_scope(make_session_factory(engine)) as session:
         removal = session.query(ClassRemoval).one()

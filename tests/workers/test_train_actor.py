@@ -233,3 +233,37 @@ def test_reconciler_prunes_the_removal_log_after_its_retention(setup: Any) -> No
         assert session.scalars(select(ClassRemoval.name_key)).all() == ["b"]
         kept = session.scalar(select(func.min(ClassRemoval.generation)))
         assert 0 < read_removals_floor(session) < kept
+
+
+def test_tenants_are_trained_apart_and_negatives_stay_within_a_tenant(
+    setup: Any, monkeypatch: Any
+) -> None:
+    _, factory, trainer = setup
+    import liteembed
+
+    batches: list[list[str]] = []
+    registered_names: list[set[str]] = []
+    real = liteembed.learn_classes
+
+    def recording(backend: Any, vocabulary: Any, requests: Any, **kwargs: Any) -> Any:
+        batches.append(sorted(r.name for r in requests))
+        registered_names.append(set(kwargs.get("registered") or {}))
+        return real(backend, vocabulary, requests, **kwargs)
+
+    monkeypatch.setattr(liteembed, "learn_classes", recording)
+    # Ready classes of two tenants: only the own tenant's may be mined as negatives.
+    for name, tenant in (("plax", "acme"), ("quim", "globex")):
+        trainer.train_class(add_class(factory, name, tenant=tenant))
+    batches.clear()
+    registered_names.clear()
+
+    # Queued classes of both tenants: a batch never mixes them.
+    ours = add_class(factory, "zorb", tenant="acme")
+    add_class(factory, "vrex", tenant="globex")
+    trainer.train_class(ours)
+    assert batches == [["zorb"]]
+    assert registered_names == [{"plax"}]
+    row = get(factory, ours)
+    assert row is not None and row.status == Status.ready and row.diagnostics is not None
+    mined = {n["name"] for n in row.diagnostics["negatives"] if n["source"] == "registered"}
+    assert "quim" not in mined

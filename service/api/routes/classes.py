@@ -13,13 +13,17 @@ from liteembed.names import name_key, unknown_hints
 from service import crud
 from service.api.bodies import RegisterBodyDep, load_image
 from service.api.deps import (
+    TENANT_QUERY_DESCRIPTION,
     AdminDep,
+    CallerDep,
     ClassifierDep,
     ClientDep,
     ProducerDep,
     RuntimeDep,
     SessionDep,
     SettingsDep,
+    TenantScopeDep,
+    tenant_scope,
 )
 from service.api.errors import responses
 from service.api.openapi import request_body
@@ -32,7 +36,13 @@ from service.api.schemas import (
 )
 from service.api.uploads import error, validate_name, validate_words
 from service.core.config import Settings
-from service.models import ClassImage, PersonalizedClass, Status
+from service.models import (
+    DEFAULT_TENANT,
+    TENANT_PATTERN,
+    ClassImage,
+    PersonalizedClass,
+    Status,
+)
 
 router = APIRouter(prefix="/v1/classes", tags=["classes"])
 
@@ -46,6 +56,7 @@ MAX_OFFSET = 1_000_000_000
 class ClassPage(BaseModel):
     model_config = ConfigDict(extra="forbid")
     status: Literal["queued", "training", "ready", "failed"] | None = None
+    tenant: str | None = Field(None, pattern=TENANT_PATTERN, description="only this tenant's")
     limit: int = Field(50, ge=1, le=1000)
     offset: int = Field(0, ge=0, le=MAX_OFFSET)
 
@@ -53,6 +64,7 @@ class ClassPage(BaseModel):
 class ThumbnailSize(BaseModel):
     model_config = ConfigDict(extra="forbid")
     size: int = Field(128, ge=16, le=512, description="longest side in pixels")
+    tenant: str | None = Field(None, pattern=TENANT_PATTERN, description=TENANT_QUERY_DESCRIPTION)
 
 
 @router.post(
@@ -73,6 +85,7 @@ def register_class(
     runtime: RuntimeDep,
     classifier: ClassifierDep,
     producer: ProducerDep,
+    scope: TenantScopeDep,
     body: RegisterBodyDep,
 ) -> ClassOut:
     # Everything is checked before anything is written: a bad upload changes nothing.
@@ -94,6 +107,7 @@ def register_class(
             name=clean_name,
             name_key=name_key(clean_name),
             model_id=runtime.model_id,
+            tenant=scope or DEFAULT_TENANT,
             images=[c.data for c in checked],
             hints=clean_hints,
             confusers=clean_confusers,
@@ -132,9 +146,10 @@ def register_class_json(
     runtime: RuntimeDep,
     classifier: ClassifierDep,
     producer: ProducerDep,
+    scope: TenantScopeDep,
     body: RegisterBodyDep,
 ) -> ClassOut:
-    return register_class(response, settings, session, runtime, classifier, producer, body)
+    return register_class(response, settings, session, runtime, classifier, producer, scope, body)
 
 
 @router.get(
@@ -147,6 +162,9 @@ def register_class_json(
 def list_classes(session: SessionDep, page: Annotated[ClassPage, Query()]) -> ClassList:
     query = select(PersonalizedClass)
     count = select(func.count()).select_from(PersonalizedClass)
+    if page.tenant is not None:
+        query = query.where(PersonalizedClass.tenant == page.tenant)
+        count = count.where(PersonalizedClass.tenant == page.tenant)
     if page.status is not None:
         query = query.where(PersonalizedClass.status == page.status)
         count = count.where(PersonalizedClass.status == page.status)
@@ -159,9 +177,11 @@ def list_classes(session: SessionDep, page: Annotated[ClassPage, Query()]) -> Cl
     return ClassList(items=[ClassOut.of(r, diagnostics=False) for r in rows], total=total)
 
 
-def _get_or_404(session: SessionDep, class_id: str) -> PersonalizedClass:
+def _get_or_404(session: SessionDep, class_id: str, scope: str | None) -> PersonalizedClass:
+    """The class, if the caller's tenant may see it: another tenant's id is a 404 like an
+    unknown one, so ids say nothing about who else uses the service."""
     row = session.get(PersonalizedClass, class_id)
-    if row is None:
+    if row is None or (scope is not None and row.tenant != scope):
         raise error(404, f"no class with id {class_id}")
     return row
 
@@ -173,8 +193,8 @@ def _get_or_404(session: SessionDep, class_id: str) -> PersonalizedClass:
     summary="One class",
     responses=responses(401, 403, 404, 503),
 )
-def get_class(session: SessionDep, class_id: str) -> ClassOut:
-    return ClassOut.of(_get_or_404(session, class_id))
+def get_class(session: SessionDep, scope: TenantScopeDep, class_id: str) -> ClassOut:
+    return ClassOut.of(_get_or_404(session, class_id, scope))
 
 
 @router.delete(
@@ -184,8 +204,10 @@ def get_class(session: SessionDep, class_id: str) -> ClassOut:
     summary="Delete a class; a running job is abandoned",
     responses=responses(401, 403, 404, 503),
 )
-def delete_class(session: SessionDep, classifier: ClassifierDep, class_id: str) -> Response:
-    crud.remove_class(session=session, row=_get_or_404(session, class_id))
+def delete_class(
+    session: SessionDep, classifier: ClassifierDep, scope: TenantScopeDep, class_id: str
+) -> Response:
+    crud.remove_class(session=session, row=_get_or_404(session, class_id, scope))
     session.commit()
     # This process drops it from /classify before answering; every other at its next /classify.
     classifier.refresh_now()
@@ -199,8 +221,8 @@ def delete_class(session: SessionDep, classifier: ClassifierDep, class_id: str) 
     summary="Export the learned text feature and token embedding",
     responses=responses(401, 403, 404, 409, 503),
 )
-def export_embedding(session: SessionDep, class_id: str) -> EmbeddingOut:
-    row = _get_or_404(session, class_id)
+def export_embedding(session: SessionDep, scope: TenantScopeDep, class_id: str) -> EmbeddingOut:
+    row = _get_or_404(session, class_id, scope)
     if row.status != Status.ready or row.embedding is None:
         raise error(409, f"class {class_id} is {row.status}, not ready")
     return EmbeddingOut.of(row)
@@ -222,11 +244,12 @@ def export_embedding(session: SessionDep, class_id: str) -> EmbeddingOut:
 def thumbnail(
     session: SessionDep,
     settings: SettingsDep,
+    caller: CallerDep,
     class_id: str,
     query: Annotated[ThumbnailSize, Query()],
 ) -> Response:
     size = query.size
-    row = _get_or_404(session, class_id)
+    row = _get_or_404(session, class_id, tenant_scope(caller, query.tenant))
     first = session.scalars(
         select(ClassImage.data)
         .where(ClassImage.class_id == row.id)

@@ -20,6 +20,7 @@ from service.api.deps import (
     PreprocessPoolDep,
     RuntimeDep,
     SettingsDep,
+    TenantScopeDep,
 )
 from service.api.encoding import encode_images
 from service.api.errors import responses
@@ -34,8 +35,10 @@ from service.api.schemas import (
 )
 from service.api.uploads import error, validate_words
 from service.core.config import Settings
+from service.models import DEFAULT_TENANT
 from service.runtime import Runtime
 from service.scoring.batcher import Encoded, ModelRunner
+from service.scoring.matrix import scoped_key
 from service.scoring.scorer import top_k_softmax
 from service.scoring.sync import ClassMatrixCache
 
@@ -92,6 +95,7 @@ async def classify(
     classifier: ClassifierDep,
     runner: ModelRunnerDep,
     preprocess_pool: PreprocessPoolDep,
+    scope: TenantScopeDep,
     body: ClassifyBodyDep,
 ) -> ClassifyOut | ClassifyBatchOut:
     # async, so the event loop does only the cheap parts: decoding goes to the preprocessing
@@ -102,13 +106,14 @@ async def classify(
     encoded = await encode_images(
         body.images,
         top_k=None if clean_labels else top_k,
+        tenant=scope,
         settings=settings,
         runtime=runtime,
         runner=runner,
         pool=preprocess_pool,
     )
     if clean_labels:
-        score = await _label_scorer(clean_labels, top_k, runtime, classifier, runner)
+        score = await _label_scorer(clean_labels, top_k, scope, runtime, classifier, runner)
         ranked = [score(one) for one in encoded]
     else:
         ranked = [_class_predictions(one) for one in encoded]
@@ -134,9 +139,10 @@ async def classify_json(
     classifier: ClassifierDep,
     runner: ModelRunnerDep,
     preprocess_pool: PreprocessPoolDep,
+    scope: TenantScopeDep,
     body: ClassifyBodyDep,
 ) -> ClassifyOut | ClassifyBatchOut:
-    return await classify(settings, runtime, classifier, runner, preprocess_pool, body)
+    return await classify(settings, runtime, classifier, runner, preprocess_pool, scope, body)
 
 
 async def _classes_current(
@@ -167,6 +173,7 @@ def _class_predictions(encoded: Encoded) -> list[Prediction]:
 async def _label_scorer(
     clean_labels: list[str],
     top_k: int,
+    scope: str | None,
     runtime: Runtime,
     classifier: ClassMatrixCache,
     runner: ModelRunner,
@@ -177,8 +184,10 @@ async def _label_scorer(
     vectors: list[np.ndarray | None] = []
     class_ids: list[str | None] = []
     plain: list[str] = []
+    # Registered names resolve within the caller's tenant (an admin's: `default`, or ?tenant=).
+    tenant = scope or DEFAULT_TENANT
     for label in clean_labels:
-        index = snapshot.index_of(name_key(label))
+        index = snapshot.index_of(scoped_key(tenant, name_key(label)))
         if index is None:
             vectors.append(None)
             class_ids.append(None)

@@ -29,13 +29,14 @@ from service.api.deps import (
     RuntimeDep,
     SessionDep,
     SettingsDep,
+    TenantScopeDep,
 )
 from service.api.encoding import encode_images
 from service.api.errors import responses
 from service.api.openapi import request_body
 from service.api.schemas import EmbeddingsJson, EmbeddingsOut
 from service.api.uploads import error, validate_name
-from service.models import PersonalizedClass, Status
+from service.models import DEFAULT_TENANT, PersonalizedClass, Status
 from service.runtime import Runtime
 
 router = APIRouter(tags=["embeddings"])
@@ -71,11 +72,14 @@ async def embeddings(
     runner: ModelRunnerDep,
     preprocess_pool: PreprocessPoolDep,
     session: SessionDep,
+    scope: TenantScopeDep,
     body: EmbeddingsBodyDep,
 ) -> EmbeddingsOut:
     prompts = [parse_prompt(text, field=f"texts[{i}]") for i, text in enumerate(body.texts)]
     words = {piece.key: piece for p in prompts for piece in p if isinstance(piece, ClassWord)}
-    learned = await run_in_threadpool(_learned_words, session, runtime.model_id, words)
+    # Names resolve within the caller's tenant (an admin's: `default`, or ?tenant=).
+    tenant = scope or DEFAULT_TENANT
+    learned = await run_in_threadpool(_learned_words, session, runtime.model_id, tenant, words)
     # Images through the micro-batcher, like /classify's (unscored); texts on the same thread.
     encoded = await encode_images(
         body.images,
@@ -130,10 +134,10 @@ def parse_prompt(text: str, *, field: str) -> Prompt:
 
 
 def _learned_words(
-    session: Session, model_id: str, words: dict[str, ClassWord]
+    session: Session, model_id: str, tenant: str, words: dict[str, ClassWord]
 ) -> dict[str, torch.Tensor]:
-    """The token embedding of each named class of `model_id`: 422 if there is no such class,
-    409 while it is not ready."""
+    """The token embedding of each named class of `model_id` in `tenant`: 422 if there is no
+    such class, 409 while it is not ready."""
     if not words:
         return {}
     rows = session.execute(
@@ -143,6 +147,7 @@ def _learned_words(
             PersonalizedClass.token_embedding,
         ).where(
             PersonalizedClass.model_id == model_id,
+            PersonalizedClass.tenant == tenant,
             PersonalizedClass.name_key.in_(list(words)),
         )
     ).all()

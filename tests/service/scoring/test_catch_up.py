@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 
+from service.models import DEFAULT_TENANT
+from service.scoring.matrix import scoped_key
 from service.scoring.sync import ClassMatrixCache
 from tests.helpers.class_vectors import insert_ready, random_matrix, remove_classes
 
@@ -34,11 +36,11 @@ def test_catch_up_syncs_only_when_the_database_moved(database_url: str, factory:
 
     insert_ready(database_url, "m@1", random_matrix(1, 16, seed=4), first=10)
     cache.catch_up("m@1", 16)
-    assert cache.snapshot("m@1", 16).index_of("class 10") == 10
+    assert cache.snapshot("m@1", 16).index_of(scoped_key(DEFAULT_TENANT, "class 10")) == 10
     remove_classes(factory, "class 3")
     cache.catch_up("m@1", 16)
     after = cache.snapshot("m@1", 16)
-    assert after.size == 10 and after.index_of("class 3") is None
+    assert after.size == 10 and after.index_of(scoped_key(DEFAULT_TENANT, "class 3")) is None
     assert cache.syncs == syncs + 2
 
 
@@ -70,7 +72,7 @@ def test_concurrent_catch_ups_behind_one_change_share_one_sync(
     def request() -> None:
         try:
             cache.catch_up("m@1", 16)
-            assert cache.snapshot("m@1", 16).index_of("class 10") == 10
+            assert cache.snapshot("m@1", 16).index_of(scoped_key(DEFAULT_TENANT, "class 10")) == 10
         except BaseException as exc:  # reported below, not lost in the thread
             errors.append(exc)
 

@@ -8,6 +8,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from service.models import DEFAULT_TENANT
+from service.scoring.matrix import scoped_key
 from service.scoring.scorer import class_logits, top_k_softmax
 from service.scoring.sync import ClassMatrixCache, build_matrix, update_matrix
 from tests.helpers.class_vectors import (
@@ -16,6 +18,11 @@ from tests.helpers.class_vectors import (
     random_matrix,
     remove_classes,
 )
+
+
+def in_default(name_key: str) -> str:
+    """The matrix key of a class of the default tenant (the rows these tests insert)."""
+    return scoped_key(DEFAULT_TENANT, name_key)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
@@ -36,7 +43,7 @@ def test_build_from_the_database_and_refresh_on_a_new_generation(
     assert built.matrix.flags.c_contiguous
     # Rows come in creation order, then id: here the ids follow the vector order.
     np.testing.assert_allclose(built.matrix.astype(np.float32), vectors, atol=1e-3)
-    assert built.index_of("class 4321") == 4321 and built.ids[4321].endswith("4321")
+    assert built.index_of(in_default("class 4321")) == 4321 and built.ids[4321].endswith("4321")
 
     query = random_matrix(1, 16, seed=9)
     indices, _ = top_k_softmax(class_logits(built.matrix, query)[0], 100.0, 10)
@@ -55,7 +62,7 @@ def test_build_from_the_database_and_refresh_on_a_new_generation(
     cache.refresh()  # the generation moved: rebuilt, and swapped in whole
     second = cache.snapshot("m@1", 16)
     assert second is not first and second.size == 5001 and first.size == 5000
-    assert second.index_of("class 5000") == 5000
+    assert second.index_of(in_default("class 5000")) == 5000
     engine.dispose()
 
 
@@ -88,7 +95,7 @@ def test_a_new_ready_class_is_appended_in_place(database_url: str) -> None:
         rebuilt = build_matrix(session, "m@1", 16)
     assert appended is not None
     _assert_same_content(appended, rebuilt)
-    assert appended.index_of("class 302") is None
+    assert appended.index_of(in_default("class 302")) is None
     np.testing.assert_array_equal(first.matrix, before)
     assert first.size == 300 and len(first.ids) == 300
 
@@ -125,8 +132,9 @@ def test_a_deleted_class_leaves_the_matrix_without_a_rebuild(database_url: str, 
     assert updated is not None and updated.size == 299
     _assert_same_content(updated, rebuilt)
     for key in ("class 0", "class 7", "class 299"):
-        assert updated.index_of(key) is None
-    assert first.size == 300 and first.index_of("class 7") == 7  # the old snapshot is intact
+        assert updated.index_of(in_default(key)) is None
+    # The old snapshot is intact.
+    assert first.size == 300 and first.index_of(in_default("class 7")) == 7
 
     # The cache takes the same path: nothing is re-read in full.
     cache.refresh()
@@ -159,7 +167,7 @@ def test_a_replaced_class_drops_the_old_row_and_appends_the_new(database_url: st
         rebuilt = build_matrix(session, "m@1", 16)
     assert updated is not None
     _assert_same_content(updated, rebuilt)
-    row = updated.index_of("class 4")
+    row = updated.index_of(in_default("class 4"))
     assert row == 9 and updated.ids[row].endswith("aa")
     engine.dispose()
 
@@ -185,7 +193,7 @@ def test_changes_it_cannot_account_for_fall_back_to_a_full_rebuild(database_url:
         assert update_matrix(session, first, 16) is None
     cache.refresh()
     after = cache.snapshot("m@1", 16)
-    assert after.size == 49 and after.index_of("class 7") is None
+    assert after.size == 49 and after.index_of(in_default("class 7")) is None
 
     # The log was pruned past the snapshot: it cannot know what left, so it rebuilds.
     remove_classes(factory, "class 8")
