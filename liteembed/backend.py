@@ -194,6 +194,14 @@ class ClipBackend:
         """BPE ids of `text` without start/end tokens."""
         return list(self.tokenizer.encode(text))
 
+    @property
+    def decode_side(self) -> int:
+        """The short side uploads are decoded down to (at least): twice the model's input side,
+        so the preprocessing resize still averages several source pixels per input pixel."""
+        size = getattr(self.model.visual, "image_size", 224)
+        side = max(size) if isinstance(size, tuple | list) else int(size)
+        return 2 * side
+
     def preprocess_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
         if not images:
             raise NoImagesError("no images given")

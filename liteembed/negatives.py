@@ -63,22 +63,27 @@ def prepare(
     hint_lists = [[hint_form(h) for h in r.hints if h.strip()] for r in requests]
     for hints in hint_lists:
         validate_hints(vocabulary, hints)
-    all_views: list[Image.Image] = []
+    encoder = _ViewEncoder(backend)
     view_groups: list[list[int]] = []
     holdouts: list[int | None] = []
     for name, request in zip(names, requests, strict=True):
         if not request.images:
             raise NoImagesError(f"class {name!r} has no images")
-        originals = [as_rgb(image) for image in request.images]
         # One generator per class, seeded alike: a class draws the same views and held-out
         # image whether it is learned alone or in a batch.
         generator = torch.Generator().manual_seed(seed)
-        views, groups = augment(originals, config, generator)
-        all_views.extend(views)
+        groups: list[int] = []
+        # One image at a time: decoded (reduced to what the model needs), its views made and
+        # preprocessed, then dropped; memory does not grow with the images' pixels or count.
+        for index, image in enumerate(request.images):
+            views = augment_image(as_rgb(image, backend.decode_side), config, generator)
+            encoder.add(views)
+            groups += [index] * len(views)
         view_groups.append(groups)
-        holdout = int(torch.randint(len(originals), (1,), generator=generator).item())
-        holdouts.append(holdout if len(originals) >= 2 else None)
-    features = backend.encode_images(all_views).to(device)
+        count = len(request.images)
+        holdout = int(torch.randint(count, (1,), generator=generator).item())
+        holdouts.append(holdout if count >= 2 else None)
+    features = encoder.features().to(device)
     word_features = vocabulary.word_features.to(device)
     registered_names = list(registered)
     registered_features = _registered_features(backend, registered)
@@ -242,10 +247,11 @@ def first_views(groups: list[int], device: torch.device) -> torch.Tensor:
     return torch.tensor(positions, device=device)
 
 
-def as_rgb(image: ImageInput) -> Image.Image:
-    """A caller's image (PIL image or encoded bytes) as an RGB PIL image."""
-    if isinstance(image, bytes | bytearray):
-        return decode_image(bytes(image))
+def as_rgb(image: ImageInput, min_side: int | None = None) -> Image.Image:
+    """A caller's image (PIL image or encoded bytes) as an RGB PIL image; encoded bytes are
+    decoded reduced to `min_side` (see `decode_image`)."""
+    if isinstance(image, bytes | bytearray | memoryview):
+        return decode_image(bytes(image), min_side=min_side)
     return to_rgb(image)
 
 
@@ -256,15 +262,49 @@ def augment(
     views: list[Image.Image] = []
     groups: list[int] = []
     for index, image in enumerate(images):
-        views.append(image)
-        groups.append(index)
-        for view in range(config.augment_views):
-            if view == 0:
-                views.append(image.transpose(Image.Transpose.FLIP_LEFT_RIGHT))
-            else:
-                views.append(_random_crop(image, config.augment_min_scale, generator))
-            groups.append(index)
+        own = augment_image(image, config, generator)
+        views += own
+        groups += [index] * len(own)
     return views, groups
+
+
+def augment_image(
+    image: Image.Image, config: OptimizationConfig, generator: torch.Generator
+) -> list[Image.Image]:
+    """One image and its `augment_views` extra views (draws from `generator` as `augment`)."""
+    views = [image]
+    for view in range(config.augment_views):
+        if view == 0:
+            views.append(image.transpose(Image.Transpose.FLIP_LEFT_RIGHT))
+        else:
+            views.append(_random_crop(image, config.augment_min_scale, generator))
+    return views
+
+
+class _ViewEncoder:
+    """Preprocesses views as they come and encodes them every `CHUNK`, so only features (and
+    one chunk of pixel tensors) are held, however many views a batch of classes has."""
+
+    CHUNK = 64
+
+    def __init__(self, backend: ClipBackend) -> None:
+        self._backend = backend
+        self._pending: list[torch.Tensor] = []
+        self._features: list[torch.Tensor] = []
+
+    def add(self, views: list[Image.Image]) -> None:
+        self._pending.append(self._backend.preprocess_images(views))
+        if sum(len(p) for p in self._pending) >= self.CHUNK:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._pending:
+            self._features.append(self._backend.encode_image_batch(torch.cat(self._pending)))
+            self._pending = []
+
+    def features(self) -> torch.Tensor:
+        self._flush()
+        return torch.cat(self._features)
 
 
 def _random_crop(image: Image.Image, min_scale: float, generator: torch.Generator) -> Image.Image:
@@ -295,6 +335,7 @@ __all__ = [
     "ImageInput",
     "as_rgb",
     "augment",
+    "augment_image",
     "excluded_words",
     "first_views",
     "initial_vector",

@@ -130,7 +130,6 @@ class Trainer:
         from liteembed import ClassRequest, learn_class, learn_classes
         from liteembed.config import OptimizationConfig
         from liteembed.errors import LiteEmbedError, OptimizationCancelled
-        from liteembed.images import decode_image
 
         runtime = self.runtime.get()
         jobs: dict[str, Any] = {}  # class id -> ClassRequest, for the rows still ours
@@ -158,14 +157,13 @@ class Trainer:
             # The classes being trained are not ready, so none is another's negative; and only
             # the tenant's own classes are (another tenant's names must not shape this one).
             registered = self._registered(session, runtime, tenants=tenants, exclude=set(leases))
-        requests: dict[str, Any] = {}
-        for class_id, (name, hints, confusers, blobs) in jobs.items():
-            try:
-                images = [decode_image(b, max_pixels=self.settings.max_image_pixels) for b in blobs]
-            except LiteEmbedError as exc:  # one bad class must not sink the batch
-                self._fail(class_id, leases[class_id], str(exc) or type(exc).__name__)
-                continue
-            requests[class_id] = ClassRequest(name, images, hints=hints, confusers=confusers)
+        # The images go to the engine as stored (encoded): it decodes them one at a time,
+        # reduced to what the model needs, so a batch never holds its images' full pixels. A
+        # class with an undecodable image fails the batch, and then alone, below.
+        requests: dict[str, Any] = {
+            class_id: ClassRequest(name, list(blobs), hints=hints, confusers=confusers)
+            for class_id, (name, hints, confusers, blobs) in jobs.items()
+        }
         if not requests:
             return
         config = self.optimization_config(OptimizationConfig)

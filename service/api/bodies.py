@@ -31,7 +31,9 @@ from service.api.schemas import (
     RegisterFields,
 )
 from service.api.uploads import (
+    CHECK_SIDE,
     CheckedImage,
+    PixelBudget,
     check_declared_type,
     check_image_bytes,
     error,
@@ -58,10 +60,23 @@ class ImageInput:
     text: str | None = None
 
 
-def load_image(source: ImageInput, settings: Settings) -> CheckedImage:
-    """Check and decode one image (CPU work: run it off the event loop)."""
+def load_image(
+    source: ImageInput,
+    settings: Settings,
+    *,
+    budget: PixelBudget | None = None,
+    min_side: int = CHECK_SIDE,
+) -> CheckedImage:
+    """Check and decode one image (CPU work: run it off the event loop), reduced to `min_side`,
+    its decoded pixels taken from the request's `budget`."""
     if source.upload is not None:
-        return read_image(source.upload, settings, field=source.field)  # type: ignore[arg-type]
+        return read_image(
+            source.upload,  # type: ignore[arg-type]
+            settings,
+            field=source.field,
+            budget=budget,
+            min_side=min_side,
+        )
     assert source.text is not None
     text, declared = source.text, None
     if (prefix := _DATA_URL.match(text)) is not None:
@@ -77,7 +92,7 @@ def load_image(source: ImageInput, settings: Settings) -> CheckedImage:
         data = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         raise error(422, f"{source.field} is not valid base64") from None
-    return check_image_bytes(data, settings, label=source.field)
+    return check_image_bytes(data, settings, label=source.field, budget=budget, min_side=min_side)
 
 
 def decoded_length(text: str) -> int:

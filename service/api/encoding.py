@@ -7,7 +7,7 @@ from concurrent.futures import Executor
 from typing import TYPE_CHECKING
 
 from service.api.bodies import ImageInput, load_image
-from service.api.uploads import error
+from service.api.uploads import PixelBudget, error, request_budget
 from service.core.config import Settings
 from service.runtime import Runtime
 from service.scoring.batcher import Encoded, MatrixMismatch, ModelRunner
@@ -16,10 +16,14 @@ if TYPE_CHECKING:
     import torch
 
 
-def _pixels(source: ImageInput, settings: Settings, runtime: Runtime) -> torch.Tensor:
-    """Read, check, decode and preprocess one image (on the preprocessing pool)."""
-    checked = load_image(source, settings)
-    return runtime.backend.preprocess_images([checked.image])  # type: ignore[no-any-return]
+def _pixels(
+    source: ImageInput, settings: Settings, runtime: Runtime, budget: PixelBudget
+) -> torch.Tensor:
+    """Read, check, decode (reduced to what the model needs) and preprocess one image, on the
+    preprocessing pool; only the model's input tensor outlives the call."""
+    backend = runtime.backend
+    checked = load_image(source, settings, budget=budget, min_side=backend.decode_side)
+    return backend.preprocess_images([checked.image])  # type: ignore[no-any-return]
 
 
 async def encode_images(
@@ -40,9 +44,13 @@ async def encode_images(
     batch of N (two when the runner was mid-gather), not N batches.
     """
     loop = asyncio.get_running_loop()
+    budget = request_budget(settings)
     with runner.incoming():
         outcomes = await asyncio.gather(
-            *(loop.run_in_executor(pool, _pixels, image, settings, runtime) for image in images),
+            *(
+                loop.run_in_executor(pool, _pixels, image, settings, runtime, budget)
+                for image in images
+            ),
             return_exceptions=True,
         )
         for outcome in outcomes:  # the first bad image in order answers, whatever finished first

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 from fastapi import HTTPException, UploadFile, status
@@ -38,16 +39,55 @@ def validate_words(values: list[str] | None, *, field: str, limit: int) -> list[
 
 @dataclass(frozen=True)
 class CheckedImage:
-    data: bytes
-    image: Image.Image
+    data: bytes  # as uploaded: what is stored
+    image: Image.Image  # decoded, reduced to the `min_side` it was read with
 
 
-def read_image(upload: UploadFile, settings: Settings, *, field: str) -> CheckedImage:
+# Uploads that are only checked (a registration stores the bytes; the worker decodes them
+# again) decode this small: JPEG at 1/8 scale, anything else reduced strip by strip.
+CHECK_SIDE = 64
+
+
+class PixelBudget:
+    """The pixels one request (or training batch) may decode, all its images together: decoding
+    is the CPU- and memory-heavy part of an upload, and small files can declare huge images.
+    JPEG counts at the reduced scale it is decoded at; PNG and other formats at full size."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._lock = threading.Lock()
+
+    def take(self, pixels: int) -> None:
+        with self._lock:
+            if self.used + pixels > self.limit:
+                raise _OverBudget(self.used + pixels, self.limit)
+            self.used += pixels
+
+
+class _OverBudget(Exception):
+    def __init__(self, wanted: int, limit: int) -> None:
+        super().__init__(wanted, limit)
+        self.wanted, self.limit = wanted, limit
+
+
+def request_budget(settings: Settings) -> PixelBudget:
+    return PixelBudget(settings.max_request_pixels)
+
+
+def read_image(
+    upload: UploadFile,
+    settings: Settings,
+    *,
+    field: str,
+    budget: PixelBudget | None = None,
+    min_side: int = CHECK_SIDE,
+) -> CheckedImage:
     label = f"{field} {upload.filename!r}" if upload.filename else field
     check_declared_type(upload.content_type, label)
     upload.file.seek(0)
     data = upload.file.read(settings.max_image_bytes + 1)
-    return check_image_bytes(data, settings, label=label)
+    return check_image_bytes(data, settings, label=label, budget=budget, min_side=min_side)
 
 
 def check_declared_type(declared: str | None, label: str) -> None:
@@ -57,8 +97,18 @@ def check_declared_type(declared: str | None, label: str) -> None:
         raise error(status.HTTP_415_UNSUPPORTED_MEDIA_TYPE, f"{label}: {kind} is not an image type")
 
 
-def check_image_bytes(data: bytes, settings: Settings, *, label: str) -> CheckedImage:
-    """The checks every image gets, however it arrived (multipart part or base64 in JSON)."""
+def check_image_bytes(
+    data: bytes,
+    settings: Settings,
+    *,
+    label: str,
+    budget: PixelBudget | None = None,
+    min_side: int = CHECK_SIDE,
+) -> CheckedImage:
+    """The checks every image gets, however it arrived (multipart part or base64 in JSON).
+
+    The image is decoded once, reduced to `min_side` as it is (its full-size pixels are never
+    kept), with its decoded pixels taken from the request's `budget` before decoding."""
     from liteembed.errors import ImageTooLargeError, UnsupportedImageTypeError
     from liteembed.images import decode_image
 
@@ -70,7 +120,19 @@ def check_image_bytes(data: bytes, settings: Settings, *, label: str) -> Checked
     if not data:
         raise error(status.HTTP_400_BAD_REQUEST, f"{label} is empty")
     try:
-        image = decode_image(data, max_pixels=settings.max_image_pixels)
+        image = decode_image(
+            data,
+            max_pixels=settings.max_image_pixels,
+            min_side=min_side,
+            reserve=budget.take if budget is not None else None,
+        )
+    except _OverBudget as over:
+        raise error(
+            status.HTTP_413_CONTENT_TOO_LARGE,
+            f"{label}: the request's images would decode to {over.wanted} pixels in all; at "
+            f"most {over.limit} are allowed per request (a large JPEG counts at the reduced "
+            "scale it decodes at): send fewer or smaller images",
+        ) from None
     except ImageTooLargeError as exc:
         raise error(status.HTTP_413_CONTENT_TOO_LARGE, f"{label}: {exc}") from None
     except UnsupportedImageTypeError as exc:

@@ -72,6 +72,9 @@ class Settings(BaseSettings):
     max_image_bytes: int = 10 * 1024 * 1024
     max_request_bytes: int = 64 * 1024 * 1024
     max_image_pixels: int = 36_000_000
+    # All images of one request together, as decoded (JPEG at its reduced decoding scale, other
+    # formats at full size): four images at the per-image cap. Bounds a request's decoding work.
+    max_request_pixels: int = Field(default=144_000_000, ge=1)
     max_hints: int = 16
     max_labels: int = 256
     # Images one /v1/classify or /v1/embeddings call may carry; each goes through the

@@ -34,7 +34,7 @@ from service.api.schemas import (
     EmbeddingOut,
     RegisterClassJson,
 )
-from service.api.uploads import error, validate_name, validate_words
+from service.api.uploads import error, request_budget, validate_name, validate_words
 from service.core.config import Settings
 from service.models import (
     DEFAULT_TENANT,
@@ -98,7 +98,9 @@ def register_class(
             422, f"hints not in the model's vocabulary: {', '.join(unknown)} (use common words)"
         )
     clean_confusers = validate_words(fields.confusers, field="confusers", limit=settings.max_hints)
-    checked = [load_image(image, settings) for image in body.images]
+    # Each image is checked and its decoded pixels dropped at once: only the bytes are kept.
+    budget = request_budget(settings)
+    stored = [load_image(image, settings, budget=budget).data for image in body.images]
     replace = fields.replace
 
     try:
@@ -108,7 +110,7 @@ def register_class(
             name_key=name_key(clean_name),
             model_id=runtime.model_id,
             tenant=scope or DEFAULT_TENANT,
-            images=[c.data for c in checked],
+            images=stored,
             hints=clean_hints,
             confusers=clean_confusers,
             replace=replace,
