@@ -3,7 +3,7 @@
     python -m benchmarks.perf --model liteembed-tiny
     python -m benchmarks.perf --model ViT-B-32          # random weights: speed only
 
-Four parts, each printed as a markdown table and written to benchmarks/results/perf-<model>.json:
+Five parts, each printed as a markdown table and written to benchmarks/results/perf-<model>.json:
 
 1. classify: the bare model (preprocess + encode, in this process, same torch threads) at batch 1
    and batch 32, against POST /v1/classify on a real `liteembed serve` subprocess (uvicorn) over
@@ -30,11 +30,14 @@ Four parts, each printed as a markdown table and written to benchmarks/results/p
    client alternates requests between them (ratio of p50s from the same window, and the median
    per-pair ratio); at concurrency 16 the two are loaded in turn, in interleaved rounds (the
    order flips each round), and the throughput ratio is per round, then the median.
+5. tenants: /classify within one tenant when the matrix's classes (100,000 by default) are split
+   over 1,000 tenants, against the same count all in one tenant: two servers, alternating
+   requests as in part 3 (the ratio of p50s from the same window, and the median per-pair ratio).
 
 This is a measurement, not a test: nothing asserts on time. The client runs on the same CPU as
 the server, so on a small machine the HTTP numbers include the client's own cost.
 
-Longer than the project's ~400-line module guide: four measured parts share one server
+Longer than the project's ~400-line module guide: five measured parts share one server
 harness and one report writer, and keeping them in one script keeps a run self-contained.
 """
 
@@ -246,9 +249,18 @@ def replace_ready_classes(database_url: str, model_id: str, count: int, dim: int
 
 
 def insert_ready_classes(
-    factory: Any, model_id: str, count: int, dim: int, tag: str, *, seed: int, first: int = 0
+    factory: Any,
+    model_id: str,
+    count: int,
+    dim: int,
+    tag: str,
+    *,
+    seed: int,
+    first: int = 0,
+    tenant_of: Callable[[int], str] | None = None,
 ) -> None:
-    """Insert `count` ready classes with random unit embeddings and bump the generation."""
+    """Insert `count` ready classes with random unit embeddings and bump the generation; class
+    i belongs to `tenant_of(i)` (default: the default tenant)."""
     from sqlalchemy import insert
 
     from service.db import session_scope
@@ -267,6 +279,7 @@ def insert_ready_classes(
                 "name": f"{tag}-{start + i}",
                 "name_key": f"{tag}-{start + i}",
                 "model_id": model_id,
+                **({"tenant": tenant_of(start + i)} if tenant_of is not None else {}),
                 "status": "ready",
                 "progress": 1.0,
                 "embedding": vectors[i].tobytes(),
@@ -330,8 +343,11 @@ def classify_alternating(
     count: int,
     warmup: int = 2,
     transport: httpx.BaseTransport | None = None,
+    reference_params: Callable[[int], dict[str, str]] | None = None,
+    sized_params: Callable[[int], dict[str, str]] | None = None,
 ) -> dict[str, Any]:
     """`count` pairs of sequential requests from one client: reference, sized, reference, ...
+    (`*_params(i)`: the query of each side's i-th request, e.g. the tenant it acts within).
 
     Measuring both servers in the same window is what makes their ratio trustworthy on a shared
     machine: background load and CPU frequency drift hit both lists alike, whereas two windows
@@ -343,10 +359,13 @@ def classify_alternating(
 
     files = {"image": ("q.jpg", image, "image/jpeg")}
 
-    def one(client: httpx.Client) -> float:
+    def one(client: httpx.Client, params: dict[str, str] | None = None) -> float:
         t = time.perf_counter()
-        client.post("/v1/classify", files=files).raise_for_status()
+        client.post("/v1/classify", files=files, params=params).raise_for_status()
         return time.perf_counter() - t
+
+    def query(of: Callable[[int], dict[str, str]] | None, i: int) -> dict[str, str] | None:
+        return of(i) if of is not None else None
 
     reference: list[float] = []
     sized: list[float] = []
@@ -354,12 +373,12 @@ def classify_alternating(
         httpx.Client(base_url=reference_url, timeout=300, transport=transport) as ref_client,
         httpx.Client(base_url=sized_url, timeout=300, transport=transport) as sized_client,
     ):
-        for _ in range(warmup):  # connections open, first-request costs paid on both sides
-            one(ref_client)
-            one(sized_client)
-        for _ in range(count):
-            reference.append(one(ref_client))
-            sized.append(one(sized_client))
+        for i in range(warmup):  # connections open, first-request costs paid on both sides
+            one(ref_client, query(reference_params, i))
+            one(sized_client, query(sized_params, i))
+        for i in range(count):
+            reference.append(one(ref_client, query(reference_params, i)))
+            sized.append(one(sized_client, query(sized_params, i)))
     # Each request's neighbour in time is its pair, so a per-pair ratio cancels even drift
     # within the window; its median is robust to the odd stalled request on either side.
     pair_ratios = [s / r for s, r in zip(sized, reference, strict=True) if r > 0]
@@ -784,6 +803,93 @@ def part_freshness(args: argparse.Namespace, workdir: Path, dim: int) -> dict[st
     }
 
 
+def part_tenants(args: argparse.Namespace, workdir: Path, dim: int) -> dict[str, Any]:
+    """/classify of one tenant among many against one tenant holding every class, side by side.
+
+    Two servers, each with the same number of classes (`--tenant-classes`) in its one class
+    matrix: on "one" they all belong to a single tenant; on "split" to `--tenants` tenants of
+    equal size. Requests act within a tenant (`?tenant=`, as an admin key may; a client key's
+    tenant takes the same path), rotating over the split server's tenants.
+    """
+    count, tenants = args.tenant_classes, args.tenants
+    per_tenant = max(count // tenants, 1)
+    image = test_image()
+    with running(args, workdir) as one, running(args, workdir) as split:
+        for server, tenant_of, tag in (
+            (one, lambda i: "solo", "solo"),
+            (split, lambda i: f"t{i // per_tenant:04d}", "split"),
+        ):
+            from service.db import make_engine, make_session_factory
+
+            engine = make_engine(server.database_url)
+            insert_ready_classes(
+                make_session_factory(engine),
+                server.model_id,
+                count,
+                dim,
+                tag,
+                seed=count,
+                tenant_of=tenant_of,
+            )
+            engine.dispose()
+        # Until each matrix holds every row (the first scoped request also indexes the tenants).
+        wait_for_size(one, count, "solo")
+        wait_for_size(split, count, "split")
+        per_request_s = max(classify_sequential(one.url, image, count=5)["p50_ms"] / 1000, 1e-4)
+        pairs = int(min(max(args.seconds / (2 * per_request_s), 20), 2000))
+        rounds = []
+        for r in range(args.rounds):
+            window = classify_alternating(
+                one.url,
+                split.url,
+                image,
+                count=pairs,
+                reference_params=lambda i: {"tenant": "solo"},
+                sized_params=lambda i: {"tenant": f"t{(i * 37) % tenants:04d}"},
+            )
+            rounds.append(
+                {
+                    "one": window["reference"],
+                    "split": window["sized"],
+                    "pair_ratio_median": window["pair_ratio_median"],
+                    "ratio": window["sized"]["p50_ms"] / window["reference"]["p50_ms"],
+                }
+            )
+            print(
+                f"  round {r + 1}: split p50 {window['sized']['p50_ms']:.2f} ms vs one "
+                f"{window['reference']['p50_ms']:.2f} ms (x{rounds[-1]['ratio']:.3f})",
+                flush=True,
+            )
+    return {
+        "classes": count,
+        "tenants": tenants,
+        "pairs": pairs,
+        "rounds": rounds,
+        "ratio": statistics.median(r["ratio"] for r in rounds),
+    }
+
+
+def tenants_markdown(t: dict[str, Any]) -> list[str]:
+    rounds = t["rounds"]
+
+    def med(side: str) -> float:
+        return statistics.median(r[side]["p50_ms"] for r in rounds)
+
+    return [
+        f"**Tenants** (/classify within one tenant, {t['classes']:,} classes in one matrix): "
+        f"split over {t['tenants']:,} tenants against all in one tenant, side by side "
+        f"(alternating, {t['pairs']} pairs per round); medians of {len(rounds)} rounds.",
+        "",
+        "| | one tenant | split | ratio |",
+        "|---|---:|---:|---:|",
+        f"| concurrency 1, p50 ms | {med('one'):.2f} | {med('split'):.2f} | **{t['ratio']:.3f}** "
+        f"(median per-pair {statistics.median(r['pair_ratio_median'] for r in rounds):.3f}) |",
+        "",
+        "Per round: " + ", ".join(f"{r['ratio']:.3f}" for r in rounds) + ".",
+        "",
+    ]
+
+
 def freshness_markdown(f: dict[str, Any]) -> list[str]:
     rounds = f["rounds"]
 
@@ -896,6 +1002,9 @@ def markdown(result: dict[str, Any]) -> str:
     f = result.get("freshness")
     if f:
         lines += freshness_markdown(f)
+    tenants = result.get("tenants")
+    if tenants:
+        lines += tenants_markdown(tenants)
     if result.get("note"):
         lines += [result["note"], ""]
     return "\n".join(lines)
@@ -1003,7 +1112,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default="10,1000,10000,100000")
     parser.add_argument("--train-steps", type=int, default=10, help="engine per-step timing")
     parser.add_argument("--reload-every", type=float, default=1.0)
-    parser.add_argument("--parts", default="classify,training,scale,freshness")
+    parser.add_argument("--parts", default="classify,training,scale,freshness,tenants")
+    parser.add_argument("--tenant-classes", type=int, default=100_000, help="tenants part")
+    parser.add_argument("--tenants", type=int, default=1000, help="tenants part: split over")
     parser.add_argument(
         "--database-url",
         default=None,
@@ -1087,6 +1198,9 @@ def main(argv: list[str] | None = None) -> int:
         if "freshness" in parts:
             print("freshness (with and without the per-request generation check):", flush=True)
             result["freshness"] = part_freshness(args, workdir, int(backend.embed_dim))
+        if "tenants" in parts:
+            print("tenants (one tenant among many against one tenant of every class):", flush=True)
+            result["tenants"] = part_tenants(args, workdir, int(backend.embed_dim))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     table = markdown(result)

@@ -308,8 +308,13 @@ def fail_class(*, session: Session, class_id: str, lease: str, reason: str) -> b
     )
 
 
-def release_class(*, session: Session, class_id: str, lease: str, reason: str) -> bool:
-    """Hand the row back to the queue (infrastructure trouble), remembering why."""
+def release_class(
+    *, session: Session, class_id: str, lease: str, reason: str, count_attempt: bool = True
+) -> bool:
+    """Hand the row back to the queue, remembering why. Infrastructure trouble counts as an
+    attempt (a class that keeps breaking workers must end); a worker told to stop does not
+    (`count_attempt=False`): restarts and scale-downs must never fail a class."""
+    refund = {} if count_attempt else {"attempts": PersonalizedClass.attempts - 1}
     return (
         _update_leased(
             session,
@@ -318,6 +323,7 @@ def release_class(*, session: Session, class_id: str, lease: str, reason: str) -
             status=Status.queued.value,
             error=reason[:MAX_ERROR_CHARS],
             lease=None,
+            **refund,
         )
         == 1
     )

@@ -84,7 +84,7 @@ class Trainer:
         except WorkerStopping:
             log.info("classes %s: handed back to the queue (the worker is stopping)", list(leases))
             for held_id, held_lease in leases.items():
-                self._release(held_id, held_lease, STOPPED_REASON)
+                self._release(held_id, held_lease, STOPPED_REASON, count_attempt=False)
             return list(leases)
         except BaseException as exc:
             # Infrastructure trouble (DB, model load, time limit): hand the rows back so a retry
@@ -268,10 +268,18 @@ class Trainer:
         with session_scope(self.sessions) as session:
             crud.fail_class(session=session, class_id=class_id, lease=lease, reason=reason)
 
-    def _release(self, class_id: str, lease: str, reason: str) -> None:
+    def _release(
+        self, class_id: str, lease: str, reason: str, *, count_attempt: bool = True
+    ) -> None:
         try:
             with session_scope(self.sessions) as session:
-                crud.release_class(session=session, class_id=class_id, lease=lease, reason=reason)
+                crud.release_class(
+                    session=session,
+                    class_id=class_id,
+                    lease=lease,
+                    reason=reason,
+                    count_attempt=count_attempt,
+                )
         except Exception:
             log.exception("class %s: could not hand the row back; the reconciler will", class_id)
 

@@ -109,6 +109,7 @@ def test_register_watch_filter_delete_in_the_browser(
         )
         assert row(page, "poppy").locator(".badge").inner_text() == "ready"
         assert "star" in row(page, "badge").inner_text()
+        assert "tenant default" in row(page, "badge").inner_text()
 
         # Register through the form by dropping images on it; the page follows it to ready.
         drop(page, world_pngs("tartan", 4))

@@ -37,6 +37,7 @@ def test_stop_soon_hands_the_running_batch_back(
     for class_id in (first, companion):
         row = get(factory, class_id)
         assert row is not None and row.status == Status.queued and row.lease is None
+        assert row.attempts == 0  # a stop is not an attempt: restarts never fail a class
     # A message that arrives while stopping claims nothing and is handed straight back.
     assert trainer.train_class(first) == [first]
     with factory() as session:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from service.scoring.matrix import assemble
 from service.scoring.scorer import (
     CpuScorer,
     DeviceScorer,
@@ -75,3 +76,26 @@ def test_the_device_scorer_uploads_each_snapshot_once() -> None:
     replaced = scorer.weights(second)
     assert replaced is not weights and replaced.shape == (6, DIM)
     np.testing.assert_array_equal(replaced.numpy(), second.matrix)
+
+
+def test_a_tenant_scope_scores_only_its_rows_on_both_scorers() -> None:
+    """A tenant is a set of rows of the one matrix: its top-k and softmax are those of its rows
+    alone, by their indices in the whole matrix, on the CPU and on a device alike."""
+    count = 3000
+    matrix = random_matrix(count, DIM)
+    keys = [f"t{i % 30:02d}/class {i}" for i in range(count)]  # 30 tenants, interleaved rows
+    snapshot = assemble(1, "m", matrix, [f"class {i}" for i in range(count)], keys, keys)
+    rows = snapshot.tenant_rows("t07")
+    assert rows.tolist() == list(range(7, count, 30))
+    assert snapshot.tenant_rows("nobody").size == 0
+    queries = random_matrix(3, DIM, seed=9)
+    scopes = [rows, None, snapshot.tenant_rows("nobody")]
+    for scorer in (CpuScorer(), DeviceScorer(torch.device("cpu"))):
+        scoped, everyone, empty = scorer.top_k(snapshot, queries, 50.0, [5, 5, 5], scopes)
+        want, want_p = top_k_softmax(class_logits(matrix[rows], queries[:1])[0], 50.0, 5)
+        assert scoped[0].tolist() == rows[want].tolist()
+        np.testing.assert_allclose(scoped[1], want_p, rtol=1e-4)
+        assert set(scoped[0].tolist()) <= set(rows.tolist())
+        whole = top_k_softmax(class_logits(matrix, queries[1:2])[0], 50.0, 5)
+        assert everyone[0].tolist() == whole[0].tolist()
+        assert empty[0].size == 0 and empty[1].size == 0
