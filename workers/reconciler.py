@@ -16,7 +16,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service import crud
 from service.core.config import Settings
+from service.db import is_unavailable
 from service.models import utcnow
+from service.outage import OutageLog
 from service.queue import Producer
 
 log = logging.getLogger(__name__)
@@ -70,6 +72,7 @@ class Reconciler:
         self._factory = session_factory
         self._producer = producer
         self._settings = settings
+        self._database = OutageLog("database (reconciler)", log, meanwhile="retrying each pass")
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="liteembed-reconciler", daemon=True)
 
@@ -92,5 +95,10 @@ class Reconciler:
         while not self._stop.wait(self._settings.reconcile_interval_seconds):
             try:
                 reconcile_once(self._factory, self._producer, self._settings)
-            except Exception:
-                log.exception("reconciler pass failed; trying again next interval")
+                self._database.succeeded()
+            except Exception as exc:
+                # An unreachable database is one line per outage, not a traceback per pass.
+                if is_unavailable(exc):
+                    self._database.failed(exc)
+                else:
+                    log.exception("reconciler pass failed; trying again next interval")

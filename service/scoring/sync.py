@@ -28,6 +28,7 @@ import numpy as np
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from service.db import is_unavailable
 from service.models import (
     GENERATION_ROW,
     ClassRemoval,
@@ -37,6 +38,7 @@ from service.models import (
     read_generation,
     read_removals_floor,
 )
+from service.outage import OutageLog
 from service.scoring.matrix import (
     MATRIX_DTYPES,
     ClassMatrix,
@@ -179,6 +181,9 @@ class ClassMatrixCache:
         self._lock = threading.Lock()  # one rebuild at a time
         # Snapshots swapped in since start (for tests: concurrent catch-ups share one sync).
         self.syncs = 0
+        self._database = OutageLog(
+            "database (class matrix refresh)", log, meanwhile="classifying with the last snapshot"
+        )
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -260,9 +265,18 @@ class ClassMatrixCache:
         """After a change made by this process: rebuild before answering the next request."""
         try:
             self.refresh()
-        except Exception:
-            log.exception("class matrix refresh failed")
+            self._database.succeeded()
+        except Exception as exc:
+            self._refresh_failed(exc, "the refresh thread retries")
             self._wake.set()
+
+    def _refresh_failed(self, exc: Exception, meanwhile: str) -> None:
+        # An unreachable database is one line per outage (it fails every second until it is
+        # back); anything else is a bug worth its traceback each time.
+        if is_unavailable(exc):
+            self._database.failed(exc)
+        else:
+            log.exception("class matrix refresh failed; %s", meanwhile)
 
     def start(self) -> None:
         if self._thread is not None:
@@ -285,6 +299,7 @@ class ClassMatrixCache:
                 break
             try:
                 self.refresh()
-            except Exception:
-                log.exception("class matrix refresh failed; keeping the previous snapshot")
+                self._database.succeeded()
+            except Exception as exc:
+                self._refresh_failed(exc, "keeping the previous snapshot")
                 time.sleep(self._refresh_seconds)

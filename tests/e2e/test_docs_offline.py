@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
-import uvicorn
 
 from service.core.config import Settings
 from tests.helpers.browser import chromium
+from tests.helpers.uvicorn_thread import serving
 
 pytestmark = pytest.mark.slow
 
@@ -26,21 +24,8 @@ def live_server(sqlite_url: str, make_settings: Callable[..., Settings]) -> Iter
     """The app served by uvicorn on a free port, in a thread of this process."""
     from service.main import create_app
 
-    app = create_app(make_settings(sqlite_url))
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with serving(create_app(make_settings(sqlite_url))) as url:
+        yield url
 
 
 @pytest.fixture

@@ -83,3 +83,36 @@ def test_concurrent_catch_ups_behind_one_change_share_one_sync(
         thread.join()
     assert not errors, errors
     assert cache.syncs == syncs + 1
+
+
+@pytest.mark.postgres
+def test_an_unreachable_database_is_one_log_line_per_outage(
+    postgres_database: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The refresh fails every period while the database is away: one line, not a traceback per
+    attempt, and one line when it is back."""
+    import logging
+
+    from sqlalchemy.engine import make_url
+
+    from service.db import make_engine, make_session_factory
+    from tests.helpers.tcp_proxy import tcp_proxy
+
+    target = make_url(postgres_database)
+    with tcp_proxy(target.host or "127.0.0.1", target.port or 5432) as proxy:
+        through = target.set(host="127.0.0.1", port=proxy.port)
+        engine = make_engine(through.render_as_string(hide_password=False))
+        cache = ClassMatrixCache(make_session_factory(engine), refresh_seconds=60)
+        cache.bind_model("m@1", 16)
+        cache.refresh_now()
+        proxy.cut()
+        caplog.set_level(logging.INFO)
+        for _ in range(3):
+            cache.refresh_now()
+        problems = [r for r in caplog.records if r.levelno >= logging.WARNING]
+        assert len(problems) == 1 and "unreachable" in problems[0].getMessage(), problems
+        assert "Traceback" not in caplog.text
+        proxy.restore()
+        cache.refresh_now()
+        assert "reachable again" in caplog.text
+        engine.dispose()
