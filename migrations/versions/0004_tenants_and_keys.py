@@ -1,9 +1,11 @@
-"""Tenants and keys in the database: every class belongs to a tenant (existing ones to
-`default`), names are unique per tenant, and admins issue and revoke keys through the API.
+"""Tenants, and API keys in the database.
 
 Revision ID: 0004
 Revises: 0003
 Create Date: 2026-11-30
+
+Every class belongs to a tenant (existing ones to `default`), names are unique per tenant, and
+admins issue and revoke keys through the API (`api_keys`, hashes only).
 """
 
 from __future__ import annotations
