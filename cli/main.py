@@ -55,6 +55,12 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--classes", nargs="+", default=None, help="held-out classes of the world")
     demo.add_argument("--shots", type=int, default=5, help="images uploaded per class")
     demo.add_argument("--no-hints", action="store_true", help="register without category hints")
+    demo.add_argument(
+        "--model",
+        default="liteembed-mini",
+        choices=["liteembed-mini", "liteembed-mini-v2"],
+        help="the shipped mini CLIP to run on",
+    )
     add_remote_commands(commands)
     args = parser.parse_args(argv)
     if args.command in REMOTE_COMMANDS:
@@ -64,7 +70,10 @@ def main(argv: list[str] | None = None) -> int:
         from cli.demo import DEFAULT_CLASSES, run_demo
 
         return run_demo(
-            classes=args.classes or DEFAULT_CLASSES, shots=args.shots, use_hints=not args.no_hints
+            classes=args.classes or DEFAULT_CLASSES,
+            shots=args.shots,
+            use_hints=not args.no_hints,
+            model=args.model,
         )
 
     try:
