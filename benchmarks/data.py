@@ -29,6 +29,22 @@ VAL_GALLERY_SEED = 8_001
 TEST_SUPPORT_SEED = 10_000
 VAL_SUPPORT_SEED = 20_000
 
+# The synthetic world's look-alikes of its test held-out classes: the base classes built the same
+# way with one part more or fewer (7-gon: 6- and 8-gon). The parallelogram (ramp) and the lens
+# (leaf) have no such neighbour.
+WORLD_LOOKALIKES: dict[str, tuple[str, ...]] = {
+    "coin": ("hexagon", "octagon"),
+    "badge": ("sheriff", "rosette"),
+    "poppy": ("lotus", "aster"),
+    "hand": ("plus", "stitch", "jack"),
+    "zipper": ("sergeant",),
+    "shield": ("frame", "nut"),
+    "grille": ("menu", "barcode"),
+    "tartan": ("chess",),
+    "beads": ("pearls", "necklace"),
+    "domino": ("waffle",),
+}
+
 
 @dataclass
 class SupportDraw:
@@ -56,6 +72,8 @@ class Task:
     hints: dict[str, tuple[str, ...]] = field(
         default_factory=dict
     )  # coarse hints per held-out class
+    # Held-out class -> base classes it is easily taken for (scored as a confusion rate).
+    lookalikes: dict[str, tuple[str, ...]] = field(default_factory=dict)
     info: dict[str, object] = field(default_factory=dict)
     _draws: dict[int, SupportDraw] = field(default_factory=dict, repr=False)
 
@@ -134,6 +152,7 @@ def world_task(
         make_draw=make_draw,
         max_shots=max_shots,
         hints={c.name: (c.category,) for c in heldout_classes},
+        lookalikes={n: WORLD_LOOKALIKES[n] for n in heldout if n in WORLD_LOOKALIKES},
         info={
             "source": "liteembed.synthetic.default_world",
             "split": split,

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.data import SupportDraw, Task
-from benchmarks.metrics import harmonic_mean, mean_average_precision, top1
+from benchmarks.metrics import confusion_rate, harmonic_mean, mean_average_precision, top1
 from liteembed import ClassRequest, ClipBackend, OptimizationConfig, Vocabulary
 from liteembed.registry import create_method, method_entry, register_method
 from liteembed.vocab import WORD_TEMPLATE
@@ -117,6 +117,8 @@ class Outcome:
     seconds_per_class: float
     per_class: dict[str, float] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    # Per held-out class with look-alikes: the share of its test images predicted as one of them.
+    lookalike: dict[str, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -128,6 +130,7 @@ class Outcome:
             "seconds_per_class": self.seconds_per_class,
             "per_class": self.per_class,
             **({"extra": self.extra} if self.extra else {}),
+            **({"lookalike": self.lookalike} if self.lookalike else {}),
         }
 
 
@@ -148,6 +151,14 @@ def score_logits(
     for j, name in enumerate(task.heldout):
         rows = labels == len(task.base) + j
         per_class[name] = float((predictions[rows] == labels[rows]).float().mean().item())
+    index = {name: i for i, name in enumerate(task.classes)}
+    lookalike = {
+        name: confusion_rate(
+            predictions, labels, index[name], [index[b] for b in bases if b in index]
+        )
+        for name, bases in task.lookalikes.items()
+        if name in index
+    }
     retrieval = None
     if heldout_text is not None:
         retrieval = mean_average_precision(
@@ -165,6 +176,7 @@ def score_logits(
         seconds_per_class,
         per_class,
         extra or {},
+        lookalike,
     )
 
 

@@ -15,6 +15,18 @@ def top1(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return float((logits.argmax(dim=1) == labels).float().mean().item())
 
 
+def confusion_rate(
+    predictions: torch.Tensor, labels: torch.Tensor, source: int, targets: Sequence[int]
+) -> float:
+    """Fraction of the images labelled `source` whose prediction is one of `targets` (0.0 when
+    there are no such images): how often a class is taken for its look-alikes."""
+    rows = labels == source
+    if not bool(rows.any()):
+        return 0.0
+    hits = torch.isin(predictions[rows], torch.as_tensor(list(targets), dtype=predictions.dtype))
+    return float(hits.float().mean().item())
+
+
 def harmonic_mean(a: float, b: float) -> float:
     """Harmonic mean of two accuracies; 0 when either is 0 (a method that gives up one side)."""
     if a <= 0 or b <= 0:

@@ -119,7 +119,11 @@ def _liteembed_rows(chosen: dict[str, Any]) -> list[MethodSpec]:
     if not any(r.config == defaults and r.use_hints == hints for r in [ti, *rows]):
         rows.append(
             MethodSpec(
-                "liteembed (defaults)", "liteembed", defaults, hints, note="validated defaults"
+                "liteembed (defaults)",
+                "liteembed",
+                defaults,
+                hints,
+                note="the settings file's defaults",
             )
         )
     return rows
@@ -199,7 +203,13 @@ def run_benchmark(
                 f"  ({time.perf_counter() - started:.1f}s)"
             )
     return {
-        "task": {"name": task.name, "base": task.base, "heldout": task.heldout, **task.info},
+        "task": {
+            "name": task.name,
+            "base": task.base,
+            "heldout": task.heldout,
+            "lookalikes": {n: list(b) for n, b in task.lookalikes.items()},
+            **task.info,
+        },
         "shots": usable,
         "skipped_shots": skipped,
         "draws": draws,
@@ -250,12 +260,52 @@ def summarise(report: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
             for key in ("heldout", "base_after", "base_before", "hm", "map", "seconds_per_class"):
                 values = [o[key] for o in outcomes if o[key] is not None]
                 row[key] = mean_std(values) if values else None
+            lookalike = [_mean_lookalike(o) for o in outcomes]
+            if all(v is not None for v in lookalike) and lookalike:
+                row["lookalike"] = mean_std(lookalike)
             if REFERENCE in results and k in results[REFERENCE] and method != REFERENCE:
+                reference = results[REFERENCE][k]
                 row["delta_hm_vs_ti"] = paired_difference(
-                    [o["hm"] for o in outcomes], [o["hm"] for o in results[REFERENCE][k]]
+                    [o["hm"] for o in outcomes], [o["hm"] for o in reference]
                 )
+                reference_lookalike = [_mean_lookalike(o) for o in reference]
+                if "lookalike" in row and all(v is not None for v in reference_lookalike):
+                    row["delta_lookalike_vs_ti"] = paired_difference(lookalike, reference_lookalike)
             summary[method][k] = row
     return summary
+
+
+def _mean_lookalike(outcome: dict[str, Any]) -> float | None:
+    """One draw's look-alike confusion: the mean over the held-out classes that have one."""
+    rates = outcome.get("lookalike") or {}
+    return sum(rates.values()) / len(rates) if rates else None
+
+
+def lookalike_table(report: dict[str, Any], k: int) -> str | None:
+    """Held-out test images taken for their look-alike base classes (lower is better)."""
+    rows = [
+        (method, per_k[str(k)])
+        for method, per_k in report["summary"].items()
+        if str(k) in per_k and per_k[str(k)].get("lookalike")
+    ]
+    if not rows:
+        return None
+    lines = [
+        f"| Method (K={k}) | Taken for a look-alike | Δ vs TI (paired, ± SE) | draws lower |",
+        "|---|---|---|---|",
+    ]
+    for method, row in rows:
+        delta = row.get("delta_lookalike_vs_ti")
+        delta_s = (
+            f"{100 * delta['mean']:+.1f} ± {100 * delta['se']:.1f}"
+            if delta
+            else "0 (ref.)"
+            if method == REFERENCE
+            else "n/a"
+        )
+        lower = f"{delta['lost']:.0f}/{delta['n']:.0f}" if delta else ""
+        lines.append(f"| {method} | {_pct(row['lookalike'])} | {delta_s} | {lower} |")
+    return "\n".join(lines)
 
 
 def _pct(pair: Any) -> str:
@@ -318,7 +368,7 @@ def write_markdown(report: dict[str, Any], path: Path, headline_k: int = 4) -> N
         "and draws (one class alone at K=4: "
         f"{report.get('single_class_seconds', math.nan):.2f} s).",
         "",
-        f"LiteEmbed settings: {report['chosen_source']}. The validated defaults are the row "
+        f"LiteEmbed settings: {report['chosen_source']}. The defaults of that file are the row "
         f"**{report.get('defaults_row', 'liteembed (defaults)')}**; linear probe C = "
         f"{report.get('linear_probe_c', 'n/a')}; Tip-Adapter: "
         f"{report.get('tip_adapter', 'published alpha = 1, beta = 5.5')}, the model's logit "
@@ -328,6 +378,17 @@ def write_markdown(report: dict[str, Any], path: Path, headline_k: int = 4) -> N
     order = [headline_k] + [k for k in ks if k != headline_k] if headline_k in ks else ks
     for k in order:
         parts += [f"## K = {k}", "", markdown_table(report, k), ""]
+        confusion = lookalike_table(report, k)
+        if confusion is not None:
+            parts += [
+                f"Look-alike confusion, K = {k}: the share of the held-out test images of the "
+                f"{len(report['task'].get('lookalikes', {}))} classes with a look-alike that "
+                "are classified as one of their look-alike base classes (mean over those "
+                "classes, then mean ± std over draws; lower is better).",
+                "",
+                confusion,
+                "",
+            ]
     if report.get("skipped_shots"):
         parts.append(f"Skipped K (too few images per class): {report['skipped_shots']}")
     path.write_text("\n".join(parts) + "\n")

@@ -8,11 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch.nn.functional as F
 from PIL import Image
 
 from benchmarks import rare_classes
 from benchmarks.data import folder_task, world_task
-from benchmarks.methods import Context, MethodSpec, evaluate
+from benchmarks.methods import Context, MethodSpec, evaluate, score_logits
 from liteembed import ClipBackend, OptimizationConfig, Vocabulary, load_backend, load_vocabulary
 
 COLOURS = {
@@ -120,3 +121,33 @@ def test_synthetic_world_task_and_batched_learning(
     spec = MethodSpec("tip", "tip-adapter (held-out cache)")
     tip = evaluate(spec, ctx, backend, vocabulary, draws[:1], 2)[0]
     assert tip.map is None and tip.base_before == ctx.base_before
+
+
+def test_lookalike_confusion_is_scored_and_reported(backend: ClipBackend) -> None:
+    task = world_task(backend, "test_heldout", test_per_class=2, max_shots=1)
+    assert task.lookalikes and set(task.lookalikes) <= set(task.heldout)
+    assert all(set(bases) <= set(task.base) for bases in task.lookalikes.values())
+    ctx = Context.build(backend, task)
+    # Every held-out image predicted as its class's first look-alike (itself if it has none).
+    index = {name: i for i, name in enumerate(task.classes)}
+    predicted = task.test_labels.clone()
+    for name, bases in task.lookalikes.items():
+        predicted[task.test_labels == index[name]] = index[bases[0]]
+    confused = score_logits(ctx, F.one_hot(predicted, len(task.classes)).float(), None, 0.0)
+    assert confused.lookalike == {name: 1.0 for name in task.lookalikes}
+    right = F.one_hot(task.test_labels, len(task.classes)).float()
+    correct = score_logits(ctx, right, None, 0.0)
+    assert set(correct.lookalike.values()) == {0.0}
+    report = {
+        "task": {"lookalikes": task.lookalikes},
+        "results": {
+            "textual-inversion": {"4": [confused.as_dict()]},
+            "liteembed": {"4": [correct.as_dict()]},
+        },
+    }
+    report["summary"] = rare_classes.summarise(report)
+    row = report["summary"]["liteembed"]["4"]
+    assert row["delta_lookalike_vs_ti"]["mean"] == pytest.approx(-1.0)
+    assert row["delta_lookalike_vs_ti"]["lost"] == 1  # one draw, with fewer confusions
+    table = rare_classes.lookalike_table(report, 4)
+    assert table is not None and "| liteembed | 0.0 ± 0.0 | -100.0 ± " in table

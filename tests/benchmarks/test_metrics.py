@@ -9,6 +9,7 @@ import torch
 
 from benchmarks.metrics import (
     average_precision,
+    confusion_rate,
     harmonic_mean,
     mean_average_precision,
     mean_std,
@@ -21,6 +22,16 @@ def test_top1_counts_argmax_hits() -> None:
     logits = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])
     assert top1(logits, torch.tensor([0, 1, 1])) == pytest.approx(2 / 3)
     assert top1(torch.empty(0, 2), torch.empty(0, dtype=torch.long)) == 0.0
+
+
+def test_confusion_rate_counts_images_taken_for_the_look_alikes() -> None:
+    labels = torch.tensor([2, 2, 2, 2, 0, 1])
+    predictions = torch.tensor([0, 1, 2, 0, 1, 0])  # class 2: two as 0, one as 1, one right
+    assert confusion_rate(predictions, labels, 2, [0]) == pytest.approx(2 / 4)
+    assert confusion_rate(predictions, labels, 2, [0, 1]) == pytest.approx(3 / 4)
+    # other classes' mistakes do not count, and a class without test images scores 0
+    assert confusion_rate(predictions, labels, 0, [1]) == pytest.approx(1.0)
+    assert confusion_rate(predictions, labels, 3, [0]) == 0.0
 
 
 def test_harmonic_mean() -> None:
