@@ -567,7 +567,8 @@ def engine_training(backend: Any, vocabulary: Any, steps: int) -> dict[str, Any]
         return time.perf_counter() - t
 
     out: dict[str, Any] = {"steps": steps}
-    fixed = OptimizationConfig(early_stopping=False)
+    # A fixed step count: the per-step time is the difference of two runs of known lengths.
+    fixed = OptimizationConfig(step_rule="fixed", early_stopping=False)
     learn_class(backend, vocabulary, "warmup", images(99), config=fixed.with_(steps=2))
     for label, short in (("short", True), ("full", False)):
         config = fixed.with_(short_context=short)

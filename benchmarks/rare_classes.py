@@ -15,8 +15,8 @@ Real data (any open_clip model; one subfolder per class; --heldout picks the new
     python -m benchmarks.rare_classes --model ViT-B-32 --pretrained openai \
         --folder /data/dishes --heldout "pani puri" "misal pav" --out results/dishes
 
-LiteEmbed's settings come from the validation search (benchmarks/tune.py writes
-benchmarks/results/chosen_config.json); without that file the engine's defaults are used.
+LiteEmbed's settings are the engine's defaults for the model, or those of a settings file given
+with --config (benchmarks/tune.py writes one, chosen_config.json, from the validation classes).
 
 Longer than the ~400-line module guide: the harness, its report and its command line are
 one reproducible unit.
@@ -38,11 +38,10 @@ from benchmarks.data import Task, folder_task, world_task
 from benchmarks.methods import LINEAR_PROBE_C, Context, MethodSpec, evaluate
 from benchmarks.metrics import mean_std, paired_difference
 from liteembed import ClassRequest, OptimizationConfig, learn_classes, load_backend, load_vocabulary
-from liteembed.config import from_recorded
+from liteembed.config import from_recorded, recorded_defaults
 from liteembed.registry import list_methods, method_entry
 
 RESULTS_DIR = Path(__file__).parent / "results"
-CHOSEN_CONFIG = RESULTS_DIR / "chosen_config.json"
 DEFAULT_SHOTS = (1, 2, 4, 8, 16)
 # Every draw renders this many support images per class (or the largest K asked, if more), so the
 # shots of a given K and draw do not depend on which other K are requested.
@@ -55,17 +54,23 @@ REFERENCE = "textual-inversion"  # paired differences are taken against this row
 # ------------------------------------------------------------------ method list
 
 
-def load_chosen(path: Path | None) -> dict[str, Any]:
-    """The validation search's result: {"defaults": config, "full": config, "use_hints": bool}."""
-    if path is not None and Path(path).exists():
+def load_chosen(path: Path | None, model_id: str = "") -> dict[str, Any]:
+    """The settings of the rows: {"defaults": config, "full": config, "use_hints": bool}, from a
+    settings file (a validation search's chosen_config.json, or one of benchmarks/results/configs/)
+    or, without one, the engine's defaults for `model_id` (its recorded ones where there are),
+    category hints passed as a user would. Never a file read implicitly: a result file left from
+    another model or an older engine must not pass for the current defaults."""
+    if path is not None:
+        if not Path(path).exists():
+            raise SystemExit(f"--config {path}: no such file")
         data: dict[str, Any] = json.loads(Path(path).read_text())
         return data
-    defaults = OptimizationConfig()
+    defaults = recorded_defaults(model_id) or OptimizationConfig()
     return {
         "defaults": defaults.to_dict(),
         "full": defaults.with_(parameterization="pca").to_dict(),
-        "use_hints": False,
-        "source": "engine defaults (no validation search result found)",
+        "use_hints": True,
+        "source": "the engine's defaults for the model (liteembed/config.py), hints passed",
     }
 
 
@@ -478,8 +483,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--config",
         type=Path,
-        default=CHOSEN_CONFIG,
-        help="the validation search's chosen_config.json",
+        default=None,
+        help="a settings file (benchmarks/tune.py's chosen_config.json, or one in "
+        "benchmarks/results/configs/); default: the engine's defaults for the model",
     )
     p.add_argument("--cache-dir", type=Path, default=Path(".liteembed-cache"))
     p.add_argument("--max-words", type=int, default=None, help="cap a BPE vocabulary (tests)")
@@ -510,7 +516,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         task = world_task(
             backend, args.split, test_per_class=args.test_per_class, max_shots=max_shots
         )
-    chosen = load_chosen(args.config)
+    chosen = load_chosen(args.config, backend.model_id)
     methods = build_methods(chosen)
     if args.methods:
         methods = [m for m in methods if m.name in set(args.methods)]

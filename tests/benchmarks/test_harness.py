@@ -73,7 +73,7 @@ def test_cli_on_an_image_folder_writes_json_markdown_and_plot(
             "--folder", str(image_folder), "--heldout", "plum", "blueberry",
             "--shots", "1", "2", "4", "--seeds", "2", "--test-per-class", "3",
             "--max-words", "200", "--cache-dir", str(tmp_path / "cache"),
-            "--config", str(tmp_path / "absent.json"), "--out", str(out),
+            "--out", str(out),
             "--methods", "zero-shot", "image-prototype", "tip-adapter", "linear-probe",
             "textual-inversion", "liteembed (full)",
         ]
