@@ -166,7 +166,7 @@ function classRow(c) {
     {},
     element("div", { className: "name" }, c.name),
     element("div", { className: "muted mono" }, c.id),
-    element("div", { className: "muted" }, `tenant ${c.tenant}`),
+    element("div", { className: "muted small" }, `tenant ${c.tenant}`),
   );
   const created = element("td", { title: c.created_at }, new Date(c.created_at).toLocaleString());
   const hints = element("td", {}, c.hints.join(", ") || "—");
