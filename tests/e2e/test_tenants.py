@@ -4,6 +4,7 @@ through the API take effect on every API process within a second."""
 
 from __future__ import annotations
 
+import base64
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -143,6 +144,33 @@ def test_every_route_keeps_tenants_apart(start_server: Callable[[], LiveServer])
         # ...and a registered name resolves within the caller's tenant.
         labelled = classify(me.http, "blue", labels=["widget", "banana"]).json()["predictions"]
         assert {p["label"]: p["class_id"] for p in labelled}["widget"] == me.class_id
+        # The JSON and batch forms take the same path.
+        image = base64.b64encode(image_bytes(COLOURS["blue"], seed=4242)).decode()
+        batch = me.http.post("/v1/classify:json", json={"images": [image, image]}).json()
+        assert [[p["class_id"] for p in r["predictions"]] for r in batch["results"]] == [
+            [me.class_id],
+            [me.class_id],
+        ]
+        registered = me.http.post(
+            "/v1/classes:json", json={"name": "extra", "images": [image]}
+        ).json()
+        assert registered["tenant"] == me.name
+        assert other.http.get(f"/v1/classes/{registered['id']}").status_code == 404
+        assert admin.delete(f"/v1/classes/{registered['id']}").status_code == 204
+
+    # A `{name}` in an embeddings prompt is the caller's tenant's class: same name, own word.
+    prompt = {"texts": ["a sketch of a {widget}"]}
+    eventually(lambda: acme.http.post("/v1/embeddings", json=prompt).status_code == 200)
+    words = {
+        t.name: t.http.post("/v1/embeddings", json=prompt).json()["texts"][0]
+        for t in (acme, globex)
+    }
+    assert words["acme"] != words["globex"]
+    default_only = httpx.Client(base_url=server.url, headers=bearer(server.client_key), timeout=60)
+    unknown = default_only.post("/v1/embeddings", json=prompt)
+    assert unknown.status_code == 422 and "widget" in unknown.json()["detail"]
+    acme_as_admin = admin.post("/v1/embeddings", params={"tenant": "acme"}, json=prompt).json()
+    assert acme_as_admin["texts"][0] == words["acme"]
 
     # Admins see every tenant, and filter by one.
     listed = admin.get("/v1/classes").json()
