@@ -122,7 +122,7 @@ Base64Image = Annotated[
 
 
 class RegisterFields(BaseModel):
-    name: str = Field(description="the class name (unique per model)")
+    name: str = Field(description="the class name (unique per model and tenant)")
     hints: list[str] | None = Field(None, description="coarse category words")
     confusers: list[str] | None = Field(None, description="look-alike classes")
     replace: bool = Field(False, description="replace a class of the same name")
