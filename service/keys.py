@@ -114,14 +114,17 @@ class KeyLookup:
         self._answers: OrderedDict[str, tuple[float, KeyHolder | None]] = OrderedDict()
         self._used_written: dict[str, float] = {}
 
+    def cached(self, token: str) -> tuple[bool, KeyHolder | None]:
+        """(True, answer) when a fresh answer is remembered, else (False, None); never touches
+        the database, so the event loop may call it (`find` is the blocking lookup)."""
+        return self._remembered(key_hash(token, self._secret))
+
     def find(self, token: str) -> KeyHolder | None:
         digest = key_hash(token, self._secret)
+        known, holder = self._remembered(digest)
+        if known:
+            return holder
         now = self._clock()
-        with self._lock:
-            cached = self._answers.get(digest)
-            if cached is not None and now - cached[0] < self._ttl:
-                self._answers.move_to_end(digest)
-                return cached[1]
         holder = self._read(digest)
         with self._lock:
             self._answers[digest] = (now, holder)
@@ -129,6 +132,14 @@ class KeyLookup:
             while len(self._answers) > self._capacity:
                 self._answers.popitem(last=False)
         return holder
+
+    def _remembered(self, digest: str) -> tuple[bool, KeyHolder | None]:
+        with self._lock:
+            cached = self._answers.get(digest)
+            if cached is not None and self._clock() - cached[0] < self._ttl:
+                self._answers.move_to_end(digest)
+                return True, cached[1]
+        return False, None
 
     def _read(self, digest: str) -> KeyHolder | None:
         with session_scope(self._sessions) as session:

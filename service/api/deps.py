@@ -169,7 +169,10 @@ async def get_caller(
     if _matches(candidate, settings.client_keys):
         return Caller(Role.client, DEFAULT_TENANT)
     if token.startswith(KEY_MARK) and len(token) <= MAX_TOKEN_CHARS:
-        holder = await run_in_threadpool(lookup.find, token)
+        # A remembered answer needs no thread hop; only a database lookup leaves the loop.
+        known, holder = lookup.cached(token)
+        if not known:
+            holder = await run_in_threadpool(lookup.find, token)
         if holder is not None:
             role = Role.admin if holder.role == "admin" else Role.client
             return Caller(role, holder.tenant if role is Role.client else None)

@@ -147,11 +147,16 @@ class ClassMatrix:
 
     @functools.cached_property
     def _rows_by_tenant(self) -> dict[str, np.ndarray]:
-        # Once per snapshot, on first use: a pass over the keys (tens of ms at 10^5 classes).
+        # Once per snapshot: a pass over the keys (~50 ms at 10^5 classes), which the sync pays
+        # before it publishes the snapshot (`index_tenants`), not the model thread on first use.
         rows: dict[str, list[int]] = {}
         for row, key in enumerate(self.keys):
             rows.setdefault(key.partition(TENANT_SEPARATOR)[0], []).append(row)
         return {tenant: np.asarray(found, dtype=np.int64) for tenant, found in rows.items()}
+
+    def index_tenants(self) -> None:
+        """Build the tenant index now (it is built once per snapshot, on first use otherwise)."""
+        _ = self._rows_by_tenant
 
     def tenant_rows(self, tenant: str) -> np.ndarray:
         """The rows of `tenant`'s classes, ascending (empty when it has none)."""

@@ -252,6 +252,9 @@ class ClassMatrixCache:
             snap = update_matrix(session, current, dim) if current is not None else None
             if snap is None:
                 snap = build_matrix(session, model_id, dim, self._dtype)
+        # Here, not on the model thread, where the first request within a tenant would build it
+        # and hold up every request of its batch.
+        snap.index_tenants()
         self._snapshot = snap
         self.syncs += 1
         log.debug(

@@ -89,6 +89,16 @@ _text_features = TextFeatureCache()
     responses=responses(400, 401, 403, 413, 415, 422, 503),
     openapi_extra=request_body(BodyClassify, "multipart/form-data"),
 )
+# The same handler as its own operation with a JSON body (one typed body per operation).
+@router.post(
+    "/v1/classify:json",
+    name="classify_json",
+    response_model=ClassifyOut | ClassifyBatchOut,
+    dependencies=[ClientDep],
+    summary="`classify` with a JSON body: images base64-encoded",
+    responses=responses(400, 401, 403, 413, 415, 422, 503),
+    openapi_extra=request_body(ClassifyJson, "application/json"),
+)
 async def classify(
     settings: SettingsDep,
     runtime: RuntimeDep,
@@ -123,26 +133,6 @@ async def classify(
         model=runtime.model_id,
         results=[ImagePredictions(predictions=predictions) for predictions in ranked],
     )
-
-
-@router.post(
-    "/v1/classify:json",
-    response_model=ClassifyOut | ClassifyBatchOut,
-    dependencies=[ClientDep],
-    summary="`classify` with a JSON body: images base64-encoded",
-    responses=responses(400, 401, 403, 413, 415, 422, 503),
-    openapi_extra=request_body(ClassifyJson, "application/json"),
-)
-async def classify_json(
-    settings: SettingsDep,
-    runtime: RuntimeDep,
-    classifier: ClassifierDep,
-    runner: ModelRunnerDep,
-    preprocess_pool: PreprocessPoolDep,
-    scope: TenantScopeDep,
-    body: ClassifyBodyDep,
-) -> ClassifyOut | ClassifyBatchOut:
-    return await classify(settings, runtime, classifier, runner, preprocess_pool, scope, body)
 
 
 async def _classes_current(
