@@ -5,7 +5,8 @@ gallery images and support draws); the test held-out classes are never touched. 
 the earlier ablation's pitfalls:
 
 1. the step budget / early-stopping rule and the learning rate of plain textual inversion (TI)
-   first, so that no regulariser is credited for merely slowing overfitting;
+   first, so that no regulariser is credited for merely slowing overfitting; a rule (no fixed
+   budget) is kept unless the best fixed budget beats it by more than one standard error;
 2. each LiteEmbed part on top of that budget, one at a time: coarse alignment (k, lambda_c,
    anchor = nearest words or the category hint), fine separation (lambda_f, margin), the PCA box
    (kappa, basis), then the hard negatives (m), templates and augmentation;
@@ -44,6 +45,8 @@ from liteembed import OptimizationConfig, load_backend, load_vocabulary
 
 RESULTS_DIR = Path(__file__).parent / "results"
 BASE = OptimizationConfig()
+# holdout_folds large enough that every support image is held out in turn
+MAX_FOLDS = 16
 
 
 @dataclass
@@ -265,11 +268,36 @@ def search(
             )
             for cap in caps
         ]
+        + [
+            s.run(
+                "1-steps",
+                f"TI max_steps={cap} holdout (pooled accuracy, {ties} ties, {label})",
+                ti.with_(
+                    max_steps=cap,
+                    early_stopping=False,
+                    step_rule="holdout",
+                    holdout_ties=ties,
+                    holdout_folds=folds,
+                ),
+            )
+            for cap in caps
+            for ties, folds, label in (
+                ("margin", 1, "one image"),
+                ("earliest", MAX_FOLDS, "every image in turn"),
+                ("margin", MAX_FOLDS, "every image in turn"),
+            )
+        ]
     )
-    best_budget = best_of(budget_runs + rule_runs)
-    current_cfg = _config_of(best_budget, ti)
-    current = best_budget
-    decisions.append(f"step rule: {best_budget.label} (best validation HM of all budgets/rules)")
+    # A rule that needs no budget travels to other models; a fixed budget is taken only when it
+    # beats the best rule by more than one standard error (paired).
+    best_rule, best_fixed = best_of(rule_runs), best_of(budget_runs)
+    fixed_wins, diff = better(best_fixed, best_rule)
+    current = best_fixed if fixed_wins else best_rule
+    current_cfg = _config_of(current, ti)
+    decisions.append(
+        f"step rule: {current.label} (best rule '{best_rule.label}' vs best fixed budget "
+        f"'{best_fixed.label}': fixed {100 * diff['mean']:+.2f} ± {100 * diff['se']:.2f} HM)"
+    )
     lr_runs = [
         s.run("1-lr", f"TI lr={lr}", current_cfg.with_(lr=lr))
         for lr in (0.3 * current_cfg.lr, 3 * current_cfg.lr)

@@ -32,6 +32,11 @@ class OptimizationConfig:
     # that pooled accuracy peaked at ( `steps` when no class has two images). "holdout-margin":
     # the same per class, by the held-out mean margin.
     step_rule: StepRule = "holdout"
+    # "holdout": among steps of equal pooled accuracy, the earliest or the best pooled margin.
+    holdout_ties: Literal["earliest", "margin"] = "earliest"
+    # "holdout": how many of a class's images are held out in turn (each in its own copy of the
+    # class during the search), pooled together; 1 = one random image.
+    holdout_folds: int = 1
     steps: int = 10
     max_steps: int = 30
     lr: float = TOKEN_LR
@@ -87,6 +92,8 @@ class OptimizationConfig:
         checks = [
             (self.steps >= 1 and self.max_steps >= 1, "steps and max_steps must be >= 1"),
             (self.step_rule in ("fixed", "holdout", "holdout-margin"), "step_rule: see the docs"),
+            (self.holdout_ties in ("earliest", "margin"), "holdout_ties: earliest or margin"),
+            (self.holdout_folds >= 1, "holdout_folds must be >= 1"),
             (self.lr > 0, "lr must be > 0"),
             (self.lr_scale in ("token", "absolute"), "lr_scale: token or absolute"),
             (self.norm_bound is None or self.norm_bound > 0, "norm_bound must be > 0 or None"),

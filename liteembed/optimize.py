@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -240,19 +240,29 @@ def learn_classes(
     offset = 0
     if use_holdout:
         # Phase 1: one exemplar per class left out picks the step count; no test data involved.
-        phase1 = _run(batch, [search_steps] * len(problems), offset=0, holdout=True)
         if config.step_rule == "holdout":
-            pooled = _pooled(phase1.holdout_accuracy, has_holdout)
-            best = max(range(len(pooled)), key=lambda s: (pooled[s], -s)) if pooled else 0
+            search, owners = _folds(batch)
+            phase1 = _run(search, [search_steps] * len(owners), offset=0, holdout=True)
+            held = [p.holdout is not None for p in search.problems]
+            pooled = _pooled(phase1.holdout_accuracy, held)
+            pooled_margin = _pooled(phase1.holdout_margins, held)
+            rank = _holdout_rank(pooled, pooled_margin, config)
+            best = max(range(len(pooled)), key=rank) if pooled else 0
             budgets = [max(best, 1)] * len(problems)
             for i, problem in enumerate(problems):
                 holdout_info[i] = {
                     "rule": "pooled held-out accuracy",
+                    "ties": config.holdout_ties,
                     "held_out_image": problem.holdout,
+                    "held_out_images": [
+                        q.holdout for q, o in zip(search.problems, owners, strict=True) if o == i
+                    ],
                     "best_step": best,
                     "pooled_accuracy": _subsample(pooled, config.loss_curve_points),
+                    "pooled_margin": _subsample(pooled_margin, config.loss_curve_points),
                 }
         else:
+            phase1 = _run(batch, [search_steps] * len(problems), offset=0, holdout=True)
             for i, margins in enumerate(phase1.holdout_margins):
                 best = max(range(len(margins)), key=lambda s: (margins[s], -s)) if margins else 0
                 budgets[i] = max(best, 1)
@@ -277,10 +287,47 @@ def _warn_without_recorded_defaults(model_id: str) -> None:
         )
 
 
+def _folds(batch: _Batch) -> tuple[_Batch, list[int]]:
+    """The hold-out search's batch: each class with `holdout_folds` > 1 is copied once per fold,
+    each copy holding out another of its images (from its random one on, in turn), so that the
+    pooled accuracy rests on more than one image per class. Returns the batch and, per row, the
+    class it copies; a copy's peers are the first copies of its class's peers."""
+    folds = batch.config.holdout_folds
+    if folds <= 1:
+        return batch, list(range(len(batch.problems)))
+    rows: list[ClassProblem] = []
+    owners: list[int] = []
+    first: list[int] = []
+    for i, problem in enumerate(batch.problems):
+        first.append(len(rows))
+        if problem.holdout is None:
+            rows.append(problem)
+            owners.append(i)
+            continue
+        count = int(problem.groups.max().item()) + 1
+        for f in range(min(folds, count)):
+            rows.append(replace(problem, holdout=(problem.holdout + f) % count))
+            owners.append(i)
+    peers = [[first[j] for j in batch.peers[owner]] for owner in owners]
+    search = replace(batch, problems=rows, init=batch.init[owners], peers=peers)
+    return search, owners
+
+
 def _peers(names: Sequence[str]) -> list[list[int]]:
     """For each class, the batch's classes with another name (one name never fights itself)."""
     keys = [n.strip().lower() for n in names]
     return [[j for j, other in enumerate(keys) if other != key] for key in keys]
+
+
+def _holdout_rank(
+    accuracy: list[float], margins: list[float], config: OptimizationConfig
+) -> Callable[[int], tuple[float, float]]:
+    """The order in which the pooled rule prefers steps: higher held-out accuracy first; among
+    equal accuracies the earliest step, or (`holdout_ties="margin"`) the higher pooled mean
+    margin, which still moves when a dozen held-out images leave accuracy flat."""
+    if config.holdout_ties == "margin":
+        return lambda s: (accuracy[s], margins[s])
+    return lambda s: (accuracy[s], -s)
 
 
 def _pooled(curves: list[list[float]], include: list[bool]) -> list[float]:
@@ -423,13 +470,14 @@ def _stop_holdout_search(
     """Held-out quality has not improved for 2 * patience steps: more steps only overfit."""
     config = batch.config
 
-    def stale(curve: list[float]) -> bool:
-        best = max(range(len(curve)), key=lambda s: (curve[s], -s))
+    def stale(curve: list[float], rank: Callable[[int], Any] | None = None) -> bool:
+        best = max(range(len(curve)), key=rank or (lambda s: (curve[s], -s)))
         return len(curve) - 1 - best >= 2 * config.patience and len(curve) > config.min_steps
 
     if config.step_rule == "holdout":
-        pooled = _pooled(accuracy, [p.holdout is not None for p in batch.problems])
-        if pooled and stale(pooled):
+        include = [p.holdout is not None for p in batch.problems]
+        pooled = _pooled(accuracy, include)
+        if pooled and stale(pooled, _holdout_rank(pooled, _pooled(margins, include), config)):
             for i in rows:
                 active[i] = False
                 reasons[i] = "holdout"

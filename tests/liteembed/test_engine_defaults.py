@@ -54,6 +54,38 @@ def test_defaults_batch_negatives_norm_bound_and_pooled_steps(
     assert _accuracy_among(backend, learned) == 1.0
 
 
+def test_margin_breaks_ties_of_pooled_accuracy(
+    backend: ClipBackend, vocabulary: Vocabulary
+) -> None:
+    config = OptimizationConfig(holdout_ties="margin")
+    learned = learn_classes(backend, vocabulary, REQUESTS, config=config)
+    d = learned[0].diagnostics["holdout"]
+    accuracy, margin = d["pooled_accuracy"], d["pooled_margin"]
+    assert d["ties"] == "margin"
+    tied = [s for s, a in enumerate(accuracy) if a == max(accuracy)]
+    assert d["best_step"] in tied
+    assert margin[d["best_step"]] == max(margin[s] for s in tied)
+    earliest = learn_classes(backend, vocabulary, REQUESTS)[0].diagnostics["holdout"]
+    first = earliest["pooled_accuracy"]
+    assert earliest["ties"] == "earliest" and earliest["best_step"] == first.index(max(first))
+    with pytest.raises(ValueError, match="holdout_ties"):
+        OptimizationConfig(holdout_ties="latest")  # type: ignore[arg-type]
+
+
+def test_folds_hold_out_each_image_in_turn(backend: ClipBackend, vocabulary: Vocabulary) -> None:
+    config = OptimizationConfig(holdout_folds=3)
+    learned = learn_classes(backend, vocabulary, REQUESTS, config=config)
+    for request, c in zip(REQUESTS, learned, strict=True):
+        d = c.diagnostics["holdout"]
+        held = d["held_out_images"]
+        count = len(request.images)
+        assert held[0] == d["held_out_image"]
+        assert len(held) == len(set(held)) == min(3, count)
+        assert c.diagnostics["steps_run"] == max(d["best_step"], 1)
+    one = learn_classes(backend, vocabulary, REQUESTS)[0].diagnostics["holdout"]
+    assert one["held_out_images"] == [one["held_out_image"]]
+
+
 def test_without_the_bound_the_word_leaves_the_vocabulary_range(
     backend: ClipBackend, vocabulary: Vocabulary
 ) -> None:
