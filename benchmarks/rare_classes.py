@@ -454,7 +454,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--model", default="liteembed-mini", help="open_clip model name")
+    p.add_argument("--model", default="liteembed-mini-v2", help="open_clip model name")
     p.add_argument(
         "--pretrained", default="default", help="open_clip tag, checkpoint path, or 'random'"
     )

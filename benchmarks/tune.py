@@ -516,7 +516,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--model", default="liteembed-mini")
+    p.add_argument("--model", default="liteembed-mini-v2")
     p.add_argument("--pretrained", default="default")
     p.add_argument("--device", default="auto")
     p.add_argument("--cache-dir", type=Path, default=Path(".liteembed-cache"))

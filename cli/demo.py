@@ -168,7 +168,7 @@ def run_demo(
     test_per_class: int = 10,
     base_images: int = 24,
     use_hints: bool = True,
-    model: str = "liteembed-mini",
+    model: str = "liteembed-mini-v2",
     pretrained: str = "default",
     port: int | None = None,
     train_options: dict[str, Any] | None = None,

@@ -57,8 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--no-hints", action="store_true", help="register without category hints")
     demo.add_argument(
         "--model",
-        default="liteembed-mini",
-        choices=["liteembed-mini", "liteembed-mini-v2"],
+        default="liteembed-mini-v2",
+        choices=["liteembed-mini-v2", "liteembed-mini"],
         help="the shipped mini CLIP to run on",
     )
     add_remote_commands(commands)

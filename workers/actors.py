@@ -128,7 +128,6 @@ class Trainer:
 
     def _run_batch(self, leases: dict[str, str], heartbeat: _Heartbeat) -> None:
         from liteembed import ClassRequest, learn_class, learn_classes
-        from liteembed.config import OptimizationConfig
         from liteembed.errors import LiteEmbedError, OptimizationCancelled
 
         runtime = self.runtime.get()
@@ -166,7 +165,7 @@ class Trainer:
         }
         if not requests:
             return
-        config = self.optimization_config(OptimizationConfig)
+        config = self.optimization_config(runtime.model_id)
         common = {
             "registered": registered,
             "config": config,
@@ -216,13 +215,18 @@ class Trainer:
         for class_id, result in zip(ids, learned, strict=True):
             self._store(class_id, leases[class_id], result)
 
-    def optimization_config(self, base: Any) -> Any:
+    def optimization_config(self, model_id: str) -> Any:
+        """The model's recorded defaults (the engine's defaults where it has none), with the
+        settings' TRAIN_OPTIONS and TRAIN_STEPS on top."""
+        from liteembed.config import OptimizationConfig, recorded_defaults
+
         changes = dict(self.settings.train_options)
         if self.settings.train_steps is not None:
             # A step count set here is a fixed budget, not the hold-out rule's fallback.
             changes["steps"] = self.settings.train_steps
             changes.setdefault("step_rule", "fixed")
-        return dataclasses.replace(base(), **changes)
+        base = recorded_defaults(model_id) or OptimizationConfig()
+        return dataclasses.replace(base, **changes)
 
     def _registered(
         self, session: Session, runtime: Runtime, *, tenants: set[str], exclude: set[str]

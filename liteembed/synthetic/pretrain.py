@@ -1,16 +1,15 @@
 """Pretrain a ``liteembed-mini`` family CLIP on the synthetic world, on the CPU, for fixed steps.
 
     python -m liteembed.synthetic.pretrain --model liteembed-mini-v2 \\
-        --out liteembed/checkpoints/liteembed-mini-v2.pt --steps 2000 --seed 0
+        --out liteembed/checkpoints/liteembed-mini-v2.pt --steps 5500 --batch 256 --bf16
 
-Recipe (from a feasibility run of a small CLIP on this synthetic world, adapted to a CPU
-without AVX512-BF16 that other jobs share): open_clip ModifiedResNet [1,1,1,1]
-width 16 with attention pool at 64x64, text 4 layers width 128, context 24, embed 128; AdamW
-lr 1e-3 betas (0.9, 0.98), weight decay 0.1 on matrices only; batch 128 of fresh data every
-step; fp32 (bf16 autocast, --bf16, only pays on AVX512-BF16 CPUs); token table re-initialised
-with std 0.002 (untrained rows stay small); soft targets for duplicate captions; 3 % warm-up
-then cosine decay over ``--steps``. Batches are seeded by (seed, step), so a run repeats exactly
-for a given seed, step count and thread count.
+Recipe (from a feasibility run of a small CLIP on this synthetic world): open_clip
+ModifiedResNet [1,1,1,1] with attention pool at 64x64 (width 16 for v1, 32 for v2), text 4
+layers width 128, context 24, embed 128; AdamW lr 1e-3 betas (0.9, 0.98), weight decay 0.1 on
+matrices only; fresh data every step; bf16 autocast (``--bf16``) on CPUs with AVX512-BF16, fp32
+otherwise; token table re-initialised with std 0.002 (untrained rows stay small); soft targets
+for duplicate captions; 3 % warm-up then cosine decay over ``--steps``. Batches are seeded by
+(seed, step), so a run repeats exactly for a given seed, step count and thread count.
 
 Label-aware targets (UniCL-style, ``--label-weight``): besides identical captions, a caption
 that names class c is a partial positive of weight ``--label-weight`` for every image of class c
@@ -21,8 +20,8 @@ vocabulary.
 
 The shipped ``liteembed/checkpoints/liteembed-mini.pt`` (v1) was made by an earlier,
 time-budgeted version of this script with plain targets and every colour word kept: two cycles on
-the shared 2-core CPU, 36 min (1354 steps) then 17 min at lr 5e-4 (477 steps), 1831 steps of
-batch 128 in all. ``liteembed-mini-v2.pt`` continues it; its report records the exact command.
+a shared 2-core CPU, 1831 steps of batch 128 in all. ``liteembed-mini-v2.pt`` is one run of this
+script from scratch; its report records the exact command.
 
 Output: ``{"state_dict": fp16 state dict, "vocabulary": caption words, "meta": {...}}`` and a
 ``<stem>.report.json`` with the recipe, steps, wall time, zero-shot accuracies and the

@@ -38,7 +38,7 @@ class Settings(BaseSettings):
     redis_namespace: str = "liteembed"
 
     # Model.
-    model: str = "liteembed-mini"
+    model: str = "liteembed-mini-v2"
     pretrained: str = "default"
     device: str = "auto"
     precision: str = "auto"

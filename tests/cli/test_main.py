@@ -1,4 +1,4 @@
-"""`liteembed demo` reaches run_demo (the full run is in tests/benchmarks/test_demo.py)."""
+"""`liteembed demo` reaches run_demo (the full run is in tests/cli/test_demo.py)."""
 
 from __future__ import annotations
 

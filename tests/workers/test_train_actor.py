@@ -267,3 +267,22 @@ def test_tenants_are_trained_apart_and_negatives_stay_within_a_tenant(
     assert row is not None and row.status == Status.ready and row.diagnostics is not None
     mined = {n["name"] for n in row.diagnostics["negatives"] if n["source"] == "registered"}
     assert "quim" not in mined
+
+
+def test_the_model_recorded_defaults_are_the_base_of_the_training_config(
+    setup: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from liteembed import config as engine_config
+
+    settings, _, trainer = setup
+    monkeypatch.setitem(engine_config.RECORDED_DEFAULTS, "liteembed-tiny", {"lambda_c": 2.5})
+    trainer.settings = settings.model_copy(update={"train_steps": None, "train_options": {}})
+    recorded = trainer.optimization_config("liteembed-tiny@random-0")
+    assert recorded == engine_config.OptimizationConfig(lambda_c=2.5)
+    assert trainer.optimization_config("other@x") == engine_config.OptimizationConfig()
+    # the settings' options and step count go on top of the recorded defaults
+    trainer.settings = settings.model_copy(
+        update={"train_steps": 7, "train_options": {"augment_views": 0}}
+    )
+    both = trainer.optimization_config("liteembed-tiny@random-0")
+    assert (both.lambda_c, both.steps, both.step_rule, both.augment_views) == (2.5, 7, "fixed", 0)
