@@ -1,10 +1,11 @@
 """Every switch of the LiteEmbed reconstruction (docs/method.md).
 
-The defaults were chosen on the validation held-out classes of the mini CLIP's world, never on
-the test classes (benchmarks/results/validation_search.md): 10 steps (more overfit 4 shots),
-coarse alignment k=8 / lambda_c=1 (+0.8 HM with a category hint, neutral without), two augmented
-views (+0.6), fine separation off (-0.4 at its best setting), the raw token parameterisation (the
-PCA box cost 0.7). Early stopping is off: at 10 steps its rule (min_steps=10) cannot fire.
+The defaults were chosen by the validation search (benchmarks/tune.py) on the validation held-out
+classes of liteembed-mini-v2's world, never on the test classes
+(benchmarks/results/validation_search-v2.md): the pooled hold-out step rule with every image held
+out in turn and margin tie-breaks (up to 50 steps; no fixed budget beat it), coarse alignment
+k=8 / lambda_c=1 with the category word as hint (+0.5 HM), two augmented views; fine separation
+(+0.1, and it lost in combination with the coarse term) and the PCA box (-0.5) stay off.
 
 Scale-aware parts, so the defaults mean the same on another model: the step size is in units of
 the vocabulary's typical token-embedding coordinate (`lr_scale="token"`), the learned word's norm
@@ -26,19 +27,19 @@ TOKEN_LR = 0.5
 
 @dataclass(frozen=True)
 class OptimizationConfig:
-    # Budget and optimiser. "fixed": `steps` Adam steps. "holdout": one image per class (K >= 2)
-    # is held out, the batch trains up to `max_steps` while recording the held-out images'
+    # Budget and optimiser. "fixed": `steps` Adam steps. "holdout": images of each class (K >= 2)
+    # are held out, the batch trains up to `max_steps` while recording the held-out images'
     # accuracy, pooled over the batch's classes, then every class retrains for the step count
     # that pooled accuracy peaked at ( `steps` when no class has two images). "holdout-margin":
     # the same per class, by the held-out mean margin.
     step_rule: StepRule = "holdout"
     # "holdout": among steps of equal pooled accuracy, the earliest or the best pooled margin.
-    holdout_ties: Literal["earliest", "margin"] = "earliest"
+    holdout_ties: Literal["earliest", "margin"] = "margin"
     # "holdout": how many of a class's images are held out in turn (each in its own copy of the
-    # class during the search), pooled together; 1 = one random image.
-    holdout_folds: int = 1
+    # class during the search), pooled together; 1 = one random image, 16 = every image up to 16.
+    holdout_folds: int = 16
     steps: int = 10
-    max_steps: int = 30
+    max_steps: int = 50
     lr: float = TOKEN_LR
     # "token": lr is in units of median real-word norm / sqrt(token width), the size of a
     # typical coordinate of a word's embedding; "absolute": lr is the raw Adam step.
@@ -141,7 +142,7 @@ DEFAULT_CONFIG = OptimizationConfig()
 # Models whose defaults were validated (benchmarks/tune.py on the validation classes), with the
 # changes to OptimizationConfig() found there. On any other model the defaults are a starting
 # point: learn_classes logs a warning once per model.
-RECORDED_DEFAULTS: dict[str, dict[str, Any]] = {"liteembed-mini": {}}
+RECORDED_DEFAULTS: dict[str, dict[str, Any]] = {"liteembed-mini-v2": {}}
 
 
 def recorded_defaults(model_id: str) -> OptimizationConfig | None:
@@ -151,11 +152,15 @@ def recorded_defaults(model_id: str) -> OptimizationConfig | None:
 
 
 def from_recorded(values: dict[str, Any]) -> OptimizationConfig:
-    """A config saved as a dict (`to_dict`); unknown keys are ignored, and a dict saved before the
-    scale-aware switches existed keeps its meaning: its lr is absolute, its step count fixed (or
-    per-class hold-out margin), no norm bound, no batch negatives."""
+    """A config saved as a dict (`to_dict`); unknown keys are ignored, and a dict saved before a
+    switch existed keeps its meaning: before the scale-aware switches its lr is absolute, its step
+    count fixed (or per-class hold-out margin), no norm bound, no batch negatives; before the
+    hold-out tie-break and folds, one random image is held out and the earliest tie wins."""
     known = OptimizationConfig.__dataclass_fields__
     data = {k: v for k, v in values.items() if k in known}
+    # saved before the hold-out rule had tie-breaks and folds: one random image, earliest of ties
+    data.setdefault("holdout_ties", "earliest")
+    data.setdefault("holdout_folds", 1)
     if "lr_scale" not in values:
         data["lr_scale"] = "absolute"
         data.setdefault("norm_bound", None)

@@ -65,7 +65,8 @@ def test_margin_breaks_ties_of_pooled_accuracy(
     tied = [s for s, a in enumerate(accuracy) if a == max(accuracy)]
     assert d["best_step"] in tied
     assert margin[d["best_step"]] == max(margin[s] for s in tied)
-    earliest = learn_classes(backend, vocabulary, REQUESTS)[0].diagnostics["holdout"]
+    config = OptimizationConfig(holdout_ties="earliest")
+    earliest = learn_classes(backend, vocabulary, REQUESTS, config=config)[0].diagnostics["holdout"]
     first = earliest["pooled_accuracy"]
     assert earliest["ties"] == "earliest" and earliest["best_step"] == first.index(max(first))
     with pytest.raises(ValueError, match="holdout_ties"):
@@ -82,7 +83,8 @@ def test_folds_hold_out_each_image_in_turn(backend: ClipBackend, vocabulary: Voc
         assert held[0] == d["held_out_image"]
         assert len(held) == len(set(held)) == min(3, count)
         assert c.diagnostics["steps_run"] == max(d["best_step"], 1)
-    one = learn_classes(backend, vocabulary, REQUESTS)[0].diagnostics["holdout"]
+    config = OptimizationConfig(holdout_folds=1)
+    one = learn_classes(backend, vocabulary, REQUESTS, config=config)[0].diagnostics["holdout"]
     assert one["held_out_images"] == [one["held_out_image"]]
 
 
@@ -141,7 +143,8 @@ def test_a_model_without_recorded_defaults_warns(
 
     optimize._WARNED_MODELS.discard(backend.model_id)
     assert recorded_defaults(backend.model_id) is None
-    assert recorded_defaults("liteembed-mini@abc") == OptimizationConfig()
+    assert recorded_defaults("liteembed-mini-v2@abc") == OptimizationConfig()
+    assert recorded_defaults("liteembed-mini@abc") is None  # v1 runs v2's defaults, with a warning
     config = OptimizationConfig(step_rule="fixed", steps=1)
     with caplog.at_level(logging.WARNING, logger="liteembed.optimize"):
         learn_classes(backend, vocabulary, REQUESTS[:1], config=config)
@@ -156,3 +159,9 @@ def test_configs_saved_before_the_scale_aware_switches_keep_their_meaning() -> N
     assert (config.lr, config.lr_scale, config.step_rule) == (0.01, "absolute", "holdout-margin")
     assert config.norm_bound is None and config.batch_negatives is False
     assert from_recorded(OptimizationConfig().to_dict()) == OptimizationConfig()
+    # saved before the tie-break and fold switches: one random image, earliest of ties
+    before = {
+        k: v for k, v in OptimizationConfig().to_dict().items() if not k.startswith("holdout")
+    }
+    config = from_recorded(before)
+    assert (config.holdout_ties, config.holdout_folds) == ("earliest", 1)
