@@ -140,14 +140,15 @@ DEFAULT_CONFIG = OptimizationConfig()
 
 
 # Models whose defaults were validated (benchmarks/tune.py on the validation classes), with the
-# changes to OptimizationConfig() found there. On any other model the defaults are a starting
-# point: learn_classes logs a warning once per model.
-RECORDED_DEFAULTS: dict[str, dict[str, Any]] = {"liteembed-mini-v2": {}}
+# changes to OptimizationConfig() found there, keyed by model id ("name@checkpoint": a retrained
+# checkpoint of the same name is another model) or by a bare name (every checkpoint of it). On
+# any other model the defaults are a starting point: learn_classes logs a warning once per model.
+RECORDED_DEFAULTS: dict[str, dict[str, Any]] = {"liteembed-mini-v2@a03cbbb3c42e": {}}
 
 
 def recorded_defaults(model_id: str) -> OptimizationConfig | None:
-    """The validated defaults of `model_id` ("name" or "name@checkpoint"), None if none."""
-    changes = RECORDED_DEFAULTS.get(model_id.split("@", 1)[0])
+    """The validated defaults of `model_id` ("name@checkpoint", or a bare name), None if none."""
+    changes = RECORDED_DEFAULTS.get(model_id, RECORDED_DEFAULTS.get(model_id.split("@", 1)[0]))
     return None if changes is None else OptimizationConfig(**changes)
 
 

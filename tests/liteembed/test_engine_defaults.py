@@ -143,8 +143,10 @@ def test_a_model_without_recorded_defaults_warns(
 
     optimize._WARNED_MODELS.discard(backend.model_id)
     assert recorded_defaults(backend.model_id) is None
-    assert recorded_defaults("liteembed-mini-v2@abc") == OptimizationConfig()
-    assert recorded_defaults("liteembed-mini@abc") is None  # v1 runs v2's defaults, with a warning
+    assert recorded_defaults("liteembed-mini-v2@a03cbbb3c42e") == OptimizationConfig()
+    # another checkpoint under the same name was not validated; v1 runs v2's defaults
+    assert recorded_defaults("liteembed-mini-v2@abc") is None
+    assert recorded_defaults("liteembed-mini@abc") is None
     config = OptimizationConfig(step_rule="fixed", steps=1)
     with caplog.at_level(logging.WARNING, logger="liteembed.optimize"):
         learn_classes(backend, vocabulary, REQUESTS[:1], config=config)
