@@ -119,6 +119,8 @@ class Outcome:
     extra: dict[str, Any] = field(default_factory=dict)
     # Per held-out class with look-alikes: the share of its test images predicted as one of them.
     lookalike: dict[str, float] = field(default_factory=dict)
+    # Per base class that lost any: the share of its test images predicted as a held-out class.
+    base_taken: dict[str, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -131,6 +133,7 @@ class Outcome:
             "per_class": self.per_class,
             **({"extra": self.extra} if self.extra else {}),
             **({"lookalike": self.lookalike} if self.lookalike else {}),
+            **({"base_taken": self.base_taken} if self.base_taken else {}),
         }
 
 
@@ -159,6 +162,12 @@ def score_logits(
         for name, bases in task.lookalikes.items()
         if name in index
     }
+    taken = predictions >= len(task.base)
+    base_taken = {
+        name: share
+        for i, name in enumerate(task.base)
+        if (share := float(taken[labels == i].float().mean().item())) > 0
+    }
     retrieval = None
     if heldout_text is not None:
         retrieval = mean_average_precision(
@@ -177,6 +186,7 @@ def score_logits(
         per_class,
         extra or {},
         lookalike,
+        base_taken,
     )
 
 

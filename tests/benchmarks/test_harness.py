@@ -137,7 +137,14 @@ def test_lookalike_confusion_is_scored_and_reported(backend: ClipBackend) -> Non
     assert confused.lookalike == {name: 1.0 for name in task.lookalikes}
     right = F.one_hot(task.test_labels, len(task.classes)).float()
     correct = score_logits(ctx, right, None, 0.0)
-    assert set(correct.lookalike.values()) == {0.0}
+    assert set(correct.lookalike.values()) == {0.0} and correct.base_taken == {}
+    # Base images predicted as a held-out class are counted per base class.
+    first_base, first_new = index[task.base[0]], len(task.base)
+    stolen = task.test_labels.clone()
+    stolen[(task.test_labels == first_base).nonzero()[0]] = first_new
+    taken = score_logits(ctx, F.one_hot(stolen, len(task.classes)).float(), None, 0.0)
+    assert taken.base_taken == {task.base[0]: 0.5}  # one of its two test images
+    assert taken.as_dict()["base_taken"] == taken.base_taken
     report = {
         "task": {"lookalikes": task.lookalikes},
         "results": {
