@@ -265,6 +265,11 @@ def summarise(report: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
             for key in ("heldout", "base_after", "base_before", "hm", "map", "seconds_per_class"):
                 values = [o[key] for o in outcomes if o[key] is not None]
                 row[key] = mean_std(values) if values else None
+            taken = [o.get("base_taken", {}) for o in outcomes]
+            if any(taken):
+                names = {n for t in taken for n in t}
+                means = {n: sum(t.get(n, 0.0) for t in taken) / len(taken) for n in names}
+                row["base_taken"] = dict(sorted(means.items(), key=lambda item: -item[1]))
             lookalike = [_mean_lookalike(o) for o in outcomes]
             if all(v is not None for v in lookalike) and lookalike:
                 row["lookalike"] = mean_std(lookalike)
@@ -301,16 +306,34 @@ def lookalike_table(report: dict[str, Any], k: int) -> str | None:
     ]
     for method, row in rows:
         delta = row.get("delta_lookalike_vs_ti")
-        delta_s = (
-            f"{100 * delta['mean']:+.1f} ± {100 * delta['se']:.1f}"
-            if delta
-            else "0 (ref.)"
-            if method == REFERENCE
-            else "n/a"
-        )
+        delta_s = _delta_cell(delta, method)
         lower = f"{delta['lost']:.0f}/{delta['n']:.0f}" if delta else ""
         lines.append(f"| {method} | {_pct(row['lookalike'])} | {delta_s} | {lower} |")
     return "\n".join(lines)
+
+
+def _delta_cell(delta: dict[str, float] | None, method: str) -> str:
+    """A paired difference to textual inversion as a table cell (± its standard error)."""
+    if delta:
+        return f"{100 * delta['mean']:+.1f} ± {100 * delta['se']:.1f}"
+    return "0 (ref.)" if method == REFERENCE else "n/a"
+
+
+def base_taken_lines(report: dict[str, Any], k: int, top: int = 8) -> list[str]:
+    """Per method, the base classes that lost the most test images to the new classes (mean over
+    draws) and the share of that loss that fell on the held-out classes' look-alikes."""
+    lookalikes = {b for bases in report["task"].get("lookalikes", {}).values() for b in bases}
+    lines = []
+    for method, per_k in report["summary"].items():
+        taken = per_k.get(str(k), {}).get("base_taken")
+        if not taken:
+            continue
+        worst = ", ".join(f"{n} {100 * v:.0f} %" for n, v in list(taken.items())[:top])
+        share = sum(v for n, v in taken.items() if n in lookalikes) / sum(taken.values())
+        lines.append(
+            f"- {method}: {worst}; {100 * share:.0f} % of the loss on look-alike base classes"
+        )
+    return lines
 
 
 def _pct(pair: Any) -> str:
@@ -332,13 +355,7 @@ def markdown_table(report: dict[str, Any], k: int) -> str:
         if row is None:
             continue
         delta = row.get("delta_hm_vs_ti")
-        delta_s = (
-            f"{100 * delta['mean']:+.1f} ± {100 * delta['se']:.1f}"
-            if delta
-            else "0 (ref.)"
-            if method == REFERENCE
-            else "n/a"
-        )
+        delta_s = _delta_cell(delta, method)
         won = f"{delta['won']:.0f}/{delta['n']:.0f}" if delta else ""
         secs = row["seconds_per_class"]
         lines.append(
@@ -392,6 +409,15 @@ def write_markdown(report: dict[str, Any], path: Path, headline_k: int = 4) -> N
                 "classes, then mean ± std over draws; lower is better).",
                 "",
                 confusion,
+                "",
+            ]
+        taken_lines = base_taken_lines(report, k)
+        if taken_lines:
+            parts += [
+                f"Base images taken by the new classes, K = {k}: the base classes losing the most "
+                "test images to a held-out class (share of their images, mean over draws):",
+                "",
+                *taken_lines,
                 "",
             ]
     if report.get("skipped_shots"):

@@ -239,7 +239,7 @@ def learn_classes(
     holdout_info: list[dict[str, Any]] = [{} for _ in problems]
     offset = 0
     if use_holdout:
-        # Phase 1: one exemplar per class left out picks the step count; no test data involved.
+        # Phase 1: exemplars left out of training pick the step count; no test data involved.
         if config.step_rule == "holdout":
             search, owners = _folds(batch)
             phase1 = _run(search, [search_steps] * len(owners), offset=0, holdout=True)

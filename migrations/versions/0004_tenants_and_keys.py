@@ -32,9 +32,7 @@ def upgrade() -> None:
             sa.Column("tenant", sa.String(length=64), nullable=False, server_default=DEFAULT_TENANT)
         )
         batch.drop_constraint("uq_classes_model_name", type_="unique")
-        batch.create_unique_constraint(
-            "uq_classes_tenant_name", ["model_id", "tenant", "name_key"]
-        )
+        batch.create_unique_constraint("uq_classes_tenant_name", ["model_id", "tenant", "name_key"])
     with op.batch_alter_table("classes") as batch:
         batch.alter_column("tenant", server_default=None)
     with op.batch_alter_table("class_removals") as batch:

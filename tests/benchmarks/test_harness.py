@@ -145,6 +145,15 @@ def test_lookalike_confusion_is_scored_and_reported(backend: ClipBackend) -> Non
     taken = score_logits(ctx, F.one_hot(stolen, len(task.classes)).float(), None, 0.0)
     assert taken.base_taken == {task.base[0]: 0.5}  # one of its two test images
     assert taken.as_dict()["base_taken"] == taken.base_taken
+    draws = {"results": {"liteembed": {"4": [taken.as_dict(), correct.as_dict()]}}}
+    summary = rare_classes.summarise(draws)
+    assert summary["liteembed"]["4"]["base_taken"] == {task.base[0]: 0.25}  # mean of 0.5 and 0
+    lines = rare_classes.base_taken_lines(
+        {"task": {"lookalikes": {"x": (task.base[0],)}}, "summary": summary}, 4
+    )
+    assert lines == [
+        f"- liteembed: {task.base[0]} 25 %; 100 % of the loss on look-alike base classes"
+    ]
     report = {
         "task": {"lookalikes": task.lookalikes},
         "results": {
