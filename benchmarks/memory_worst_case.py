@@ -20,15 +20,11 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -36,6 +32,7 @@ from typing import Any
 import httpx
 from PIL import Image
 
+from cli import serve_process
 from service.core.config import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,41 +86,6 @@ def peak(pid: int) -> int:
     return _proc(pid, "VmHWM")
 
 
-@contextmanager
-def process(args: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "cli.main", *args],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-        )
-    try:
-        yield proc
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 600) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"the server exited\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise SystemExit(f"the server never became ready\n{log.read_text()[-3000:]}")
-
-
 def wait_trained(http: httpx.Client, class_id: str, timeout: float = 900) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -141,7 +103,6 @@ def files(field: str, images: list[bytes]) -> list[tuple[str, Any]]:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="liteembed-memory-"))
     port = args.port
-    url = f"http://127.0.0.1:{port}"
     settings = {
         "LITEEMBED_DATABASE_URL": args.database_url or f"sqlite:///{workdir / 'liteembed.db'}",
         "LITEEMBED_REDIS_URL": args.redis_url,
@@ -156,8 +117,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "LITEEMBED_HEARTBEAT_SECONDS": "0.5",
         "LITEEMBED_CLASSIFIER_REFRESH_SECONDS": "0.5",
     }
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LITEEMBED_")} | settings
-    env |= {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    env = serve_process.environment(settings | {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
     limits = Settings(_env_file=None)  # type: ignore[call-arg]
     subprocess.run([sys.executable, "-m", "cli.main", "migrate"], env=env, cwd=ROOT, check=True)
     register = worst_images(limits, limits.max_images, args.side)
@@ -165,13 +125,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     refused = [register[0]] * limits.max_images
     rows: list[dict[str, Any]] = []
     with (
-        process(
-            ["serve", "--host", "127.0.0.1", "--port", str(port)], env, workdir / "api.log"
+        serve_process.serving(
+            env=env, log_path=workdir / "api.log", port=port, ready_timeout=600, grace_s=30
         ) as api,
-        process(["worker"], env, workdir / "worker.log") as worker,
-        httpx.Client(base_url=url, headers=AUTH, timeout=600) as http,
+        serve_process.running(
+            ["worker"], env=env, log_path=workdir / "worker.log", grace_s=30
+        ) as worker,
+        httpx.Client(base_url=api.url, headers=AUTH, timeout=600) as http,
     ):
-        wait_ready(url, api, workdir / "api.log")
         small = [png(64, (200, 30, 30)), png(64, (190, 40, 30))]
         warm = http.post("/v1/classes", data={"name": "warm"}, files=files("images", small))
         warm.raise_for_status()

@@ -1,7 +1,7 @@
 """`liteembed demo`: see LiteEmbed work end to end, through the real service.
 
 Starts `liteembed serve` (embedded worker, SQLite in a temporary directory, the shipped mini CLIP)
-on a free local port, then, over HTTP only:
+on a free local port, then, over HTTP only, through the Python client:
 
 1. classifies held-out test images of three classes the mini CLIP never saw, with the base class
    names plus the three new names as plain labels (zero-shot: CLIP's own text features);
@@ -17,17 +17,16 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import shutil
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from cli import serve_process
+from liteembed_client import Client, LiteEmbedClientError
 
 # Three never-seen held-out classes, each with close base neighbours (7-gon vs 6/8-gon, 7-point
 # vs 6/8-point star, 7 petals vs 6/8): the hard case the method is for.
@@ -39,6 +38,7 @@ READY_TIMEOUT_S = 300.0
 TRAIN_TIMEOUT_S = 600.0
 
 Printer = Callable[[str], None]
+PngFile = tuple[str, bytes]
 
 
 @dataclass
@@ -50,107 +50,47 @@ class Shot:
     after: str = ""
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def png_bytes(image: Any) -> bytes:
+def png_file(image: Any, name: str = "image.png") -> PngFile:
+    """An upload with a .png name, so the client sends it as image/png."""
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
-    return buffer.getvalue()
+    return name, buffer.getvalue()
 
 
-def start_server(
-    workdir: Path, port: int, model: str, pretrained: str, extra_env: dict[str, str] | None = None
-) -> subprocess.Popen[bytes]:
-    """A real `liteembed serve` process; no API keys, so it binds 127.0.0.1 only."""
-    repo = Path(__file__).resolve().parents[1]
-    env = dict(os.environ)
-    env.update(
-        {
-            "LITEEMBED_DATABASE_URL": f"sqlite:///{workdir / 'liteembed.db'}",
-            "LITEEMBED_MODEL": model,
-            "LITEEMBED_PRETRAINED": pretrained,
-            "LITEEMBED_CACHE_DIR": str(workdir / "cache"),
-            "LITEEMBED_REDIS_URL": "",
-            "LITEEMBED_ADMIN_KEYS": "",
-            "LITEEMBED_CLIENT_KEYS": "",
-            "LITEEMBED_LOG_LEVEL": "WARNING",
-            # the repository's own packages, whatever the caller's working directory
-            "PYTHONPATH": os.pathsep.join(p for p in (str(repo), env.get("PYTHONPATH", "")) if p),
-        }
-    )
-    env.update(extra_env or {})
-    command = [
-        sys.executable,
-        "-c",
-        "from cli.main import main; raise SystemExit(main())",
-        "serve",
-        "--port",
-        str(port),
-    ]
-    log = (workdir / "server.log").open("wb")
-    # cwd = the temporary directory: a stray .env of the caller must not configure the demo
-    return subprocess.Popen(command, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT)
+def server_settings(
+    workdir: Path, model: str, pretrained: str, train_options: dict[str, Any] | None
+) -> dict[str, str]:
+    """No API keys, so the server binds 127.0.0.1 only; no Redis, so it trains in-process."""
+    settings = {
+        "LITEEMBED_DATABASE_URL": f"sqlite:///{workdir / 'liteembed.db'}",
+        "LITEEMBED_MODEL": model,
+        "LITEEMBED_PRETRAINED": pretrained,
+        "LITEEMBED_CACHE_DIR": str(workdir / "cache"),
+        "LITEEMBED_REDIS_URL": "",
+        "LITEEMBED_ADMIN_KEYS": "",
+        "LITEEMBED_CLIENT_KEYS": "",
+        "LITEEMBED_LOG_LEVEL": "WARNING",
+    }
+    if train_options:
+        settings["LITEEMBED_TRAIN_OPTIONS"] = json.dumps(train_options)
+    return settings
 
 
-def wait_ready(client: Any, server: subprocess.Popen[bytes], timeout: float) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"the server exited with code {server.returncode}")
-        try:
-            if client.get("/readyz").status_code == 200:
-                return
-        except httpx.TransportError:
-            pass  # not listening yet
-        time.sleep(0.5)
-    raise TimeoutError(f"the service was not ready within {timeout:.0f} s")
+def top_label(client: Client, image: PngFile, labels: Sequence[str]) -> str:
+    top = client.classify(image, labels=labels, top_k=1).top
+    return str(top.label) if top is not None else ""
 
 
-def classify(client: Any, image: bytes, labels: Sequence[str]) -> str:
-    response = client.post(
-        "/v1/classify",
-        files={"image": ("image.png", image, "image/png")},
-        data={"labels": list(labels), "top_k": "1"},
-    )
-    response.raise_for_status()
-    predictions = response.json()["predictions"]
-    return str(predictions[0]["label"]) if predictions else ""
-
-
-def register(client: Any, name: str, images: Sequence[bytes], hints: Sequence[str]) -> str:
-    files = [("images", (f"{name}{i}.png", data, "image/png")) for i, data in enumerate(images)]
-    data: dict[str, Any] = {"name": name}
-    if hints:
-        data["hints"] = list(hints)
-    response = client.post("/v1/classes", files=files, data=data)
-    if response.status_code != 202:
-        raise RuntimeError(f"registering {name!r} failed: {response.status_code} {response.text}")
-    return str(response.json()["id"])
-
-
-def wait_trained(client: Any, ids: dict[str, str], timeout: float, out: Printer) -> None:
-    deadline = time.monotonic() + timeout
+def wait_trained(client: Client, ids: dict[str, str], timeout: float, out: Printer) -> None:
+    """Wait for every class, printing each as it is found ready (the worker trains them in
+    turn, so they are waited for in the order they were registered)."""
     started = time.monotonic()
-    pending = dict(ids)
-    while pending and time.monotonic() < deadline:
-        for name, class_id in list(pending.items()):
-            body = client.get(f"/v1/classes/{class_id}").json()
-            if body["status"] == "ready":
-                diagnostics = body.get("diagnostics") or {}
-                steps = diagnostics.get("steps_run", "?")
-                out(f"  {name}: ready after {time.monotonic() - started:.1f} s ({steps} steps)")
-                del pending[name]
-            elif body["status"] == "failed":
-                raise RuntimeError(f"training {name!r} failed: {body.get('error')}")
-        time.sleep(0.3)
-    if pending:
-        raise TimeoutError(f"not ready within {timeout:.0f} s: {sorted(pending)}")
+    deadline = started + timeout
+    for name, class_id in ids.items():
+        left = max(deadline - time.monotonic(), 0.0)
+        info = client.wait_ready(class_id, timeout=left, poll_interval=0.3)
+        steps = (info.diagnostics or {}).get("steps_run", "?")
+        out(f"  {name}: ready after {time.monotonic() - started:.1f} s ({steps} steps)")
 
 
 def accuracy(shots: Sequence[Shot], field: str) -> tuple[int, int]:
@@ -179,9 +119,7 @@ def run_demo(
 
     `train_options` (OptimizationConfig fields) go to the service as LITEEMBED_TRAIN_OPTIONS;
     without them the service trains with the engine's defaults, as a user's service would."""
-    import httpx
-
-    from liteembed.synthetic import default_world
+    from testbed import default_world
 
     world = default_world()
     unknown = [c for c in classes if c not in world.class_names]
@@ -193,36 +131,44 @@ def run_demo(
         return 1
     base = [c.name for c in world.split("base")]
     labels = base + [c for c in classes if c not in base]
-    port = port or free_port()
+    port = port or serve_process.free_port()
     workdir = Path(tempfile.mkdtemp(prefix="liteembed-demo-"))
-    extra_env = {"LITEEMBED_TRAIN_OPTIONS": json.dumps(train_options)} if train_options else {}
-    server = start_server(workdir, port, model, pretrained, extra_env)
+    log_path = workdir / "server.log"
+    # The caller's LITEEMBED_ variables stay (a user's device choice, say), but the working
+    # directory is the temporary one: a stray .env of the caller must not configure the demo.
+    env = serve_process.environment(
+        server_settings(workdir, model, pretrained, train_options), keep_settings=True
+    )
     url = f"http://127.0.0.1:{port}"
+    out(f"LiteEmbed demo: `liteembed serve` at {url} (model {model}, SQLite in {workdir})")
+    started = time.monotonic()
     try:
-        with httpx.Client(base_url=url, timeout=120.0) as client:
-            out(f"LiteEmbed demo: `liteembed serve` at {url} (model {model}, SQLite in {workdir})")
-            started = time.monotonic()
-            wait_ready(client, server, READY_TIMEOUT_S)
+        with (
+            serve_process.serving(
+                env=env, log_path=log_path, port=port, cwd=workdir, ready_timeout=READY_TIMEOUT_S
+            ),
+            Client(url, timeout=120.0) as client,
+        ):
             out(f"service ready after {time.monotonic() - started:.1f} s")
 
             # Test images: held-out ones, and some base ones (images never used for training).
-            tests: list[tuple[Shot, bytes]] = []
+            tests: list[tuple[Shot, PngFile]] = []
             for index, name in enumerate(classes):
                 for image in world.render([name], n=test_per_class, seed=TEST_SEED + index):
-                    tests.append((Shot(name), png_bytes(image)))
-            base_tests: list[tuple[Shot, bytes]] = []
+                    tests.append((Shot(name), png_file(image)))
+            base_tests: list[tuple[Shot, PngFile]] = []
             if base_images:
                 picks = [base[(i * 7) % len(base)] for i in range(base_images)]
                 for i, name in enumerate(picks):
                     image = world.render([name], n=1, seed=BASE_SEED + i)[0]
-                    base_tests.append((Shot(name), png_bytes(image)))
+                    base_tests.append((Shot(name), png_file(image)))
 
             out(
                 f"\n1. Zero-shot: {len(labels)} labels ({len(base)} base class names + "
                 f"{', '.join(classes)} as plain words)"
             )
-            for shot, data in tests + base_tests:
-                shot.before = classify(client, data, labels)
+            for shot, image in tests + base_tests:
+                shot.before = top_label(client, image, labels)
 
             out(
                 f"\n2. Registering {', '.join(classes)} from {shots} generated images each"
@@ -230,16 +176,15 @@ def run_demo(
             )
             ids = {}
             for index, name in enumerate(classes):
-                images = [
-                    png_bytes(i) for i in world.render([name], n=shots, seed=SHOT_SEED + index)
-                ]
+                rendered = world.render([name], n=shots, seed=SHOT_SEED + index)
+                images = [png_file(image, f"{name}{i}.png") for i, image in enumerate(rendered)]
                 hints = [world[name].category] if use_hints else []
-                ids[name] = register(client, name, images, hints)
+                ids[name] = client.register_class(name, images, hints=hints).id
             wait_trained(client, ids, TRAIN_TIMEOUT_S, out)
 
             out("\n3. The same images, the same labels; the three names are now personalised")
-            for shot, data in tests + base_tests:
-                shot.after = classify(client, data, labels)
+            for shot, image in tests + base_tests:
+                shot.after = top_label(client, image, labels)
 
         held = [s for s, _ in tests]
         base_shots = [s for s, _ in base_tests]
@@ -262,20 +207,16 @@ def run_demo(
                 f"  ->  after {_pct(*accuracy(base_shots, 'after'))}"
             )
         return 0
-    except (httpx.HTTPError, RuntimeError, TimeoutError) as exc:
+    except serve_process.NotReady as exc:  # its message carries the server log's tail
         out(f"demo failed: {exc}")
-        log_file = workdir / "server.log"
-        if log_file.exists():
+        return 1
+    except LiteEmbedClientError as exc:
+        out(f"demo failed: {exc}")
+        if log_path.exists():
             out("--- server log (last lines) ---")
-            out("\n".join(log_file.read_text(errors="replace").splitlines()[-30:]))
+            out("\n".join(log_path.read_text(errors="replace").splitlines()[-30:]))
         return 1
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
         if keep_workdir:
             out(f"(kept {workdir})")
         else:

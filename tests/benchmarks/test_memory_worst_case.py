@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import memory_worst_case
-from tests.helpers.live_server import free_port
+from cli.serve_process import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis]
 

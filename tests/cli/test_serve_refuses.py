@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.live_server import REPO, SERVE_COMMAND, free_port
+from cli.serve_process import free_port
+from tests.helpers.live_server import REPO, SERVE_COMMAND
 
 pytestmark = pytest.mark.slow
 

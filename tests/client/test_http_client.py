@@ -1,4 +1,4 @@
-"""`liteembed.client` against a real server process: results, errors, waiting, retries."""
+"""`liteembed_client` against a real server process: results, errors, waiting, retries."""
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from liteembed.client import (
+from cli.serve_process import free_port
+from liteembed_client import (
     AsyncClient,
     BadRequest,
     Classification,
@@ -37,7 +38,7 @@ from liteembed.client import (
     UnsupportedMediaType,
 )
 from tests.helpers.images import COLOURS, image_bytes
-from tests.helpers.live_server import REPO, LiveServer, free_port
+from tests.helpers.live_server import REPO, LiveServer
 
 T = TypeVar("T")
 
@@ -62,7 +63,7 @@ def eventually(get: Callable[[], T], good: Callable[[T], bool], timeout: float =
 
 def test_importing_the_client_loads_neither_torch_nor_the_service() -> None:
     code = (
-        "import sys, liteembed.client; "
+        "import sys, liteembed_client; "
         "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'open_clip', 'service'}))"
     )
     result = subprocess.run(

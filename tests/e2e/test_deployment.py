@@ -4,10 +4,7 @@ service, `migrate` and `preload` log plainly, a worker's heartbeat feeds its hea
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,46 +13,35 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.helpers.live_server import free_port
+from cli import serve_process
+from cli.serve_process import free_port
 
 pytestmark = pytest.mark.slow
-
-ROOT = Path(__file__).resolve().parents[2]
-CLI = [sys.executable, "-c", "from cli.main import main; raise SystemExit(main())"]
 
 
 @pytest.fixture
 def run(tmp_path: Path, cache_dir: Path) -> Iterator[Callable[..., Any]]:
     """Start `liteembed ARGS...` with the test model; its output goes to tmp_path/NAME.log."""
-    started: list[subprocess.Popen[bytes]] = []
-    base_env = {k: v for k, v in os.environ.items() if not k.startswith("LITEEMBED_")} | {
-        "LITEEMBED_DATABASE_URL": f"sqlite:///{tmp_path / 'service.db'}",
-        "LITEEMBED_MODEL": "liteembed-tiny",
-        "LITEEMBED_PRETRAINED": "random",
-        "LITEEMBED_DEVICE": "cpu",
-        "LITEEMBED_CACHE_DIR": str(cache_dir),
-        "OMP_NUM_THREADS": "1",
-        "PYTHONUNBUFFERED": "1",
-    }
+    started: list[serve_process.Child] = []
+    base_env = serve_process.environment(
+        {
+            "LITEEMBED_DATABASE_URL": f"sqlite:///{tmp_path / 'service.db'}",
+            "LITEEMBED_MODEL": "liteembed-tiny",
+            "LITEEMBED_PRETRAINED": "random",
+            "LITEEMBED_DEVICE": "cpu",
+            "LITEEMBED_CACHE_DIR": str(cache_dir),
+            "OMP_NUM_THREADS": "1",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
 
-    def start(name: str, *args: str, **env: str) -> subprocess.Popen[bytes]:
-        log = open(tmp_path / f"{name}.log", "ab")  # noqa: SIM115
-        process = subprocess.Popen(
-            [*CLI, *args], env=base_env | env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT
-        )
-        process.log_path = tmp_path / f"{name}.log"  # type: ignore[attr-defined]
+    def start(name: str, *args: str, **env: str) -> serve_process.Child:
+        process = serve_process.Child(args, env=base_env | env, log_path=tmp_path / f"{name}.log")
         started.append(process)
         return process
 
     yield start
-    for process in started:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-    for process in started:
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
+    serve_process.stop(*started, grace_s=30)
 
 
 def output(process: Any) -> str:
@@ -72,13 +58,6 @@ def wait_until(check: Callable[[], Any], timeout: float, process: Any, what: str
             raise AssertionError(f"{what}: process exited\n{output(process)[-4000:]}")
         time.sleep(0.2)
     raise AssertionError(f"{what} (after {timeout}s)\n{output(process)[-4000:]}")
-
-
-def _ready(base: str) -> bool:
-    try:
-        return httpx.get(f"{base}/readyz", timeout=5).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def test_two_api_processes_log_and_count_as_one(
@@ -103,7 +82,7 @@ def test_two_api_processes_log_and_count_as_one(
         **redis_env,
     )
     base = f"http://127.0.0.1:{port}"
-    wait_until(lambda: _ready(base), 300, api, "the API never became ready")
+    serve_process.wait_ready(api, base, timeout=300)
 
     def access_lines() -> list[dict[str, Any]]:
         lines = [json.loads(line) for line in output(api).splitlines() if line.startswith("{")]

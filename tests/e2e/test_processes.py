@@ -6,9 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,6 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
+from cli import serve_process
+from cli.serve_process import free_port
 from tests.helpers.images import COLOURS, class_images, image_bytes
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis]
@@ -25,44 +25,27 @@ ADMIN = "e2e-admin-key-0123456789"
 AUTH = {"Authorization": f"Bearer {ADMIN}"}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Processes:
+    """`liteembed` commands started with one environment; each logs to tmp_path/NAME.log."""
+
     def __init__(self, tmp_path: Path, env: dict[str, str]) -> None:
         self.tmp_path = tmp_path
         self.env = env
-        self.running: list[subprocess.Popen[bytes]] = []
+        self.running: list[serve_process.Child] = []
 
     def start(self, name: str, *args: str, env: dict[str, str] | None = None) -> Any:
-        log = open(self.tmp_path / f"{name}.log", "ab")  # noqa: SIM115
-        process = subprocess.Popen(
-            [sys.executable, "-m", "cli.main", *args],
-            env={**self.env, **(env or {})},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=Path(__file__).resolve().parents[2],
+        process = serve_process.Child(
+            args, env={**self.env, **(env or {})}, log_path=self.tmp_path / f"{name}.log"
         )
-        process.log_path = self.tmp_path / f"{name}.log"  # type: ignore[attr-defined]
         self.running.append(process)
         return process
 
     def stop_all(self) -> None:
-        for process in self.running:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process in self.running:
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        serve_process.stop(*self.running, grace_s=15)
 
 
 def logs(process: Any) -> str:
-    return Path(process.log_path).read_text(errors="replace")[-4000:]
+    return str(process.log_tail())
 
 
 @pytest.fixture
@@ -79,9 +62,8 @@ def stack(
     procs: list[Processes] = []
 
     def make(redis_url: str = redis_server_url, **extra: str) -> Any:
-        env = (
-            {k: v for k, v in os.environ.items() if not k.startswith("LITEEMBED_")}
-            | {
+        env = serve_process.environment(
+            {
                 "LITEEMBED_DATABASE_URL": postgres_database,
                 "LITEEMBED_REDIS_URL": redis_url,
                 "LITEEMBED_REDIS_NAMESPACE": redis_namespace,
@@ -115,15 +97,8 @@ def start_api(procs: Any) -> tuple[Any, str]:
     port = free_port()
     api = procs.start("api", "serve", "--host", "127.0.0.1", "--port", str(port))
     base = f"http://127.0.0.1:{port}"
-    wait_until(lambda: _ready(base), 120, api, "the API never became ready")
+    serve_process.wait_ready(api, base, timeout=120)
     return api, base
-
-
-def _ready(base: str) -> bool:
-    try:
-        return httpx.get(f"{base}/readyz", timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def wait_until(check: Callable[[], Any], timeout: float, process: Any, what: str) -> Any:

@@ -3,13 +3,13 @@ ready, and says what to run; after `liteembed migrate` it is."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from cli import serve_process
 from tests.e2e import test_processes as processes
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
@@ -19,19 +19,20 @@ def test_serve_on_an_unmigrated_database_is_not_ready_until_migrated(
     empty_postgres: str, tmp_path: Path, cache_dir: Path
 ) -> None:
     # No Redis: the embedded worker, so only the database decides.
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("LITEEMBED_")},
-        "LITEEMBED_DATABASE_URL": empty_postgres,
-        "LITEEMBED_MODEL": "liteembed-tiny",
-        "LITEEMBED_PRETRAINED": "random",
-        "LITEEMBED_DEVICE": "cpu",
-        "LITEEMBED_CACHE_DIR": str(cache_dir),
-        "OMP_NUM_THREADS": "1",
-        "PYTHONUNBUFFERED": "1",
-    }
+    env = serve_process.environment(
+        {
+            "LITEEMBED_DATABASE_URL": empty_postgres,
+            "LITEEMBED_MODEL": "liteembed-tiny",
+            "LITEEMBED_PRETRAINED": "random",
+            "LITEEMBED_DEVICE": "cpu",
+            "LITEEMBED_CACHE_DIR": str(cache_dir),
+            "OMP_NUM_THREADS": "1",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     procs = processes.Processes(tmp_path, env)
     try:
-        port = processes.free_port()
+        port = serve_process.free_port()
         api = procs.start("api", "serve", "--port", str(port))
         base = f"http://127.0.0.1:{port}"
 

@@ -35,33 +35,20 @@ def full_sort_reference(logits: np.ndarray, scale: float, k: int) -> tuple[np.nd
 def insert_ready(url: str, model_id: str, vectors: np.ndarray, first: int = 0) -> None:
     """Insert ready classes "Class i" (name_key "class i") with `vectors` as their embeddings
     and bump the generation, in one transaction."""
-    from sqlalchemy import insert
-
+    from service.crud import insert_ready_classes
     from service.db import make_engine, session_scope
     from service.db import make_session_factory as factory_of
-    from service.models import PersonalizedClass, bump_generation, utcnow
 
     engine = make_engine(url)
-    now = utcnow()
-    rows = [
-        {
-            "id": f"00000000-0000-0000-0000-{first + i:012d}",
-            "name": f"Class {first + i}",
-            "name_key": f"class {first + i}",
-            "model_id": model_id,
-            "status": "ready",
-            "embedding": v.astype(np.float32).tobytes(),
-            "dim": v.shape[0],
-            "hints": [],
-            "confusers": [],
-            "created_at": now,
-            "updated_at": now,
-        }
-        for i, v in enumerate(vectors)
-    ]
+    numbers = range(first, first + len(vectors))
     with session_scope(factory_of(engine)) as session:
-        session.execute(insert(PersonalizedClass), rows)
-        bump_generation(session)
+        insert_ready_classes(
+            session=session,
+            model_id=model_id,
+            names=[f"Class {n}" for n in numbers],
+            features=vectors,
+            ids=[f"00000000-0000-0000-0000-{n:012d}" for n in numbers],
+        )
     engine.dispose()
 
 
