@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The performance benchmark (benchmarks/perf.py) on a GPU machine: device cuda, bfloat16.
+# The performance benchmark (benchmarks/perf/) on a GPU machine: device cuda, bfloat16.
 #
 #   bash benchmarks/gpu_check.sh [OUT_DIR]        # default OUT_DIR: $OUT or benchmarks/results
 #

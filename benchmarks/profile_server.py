@@ -3,7 +3,7 @@
     python -m benchmarks.profile_server --model liteembed-tiny            # the model is tiny:
     python -m benchmarks.profile_server --model ViT-B-32 --seconds 20     # the encoder dominates
 
-Starts the server as benchmarks/perf.py does (a uvicorn subprocess, SQLite, 10 ready classes),
+Starts the server as benchmarks/perf does (a uvicorn subprocess, SQLite, 10 ready classes),
 drives /classify at a fixed concurrency over HTTP, and samples the server's Python threads with
 `py-spy record --threads` meanwhile. Prints, and writes as markdown + JSON:
 
@@ -35,7 +35,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks import perf
+from benchmarks.perf import harness, rows
+from benchmarks.perf.cli import RESULTS, add_server_arguments
+from benchmarks.perf.load import classify_concurrent
 
 # Innermost matching library wins: a sample in pydantic called from FastAPI counts as pydantic.
 # Order matters only between patterns that can match the same file path.
@@ -181,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.profile_server", description=__doc__
     )
-    perf.add_server_arguments(parser, torch_threads=1)
+    add_server_arguments(parser, torch_threads=1)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
@@ -196,15 +198,15 @@ def main(argv: list[str] | None = None) -> int:
     from liteembed.backend import load_backend
 
     dim = int(load_backend(args.model, args.pretrained, device="cpu").embed_dim)
-    image = perf.test_image()
-    out = args.out or perf.RESULTS / f"profile-{args.model}.json"
+    image = harness.test_image()
+    out = args.out or RESULTS / f"profile-{args.model}.json"
     with tempfile.TemporaryDirectory(prefix="liteembed-profile-") as tmp:
         workdir = Path(tmp)
-        with perf.running(args, workdir) as server:
-            perf.replace_ready_classes(server.database_url, server.model_id, 10, dim, "base")
-            perf.wait_for_size(server, 10, "base")
+        with harness.running(args, workdir) as server:
+            rows.replace_ready_classes(server.database_url, server.model_id, 10, dim, "base")
+            rows.wait_for_size(server, 10, "base")
             # Warm-up, and the rate that sizes the load so it just outlasts the profile window.
-            warm = perf.classify_concurrent(
+            warm = classify_concurrent(
                 server.url, image, concurrency=args.concurrency, count=4 * args.concurrency
             )
             count = int(warm["throughput_per_s"] * args.seconds * 1.2) + args.concurrency
@@ -233,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
 
             def drive() -> None:
                 load.update(
-                    perf.classify_concurrent(
+                    classify_concurrent(
                         server.url, image, concurrency=args.concurrency, count=count
                     )
                 )
@@ -251,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python -m benchmarks.profile_server "
         + shlex.join(argv if argv is not None else sys.argv[1:]),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": perf.machine(),
+        "machine": harness.machine(),
         "torch_threads": args.torch_threads,
         "concurrency": args.concurrency,
         "seconds": args.seconds,

@@ -16,172 +16,37 @@ the earlier ablation's pitfalls:
 4. a check of the chosen budget and defaults at K=1 and K=16.
 
 The grids are small on purpose: the whole search must run in minutes on a shared 2-core CPU.
-The first run (2026-11-28) showed validation HM falling from 10 to 25 to 50 steps, so longer
-budgets (100, 200) were dropped from the grid rather than paid for.
+Budgets longer than 50 steps (100, 200) are not in the grid: validation HM fell from 10 to 25 to
+50 steps already.
 
     python -m benchmarks.tune --out benchmarks/results
 
-Longer than the ~400-line module guide: the search's stages run in order on shared state,
-and reading them top to bottom is the point.
+The stages run in order on shared state and read top to bottom here; the memoised evaluations
+and the acceptance rule are in benchmarks/tune_records.py, the markdown summary in
+benchmarks/tune_report.py.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from benchmarks.data import Task, world_task
-from benchmarks.methods import Context, MethodSpec, evaluate
-from benchmarks.metrics import mean_std, paired_difference
+from benchmarks.methods import MethodSpec
+from benchmarks.metrics import mean_std
+from benchmarks.tune_records import BASE, Record, Search, best_of, better, changes_from_base
+from benchmarks.tune_report import write_summary
 from liteembed import OptimizationConfig, load_backend, load_vocabulary
 
 RESULTS_DIR = Path(__file__).parent / "results"
-BASE = OptimizationConfig()
 # holdout_folds large enough that every support image is held out in turn
 MAX_FOLDS = 16
-
-
-@dataclass
-class Record:
-    stage: str
-    label: str
-    k: int
-    hm: list[float]
-    heldout: list[float]
-    base_after: list[float]
-    map: list[float]
-    seconds_per_class: float
-    changes: dict[str, Any] = field(default_factory=dict)
-    use_hints: bool = False
-    steps_run: float = 0.0
-    config: OptimizationConfig | None = None
-
-    @property
-    def mean_hm(self) -> float:
-        return sum(self.hm) / len(self.hm)
-
-    def as_dict(self, reference: Record | None = None) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "stage": self.stage,
-            "label": self.label,
-            "k": self.k,
-            "changes": self.changes,
-            "use_hints": self.use_hints,
-            "hm": mean_std(self.hm),
-            "heldout": mean_std(self.heldout),
-            "base_after": mean_std(self.base_after),
-            "map": mean_std(self.map) if self.map else None,
-            "seconds_per_class": self.seconds_per_class,
-            "steps_run_mean": self.steps_run,
-            "hm_per_draw": self.hm,
-        }
-        if reference is not None and reference is not self and reference.k == self.k:
-            out["delta_hm_vs_" + reference.label] = paired_difference(self.hm, reference.hm)
-        return out
-
-
-def changes_from_base(config: OptimizationConfig) -> dict[str, Any]:
-    base, now = BASE.to_dict(), config.to_dict()
-    return {k: v for k, v in now.items() if base[k] != v}
-
-
-class Search:
-    """Runs and memoises (config, hints, K) evaluations over a fixed set of validation draws."""
-
-    def __init__(
-        self, backend: Any, vocabulary: Any, task: Task, draws: dict[int, int], log: Any = print
-    ) -> None:
-        self.backend, self.vocabulary, self.task = backend, vocabulary, task
-        self.ctx = Context.build(backend, task)
-        self.draws = draws  # K -> number of draws
-        self.log = log
-        self.records: list[Record] = []
-        self._memo: dict[tuple[OptimizationConfig, bool, int], Record] = {}
-
-    def run(
-        self, stage: str, label: str, config: OptimizationConfig, *, hints: bool = False, k: int = 4
-    ) -> Record:
-        key = (config, hints, k)
-        if key in self._memo:
-            old = self._memo[key]
-            record = Record(
-                stage,
-                label,
-                k,
-                old.hm,
-                old.heldout,
-                old.base_after,
-                old.map,
-                old.seconds_per_class,
-                changes_from_base(config),
-                hints,
-                old.steps_run,
-                config,
-            )
-        else:
-            draws = [(d, self.task.draw(d)) for d in range(self.draws[k])]
-            spec = MethodSpec(label, "liteembed", config, hints)
-            started = time.perf_counter()
-            outs = evaluate(spec, self.ctx, self.backend, self.vocabulary, draws, k)
-            record = Record(
-                stage,
-                label,
-                k,
-                [o.hm for o in outs],
-                [o.heldout for o in outs],
-                [o.base_after for o in outs],
-                [o.map or 0.0 for o in outs],
-                outs[0].seconds_per_class,
-                changes_from_base(config),
-                hints,
-                sum(o.extra.get("steps_run_mean", 0) for o in outs) / len(outs),
-                config,
-            )
-            self._memo[key] = record
-            self.log(
-                f"[{stage}] K={k} {label:<40} HM {100 * record.mean_hm:5.1f} "
-                f"(held-out {100 * mean_std(record.heldout)[0]:4.1f}, steps "
-                f"{record.steps_run:5.1f}, {time.perf_counter() - started:.1f}s)"
-            )
-        self.records.append(record)
-        return record
-
-    def fixed(self, stage: str, spec: MethodSpec, k: int = 4) -> Record:
-        draws = [(d, self.task.draw(d)) for d in range(self.draws[k])]
-        outs = evaluate(spec, self.ctx, self.backend, self.vocabulary, draws, k)
-        record = Record(
-            stage,
-            spec.name,
-            k,
-            [o.hm for o in outs],
-            [o.heldout for o in outs],
-            [o.base_after for o in outs],
-            [o.map for o in outs if o.map is not None],  # no text feature: no retrieval
-            outs[0].seconds_per_class,
-            dict(spec.options),
-        )
-        self.log(f"[{stage}] K={k} {spec.name:<40} HM {100 * record.mean_hm:5.1f}")
-        self.records.append(record)
-        return record
-
-
-def better(candidate: Record, current: Record) -> tuple[bool, dict[str, float]]:
-    """Accept only a paired gain larger than one standard error of the per-draw differences."""
-    diff = paired_difference(candidate.hm, current.hm)
-    se = diff["se"] if diff["se"] > 0 else 1e-9
-    return diff["mean"] > 0 and diff["mean"] > se, diff
-
-
-def best_of(records: Sequence[Record]) -> Record:
-    return max(records, key=lambda r: r.mean_hm)
 
 
 def search(
@@ -464,52 +329,6 @@ def _merge(
     ref, new = reference.to_dict(), record.config.to_dict()
     part = {k: tuple(v) if isinstance(v, list) else v for k, v in new.items() if ref[k] != v}
     return config.with_(**part)
-
-
-def write_summary(result: dict[str, Any], path: Path) -> None:
-    chosen = result["chosen"]
-    lines = [
-        "# Validation search (LiteEmbed defaults)",
-        "",
-        f"Validation held-out classes only ({', '.join(result['task']['heldout'])}) with "
-        f"{result['task']['base']} base classes, joint classifier; draws per K: {result['draws']}. "
-        "The test held-out classes were not used. HM = harmonic mean of held-out and base top-1; "
-        "ΔHM = paired per-draw difference to the tuned TI reference, ± one standard error.",
-        "",
-        "## Decisions",
-        "",
-        *[f"- {d}" for d in result["decisions"]],
-        "",
-        "## Chosen",
-        "",
-        "- defaults (changes to the engine's current OptimizationConfig): "
-        f"`{chosen['defaults_changes']}`"
-        f", coarse hints: {chosen['use_hints']}; validation HM {_pct(chosen['defaults_val_hm'])}",
-        f"- full method (best setting of every part): `{chosen['full_changes']}`, hints: "
-        f"{chosen['full_use_hints']}; validation HM {_pct(chosen['full_val_hm'])}",
-        f"- tuned TI reference: validation HM {_pct(chosen['ti_val_hm'])}",
-        "",
-        "## Every evaluation",
-        "",
-        "| Stage | Setting | K | HM | Held-out | Base after | mAP | ΔHM vs tuned TI | steps run "
-        "| s/class |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in result["records"]:
-        delta = next((v for key, v in r.items() if key.startswith("delta_hm_vs_")), None)
-        d = f"{100 * delta['mean']:+.2f} ± {100 * delta['se']:.2f}" if delta else ""
-        lines.append(
-            f"| {r['stage']} | {r['label']} | {r['k']} | {_pct(r['hm'])} | {_pct(r['heldout'])} | "
-            f"{_pct(r['base_after'])} | {_pct(r['map'])} | {d} | {r['steps_run_mean']:.1f} | "
-            f"{r['seconds_per_class']:.3f} |"
-        )
-    path.write_text("\n".join(lines) + "\n")
-
-
-def _pct(pair: Sequence[float]) -> str:
-    if pair is None or math.isnan(pair[0]):
-        return "n/a"
-    return f"{100 * pair[0]:.1f} ± {100 * pair[1]:.1f}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

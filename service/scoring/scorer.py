@@ -125,7 +125,7 @@ def class_logits(matrix: np.ndarray, features: np.ndarray) -> np.ndarray:
     torch rather than numpy: the product runs on the model-runner thread, with torch's own
     thread pool, so it never competes with the encoder for cores the way a second (BLAS) pool
     would. A float16 matrix is multiplied in float16: the product is memory-bound, and reading
-    half the bytes makes it about twice as fast on CPU (measured in benchmarks/perf.py).
+    half the bytes makes it about twice as fast on CPU (measured by benchmarks/perf).
     """
     feats = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
     weights = torch.from_numpy(matrix)

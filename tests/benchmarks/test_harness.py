@@ -11,7 +11,7 @@ import pytest
 import torch.nn.functional as F
 from PIL import Image
 
-from benchmarks import rare_classes
+from benchmarks import rare_classes, rare_classes_report
 from benchmarks.data import folder_task, world_task
 from benchmarks.methods import Context, MethodSpec, evaluate, score_logits
 from liteembed import ClipBackend, OptimizationConfig, Vocabulary, load_backend, load_vocabulary
@@ -146,9 +146,9 @@ def test_lookalike_confusion_is_scored_and_reported(backend: ClipBackend) -> Non
     assert taken.base_taken == {task.base[0]: 0.5}  # one of its two test images
     assert taken.as_dict()["base_taken"] == taken.base_taken
     draws = {"results": {"liteembed": {"4": [taken.as_dict(), correct.as_dict()]}}}
-    summary = rare_classes.summarise(draws)
+    summary = rare_classes_report.summarise(draws)
     assert summary["liteembed"]["4"]["base_taken"] == {task.base[0]: 0.25}  # mean of 0.5 and 0
-    lines = rare_classes.base_taken_lines(
+    lines = rare_classes_report.base_taken_lines(
         {"task": {"lookalikes": {"x": (task.base[0],)}}, "summary": summary}, 4
     )
     assert lines == [
@@ -161,9 +161,9 @@ def test_lookalike_confusion_is_scored_and_reported(backend: ClipBackend) -> Non
             "liteembed": {"4": [correct.as_dict()]},
         },
     }
-    report["summary"] = rare_classes.summarise(report)
+    report["summary"] = rare_classes_report.summarise(report)
     row = report["summary"]["liteembed"]["4"]
     assert row["delta_lookalike_vs_ti"]["mean"] == pytest.approx(-1.0)
     assert row["delta_lookalike_vs_ti"]["lost"] == 1  # one draw, with fewer confusions
-    table = rare_classes.lookalike_table(report, 4)
+    table = rare_classes_report.lookalike_table(report, 4)
     assert table is not None and "| liteembed | 0.0 ± 0.0 | -100.0 ± " in table

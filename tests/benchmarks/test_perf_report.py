@@ -1,4 +1,4 @@
-"""benchmarks/perf.py's scale part without servers: the side-by-side request order and the
+"""benchmarks/perf's scale part without servers: the side-by-side request order and the
 report it renders (no timing is asserted; the numbers below are made up)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from benchmarks import perf
+from benchmarks.perf import load, report
 
 RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
 
@@ -74,7 +74,7 @@ def side_by_side_scale() -> dict[str, Any]:
 
 
 def test_scale_table_shows_the_same_window_reference_and_ratio() -> None:
-    text = perf.markdown(result_with(side_by_side_scale()))
+    text = report.markdown(result_with(side_by_side_scale()))
     lines = text.splitlines()
     header = next(line for line in lines if line.startswith("| ready classes"))
     columns = [c.strip() for c in header.strip("|").split("|")]
@@ -109,7 +109,7 @@ def test_results_from_before_the_reference_server_still_render() -> None:
         del scale[key]["reference_c1"], scale[key]["pair_ratio_median"]
     del scale["during_reloads"]["kind"]  # the oldest format: every bump rebuilt
     scale["during_rebuilds"]["kind"] = "rebuild"  # deletes before the removal log
-    text = perf.markdown(result_with(scale))
+    text = report.markdown(result_with(scale))
     assert "| ready classes | p50 ms | p99 ms | ratio to 10 | API RSS MB |" in text
     assert "| 100,000 | 275.00 | 330.00 | 1.10 | 2700 |" in text
     assert "reference" not in text
@@ -119,7 +119,7 @@ def test_results_from_before_the_reference_server_still_render() -> None:
 
 @pytest.mark.parametrize("path", sorted(RESULTS.glob("perf-*.json")), ids=lambda p: p.name)
 def test_committed_results_render(path: Path) -> None:
-    assert perf.markdown(json.loads(path.read_text())).startswith("### ")
+    assert report.markdown(json.loads(path.read_text())).startswith("### ")
 
 
 def test_alternating_requests_take_turns_and_pair_up() -> None:
@@ -129,7 +129,7 @@ def test_alternating_requests_take_turns_and_pair_up() -> None:
         hosts.append(request.url.host)
         return httpx.Response(200, json={"model": "m", "predictions": []})
 
-    window = perf.classify_alternating(
+    window = load.classify_alternating(
         "http://reference",
         "http://sized",
         b"jpeg",
