@@ -29,9 +29,12 @@ ARG TORCH_VERSION=2.14.1
 ARG TORCHVISION_VERSION=0.29.1
 RUN pip install --extra-index-url "${TORCH_INDEX}" \
         "torch==${TORCH_VERSION}" "torchvision==${TORCHVISION_VERSION}"
-# Every other dependency, pinned by constraints.txt.
+# Every other dependency of the three distributions (engine/, client/ and the server at the
+# root), pinned by constraints.txt; the three themselves are installed from the source below.
 COPY constraints.txt pyproject.toml ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+COPY engine/pyproject.toml ./engine/
+COPY client/pyproject.toml ./client/
+RUN python -c "import tomllib; p = [tomllib.load(open(f, 'rb'))['project'] for f in ('pyproject.toml', 'engine/pyproject.toml', 'client/pyproject.toml')]; deps = [d for x in p for d in x['dependencies'] + x.get('optional-dependencies', {}).get('cli', [])]; print('\n'.join(d for d in deps if not d.startswith('liteembed')))" \
         > /tmp/requirements.txt \
     && pip install -c constraints.txt -r /tmp/requirements.txt \
         "torch==${TORCH_VERSION}" "torchvision==${TORCHVISION_VERSION}" \
@@ -42,11 +45,13 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
 # a code edit rebuilds in seconds, without the network.
 COPY README.md alembic.ini ./
 COPY migrations ./migrations
-COPY liteembed ./liteembed
+COPY engine/liteembed ./engine/liteembed
+COPY client/liteembed_client ./client/liteembed_client
+COPY testbed ./testbed
 COPY service ./service
 COPY workers ./workers
 COPY cli ./cli
-RUN pip install --no-deps --no-build-isolation -e .
+RUN pip install --no-deps --no-build-isolation -e ./engine -e ./client -e .
 
 # Everything the service writes (the SQLite file by default, the vocabulary caches) lives in
 # /data: writable by the service user, a volume, and overridable by the settings.

@@ -121,7 +121,7 @@ def world_task(
 ) -> Task:
     """Base classes of the mini CLIP's world plus the `split` held-out classes ("test_heldout"
     or "val_heldout"); each held-out class gets its category word as its coarse hint."""
-    from liteembed.synthetic import default_world
+    from testbed import default_world
 
     if split not in ("test_heldout", "val_heldout"):
         raise ValueError("split must be test_heldout or val_heldout")
@@ -154,7 +154,7 @@ def world_task(
         hints={c.name: (c.category,) for c in heldout_classes},
         lookalikes={n: WORLD_LOOKALIKES[n] for n in heldout if n in WORLD_LOOKALIKES},
         info={
-            "source": "liteembed.synthetic.default_world",
+            "source": "testbed.default_world",
             "split": split,
             "test_per_class": test_per_class,
             "gallery_seed": gallery_seed,

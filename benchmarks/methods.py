@@ -34,8 +34,15 @@ import torch.nn.functional as F
 
 from benchmarks.data import SupportDraw, Task
 from benchmarks.metrics import confusion_rate, harmonic_mean, mean_average_precision, top1
-from liteembed import ClassRequest, ClipBackend, OptimizationConfig, Vocabulary
-from liteembed.registry import create_method, method_entry, register_method
+from liteembed import (
+    ClassRequest,
+    ClipBackend,
+    OptimizationConfig,
+    Vocabulary,
+    create_method,
+    method_entry,
+    register_method,
+)
 from liteembed.vocab import WORD_TEMPLATE
 
 TIP_ALPHA = 1.0  # Tip-Adapter's published defaults (Zhang et al., ECCV 2022)

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from cli.remote import COMMANDS as REMOTE_COMMANDS
-from cli.remote import add_remote_commands, run_remote_command
+from liteembed_client.cli import COMMANDS as REMOTE_COMMANDS
+from liteembed_client.cli import add_remote_commands, run_remote_command
 from service.core.config import MAKE_KEY_COMMAND, Settings, get_settings
 from service.core.log_config import configure_logging, logging_config
 from service.db import migrate

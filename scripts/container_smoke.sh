@@ -177,7 +177,7 @@ echo
 say "register -> ready -> classify over HTTP"
 docker run --rm "$IMAGE" python -c '
 import io, sys, tarfile
-from liteembed.synthetic import default_world
+from testbed import default_world
 world = default_world()
 with tarfile.open(fileobj=sys.stdout.buffer, mode="w|") as tar:
     for name, n, seed in (("coin", 4, 31337), ("badge", 4, 31338), ("coin-test", 1, 41337)):

@@ -29,7 +29,6 @@ PREFIX_CHARS = len(KEY_MARK) + 8
 # `last_used_at` is written at most this often per key: a write per request would make every
 # /classify a database write.
 LAST_USED_EVERY = timedelta(minutes=1)
-ROLES = ("client", "admin")
 
 
 def new_secret() -> str:

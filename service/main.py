@@ -24,6 +24,7 @@ from service.metrics import Metrics, MetricsMiddleware
 from service.queue import make_producer
 from service.runtime import RuntimeHolder
 from service.scoring.batcher import ModelRunner, single_threaded_torch
+from service.scoring.labels import TextFeatureCache
 from service.scoring.scorer import scorer_for
 from service.scoring.sync import ClassMatrixCache
 from service.worker_presence import PresenceCollector, WorkerPresence
@@ -78,6 +79,7 @@ def create_app(
     )
     app.state.model_runner = _model_runner(app, settings)
     app.state.preprocess_pool = None
+    app.state.text_features = TextFeatureCache()
     app.state.metrics = metrics
     app.state.checks = {}
     app.state.background_checks = lambda: {k: bool(f()) for k, f in app.state.checks.items()}
@@ -99,6 +101,7 @@ def create_app(
     openapi.install(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(errors.ServerErrorsAsJson)
     # Outermost: every log line of the request, the access line included, carries its id.
     app.add_middleware(RequestIdMiddleware)
     return app

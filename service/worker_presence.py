@@ -89,7 +89,7 @@ class WorkerPresence:
         return Presence(ages=ages, absent_after_s=self._absent_after_s)
 
 
-class Heartbeat:
+class WorkerHeartbeat:
     """A daemon thread that beats every `worker_heartbeat_seconds` until stopped; a Redis outage
     is logged and retried, never fatal (the broker reports it on its own)."""
 

@@ -16,8 +16,8 @@ from workers._runner import (
     run_worker_process,
     running_worker,
 )
-from workers.actors import Trainer
 from workers.reconciler import Reconciler, reconcile_once
+from workers.training import Trainer
 
 __all__ = [
     "Reconciler",

@@ -12,7 +12,7 @@ import dramatiq
 
 from service.core.config import QUEUE_NAME, TRAIN_ACTOR_NAME, Settings
 from service.queue import Producer
-from workers.actors import Trainer
+from workers.training import Trainer
 
 
 def declare_jobs(producer: Producer, trainer: Trainer) -> None:

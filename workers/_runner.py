@@ -18,10 +18,10 @@ from service.db import make_engine, make_session_factory
 from service.main import create_app
 from service.queue import Producer, make_producer
 from service.runtime import RuntimeHolder
-from service.worker_presence import Heartbeat
+from service.worker_presence import WorkerHeartbeat
 from workers._broker import Consumer, declare_jobs
-from workers.actors import Trainer
 from workers.reconciler import Reconciler
+from workers.training import Trainer
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ def run_worker_process(settings: Settings) -> int:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, on_signal)
-    heartbeat = Heartbeat(settings)
+    heartbeat = WorkerHeartbeat(settings)
     with running_worker(
         settings=settings, sessions=sessions, runtime=runtime, producer=producer, embedded=False
     ):

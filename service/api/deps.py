@@ -26,6 +26,7 @@ from service.models import DEFAULT_TENANT, TENANT_PATTERN
 from service.queue import Producer
 from service.runtime import Runtime, RuntimeHolder
 from service.scoring.batcher import ModelRunner
+from service.scoring.labels import TextFeatureCache
 from service.scoring.sync import ClassMatrixCache
 from service.worker_presence import WorkerPresence
 
@@ -75,6 +76,11 @@ async def get_preprocess_pool(request: Request) -> Executor:
     return request.app.state.preprocess_pool  # type: ignore[no-any-return]
 
 
+async def get_text_features(request: Request) -> TextFeatureCache:
+    """CLIP's own text features of plain labels, shared by the process's requests."""
+    return request.app.state.text_features  # type: ignore[no-any-return]
+
+
 async def get_producer(request: Request) -> Producer:
     return request.app.state.producer  # type: ignore[no-any-return]
 
@@ -105,6 +111,7 @@ RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 ClassifierDep = Annotated[ClassMatrixCache, Depends(get_classifier)]
 ModelRunnerDep = Annotated[ModelRunner, Depends(get_model_runner)]
 PreprocessPoolDep = Annotated[Executor, Depends(get_preprocess_pool)]
+TextFeaturesDep = Annotated[TextFeatureCache, Depends(get_text_features)]
 ProducerDep = Annotated[Producer, Depends(get_producer)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 BackgroundChecksDep = Annotated[dict[str, bool], Depends(get_background_checks)]

@@ -45,7 +45,7 @@ class Settings(BaseSettings):
     cache_dir: Path = Path("./.liteembed-cache")
     # torch's CPU threads in this process (unset: torch's default, one per core). On a CPU shared
     # with other busy processes, 1 can be many times faster: a wide OpenMP team spin-waits for
-    # cores that another process holds (benchmarks/perf.py measures both).
+    # cores that another process holds (benchmarks/perf measures both).
     torch_threads: int | None = Field(default=None, ge=1)
     seed: int = 0
     # A fixed step budget (unset: the engine picks the step count by held-out accuracy).
@@ -157,17 +157,6 @@ class Settings(BaseSettings):
     @property
     def embedded_worker(self) -> bool:
         return self.redis_url is None
-
-
-class ClientSettings(BaseSettings):
-    """What the `liteembed` client commands (add, classify, classes, delete, export) read: where
-    the service is and the key they send. Flags override them."""
-
-    model_config = SettingsConfigDict(env_prefix="LITEEMBED_", env_file=".env", extra="ignore")
-
-    url: str = "http://127.0.0.1:8000"
-    key: SecretStr | None = None
-    timeout_seconds: float = Field(default=60.0, gt=0)
 
 
 def key_problem(key: str) -> str | None:

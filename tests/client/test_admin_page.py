@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 import pytest
 from playwright.sync_api import expect
 
-from liteembed.client import Client, NotFound
+from liteembed_client import Client, NotFound
 from tests.helpers.browser import chromium
 from tests.helpers.live_server import REPO, LiveServer
 
@@ -38,7 +38,7 @@ DROP_FILES = """
 
 
 def world_pngs(name: str, count: int, seed: int = 0) -> list[tuple[str, bytes]]:
-    from liteembed.synthetic import default_world
+    from testbed import default_world
 
     images = []
     for i, image in enumerate(default_world().render([name], n=count, seed=seed)):

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from cli.main import main
-from liteembed.client import Client
+from liteembed_client import Client
 from tests.helpers.images import COLOURS, image_bytes
 from tests.helpers.live_server import REPO, LiveServer
 

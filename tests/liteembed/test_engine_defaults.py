@@ -10,7 +10,7 @@ import torch
 
 from liteembed import ClassRequest, ClipBackend, OptimizationConfig, Vocabulary, learn_classes
 from liteembed.config import from_recorded, recorded_defaults
-from liteembed.negatives import local_subspace
+from liteembed.problem import local_subspace
 from liteembed.scale import word_scale
 from tests.helpers.engine_images import BLUE, GREEN, RED, solid_images
 

@@ -138,7 +138,7 @@ def test_worker_heartbeats_show_on_readyz_metrics_and_healthcheck(
     redis_namespace: str,
 ) -> None:
     from cli.main import healthcheck_command
-    from service.worker_presence import Heartbeat, WorkerPresence
+    from service.worker_presence import WorkerHeartbeat, WorkerPresence
 
     settings = make_settings(
         sqlite_url,
@@ -156,7 +156,7 @@ def test_worker_heartbeats_show_on_readyz_metrics_and_healthcheck(
     assert healthcheck_command(settings, worker=True, port=0) == 1
     assert "liteembed_workers_alive 0.0" in client.get("/metrics").text
 
-    heartbeat = Heartbeat(settings)
+    heartbeat = WorkerHeartbeat(settings)
     heartbeat.start()
     try:
         deadline = time.monotonic() + 10

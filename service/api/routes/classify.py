@@ -3,15 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import threading
-from collections import OrderedDict
 from collections.abc import Callable
 
-import numpy as np
 from fastapi import APIRouter
 
-from liteembed.names import name_key
-from liteembed.vocab import WORD_TEMPLATE
 from service.api.bodies import ClassifyBodyDep
 from service.api.deps import (
     ClassifierDep,
@@ -21,6 +16,7 @@ from service.api.deps import (
     RuntimeDep,
     SettingsDep,
     TenantScopeDep,
+    TextFeaturesDep,
 )
 from service.api.encoding import encode_images
 from service.api.errors import responses
@@ -38,45 +34,13 @@ from service.core.config import Settings
 from service.models import DEFAULT_TENANT
 from service.runtime import Runtime
 from service.scoring.batcher import Encoded, ModelRunner
-from service.scoring.matrix import scoped_key
+from service.scoring.labels import TextFeatureCache, label_matrix
 from service.scoring.scorer import top_k_softmax
 from service.scoring.sync import ClassMatrixCache
 
 router = APIRouter(tags=["classify"])
 
 
-class TextFeatureCache:
-    """Plain-label text features, shared across requests (labels repeat a lot)."""
-
-    def __init__(self, capacity: int = 4096) -> None:
-        self._items: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
-        self._capacity = capacity
-        self._lock = threading.Lock()
-
-    def found(self, model_id: str, labels: list[str]) -> dict[str, np.ndarray]:
-        """The cached features among `labels`; the caller keeps them, so a later eviction by a
-        concurrent request cannot take one away between this call and their use."""
-        with self._lock:
-            return {
-                label: self._items[(model_id, label)]
-                for label in labels
-                if (model_id, label) in self._items
-            }
-
-    def add(self, model_id: str, labels: list[str], features: np.ndarray) -> dict[str, np.ndarray]:
-        added = {
-            label: np.ascontiguousarray(feature, dtype=np.float32)
-            for label, feature in zip(labels, features, strict=True)
-        }
-        with self._lock:
-            for label, feature in added.items():
-                self._items[(model_id, label)] = feature
-            while len(self._items) > self._capacity:
-                self._items.popitem(last=False)
-        return added
-
-
-_text_features = TextFeatureCache()
 
 
 @router.post(
@@ -106,6 +70,7 @@ async def classify(
     runner: ModelRunnerDep,
     preprocess_pool: PreprocessPoolDep,
     scope: TenantScopeDep,
+    text_features: TextFeaturesDep,
     body: ClassifyBodyDep,
 ) -> ClassifyOut | ClassifyBatchOut:
     # async, so the event loop does only the cheap parts: decoding goes to the preprocessing
@@ -123,7 +88,9 @@ async def classify(
         pool=preprocess_pool,
     )
     if clean_labels:
-        score = await _label_scorer(clean_labels, top_k, scope, runtime, classifier, runner)
+        score = await _label_scorer(
+            clean_labels, top_k, scope, runtime, classifier, runner, text_features
+        )
         ranked = [score(one) for one in encoded]
     else:
         ranked = [_class_predictions(one) for one in encoded]
@@ -167,44 +134,29 @@ async def _label_scorer(
     runtime: Runtime,
     classifier: ClassMatrixCache,
     runner: ModelRunner,
+    text_features: TextFeatureCache,
 ) -> Callable[[Encoded], list[Prediction]]:
-    """Ranks an image among `clean_labels`: a registered class by its learned feature (and id),
-    any other word by CLIP's own; the label matrix is built once for all the request's images."""
-    snapshot = classifier.snapshot(runtime.model_id, int(runtime.backend.embed_dim))
-    vectors: list[np.ndarray | None] = []
-    class_ids: list[str | None] = []
-    plain: list[str] = []
+    """Ranks an image among `clean_labels` (`service.scoring.labels`); the label matrix is built
+    once for all the request's images."""
     # Registered names resolve within the caller's tenant (an admin's: `default`, or ?tenant=).
-    tenant = scope or DEFAULT_TENANT
-    for label in clean_labels:
-        index = snapshot.index_of(scoped_key(tenant, name_key(label)))
-        if index is None:
-            vectors.append(None)
-            class_ids.append(None)
-            plain.append(label)
-        else:
-            vectors.append(snapshot.vector(index))
-            class_ids.append(snapshot.ids[index])
-    # CLIP's own feature for a plain label, in the prompt the vocabulary features are built with.
-    plain_features = _text_features.found(runtime.model_id, plain)
-    missing = [label for label in plain if label not in plain_features]
-    if missing:
-        prompts = [WORD_TEMPLATE.format(label) for label in missing]
-        # On the model thread too: a text forward pass would otherwise compete with the batches.
-        features = await asyncio.wrap_future(
-            runner.call(lambda: runtime.backend.encode_texts(prompts).float().cpu().numpy())
-        )
-        plain_features |= _text_features.add(runtime.model_id, missing, features)
-    rows = zip(vectors, clean_labels, strict=True)
-    matrix = np.stack([v if v is not None else plain_features[label] for v, label in rows])
+    labels = await label_matrix(
+        clean_labels,
+        tenant=scope or DEFAULT_TENANT,
+        runtime=runtime,
+        classifier=classifier,
+        runner=runner,
+        text_features=text_features,
+    )
     scale = float(runtime.backend.logit_scale)
 
     def score(encoded: Encoded) -> list[Prediction]:
-        if matrix.shape[1] != encoded.feature.shape[0]:
+        if labels.matrix.shape[1] != encoded.feature.shape[0]:
             raise error(503, "the class matrix does not match the loaded model; try again shortly")
-        indices, scores = top_k_softmax(matrix @ encoded.feature, scale, top_k)
+        indices, scores = top_k_softmax(labels.matrix @ encoded.feature, scale, top_k)
         return [
-            Prediction(label=clean_labels[int(i)], score=float(p), class_id=class_ids[int(i)])
+            Prediction(
+                label=labels.labels[int(i)], score=float(p), class_id=labels.class_ids[int(i)]
+            )
             for i, p in zip(indices, scores, strict=True)
         ]
 

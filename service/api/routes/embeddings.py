@@ -9,8 +9,6 @@ which is what lets a learned word be used outside the templates it was trained w
 from __future__ import annotations
 
 import asyncio
-import re
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -19,7 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from liteembed.names import name_key
+from liteembed.errors import InvalidNameError
 from liteembed.text_path import PromptTooLongError
 from service.api.bodies import EmbeddingsBodyDep
 from service.api.deps import (
@@ -35,28 +33,12 @@ from service.api.encoding import encode_images
 from service.api.errors import responses
 from service.api.openapi import request_body
 from service.api.schemas import EmbeddingsJson, EmbeddingsOut
-from service.api.uploads import error, validate_name
+from service.api.uploads import error
 from service.models import DEFAULT_TENANT, PersonalizedClass, Status
 from service.runtime import Runtime
+from service.scoring.prompts import ClassWord, parse_prompt
 
 router = APIRouter(tags=["embeddings"])
-
-# Far more than any CLIP context holds (77 tokens); refused before tokenizing.
-MAX_TEXT_CHARS = 2000
-
-_BRACES = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
-
-
-@dataclass(frozen=True)
-class ClassWord:
-    """`{name}` in a text: the learned word of the registered class `name`."""
-
-    name: str
-    key: str
-
-
-Prompt = list[str | ClassWord]
-
 
 @router.post(
     "/v1/embeddings",
@@ -75,7 +57,10 @@ async def embeddings(
     scope: TenantScopeDep,
     body: EmbeddingsBodyDep,
 ) -> EmbeddingsOut:
-    prompts = [parse_prompt(text, field=f"texts[{i}]") for i, text in enumerate(body.texts)]
+    try:
+        prompts = [parse_prompt(text, field=f"texts[{i}]") for i, text in enumerate(body.texts)]
+    except InvalidNameError as exc:
+        raise error(422, str(exc)) from None
     words = {piece.key: piece for p in prompts for piece in p if isinstance(piece, ClassWord)}
     # Names resolve within the caller's tenant (an admin's: `default`, or ?tenant=).
     tenant = scope or DEFAULT_TENANT
@@ -104,33 +89,6 @@ async def embeddings(
         images=[one.feature.tolist() for one in encoded],
         texts=texts.tolist(),
     )
-
-
-def parse_prompt(text: str, *, field: str) -> Prompt:
-    """A text as pieces: plain text, and `ClassWord`s where it says `{name}`."""
-    if not text.strip():
-        raise error(422, f"{field} must not be empty")
-    if len(text) > MAX_TEXT_CHARS:
-        raise error(422, f"{field} is longer than {MAX_TEXT_CHARS} characters")
-    pieces: Prompt = []
-    plain: list[str] = []
-    position = 0
-    for match in _BRACES.finditer(text):
-        plain.append(text[position : match.start()])
-        position = match.end()
-        token = match.group(0)
-        if token in ("{{", "}}"):
-            plain.append(token[0])
-        elif match.group(1) is not None:
-            name = validate_name(match.group(1), field=f"{field}: the class name in {token!r}")
-            pieces += ["".join(plain), ClassWord(name, name_key(name))]
-            plain = []
-        else:
-            raise error(
-                422, f"{field} has an unmatched {token!r} (write {{{{ or }}}} for a literal brace)"
-            )
-    pieces.append("".join(plain + [text[position:]]))
-    return [p for p in pieces if p != ""]
 
 
 def _learned_words(

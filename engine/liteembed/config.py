@@ -1,0 +1,205 @@
+"""Every switch of the LiteEmbed reconstruction (docs/method.md).
+
+The defaults were chosen by the validation search (benchmarks/tune.py) on the validation held-out
+classes of liteembed-mini-v2's world, never on the test classes
+(benchmarks/results/validation_search-v2.md): the pooled hold-out step rule with every image held
+out in turn and margin tie-breaks (up to 50 steps; no fixed budget beat it), coarse alignment
+k=8 / lambda_c=1 with the category word as hint (+0.5 HM), two augmented views; fine separation
+(+0.1, and it lost in combination with the coarse term) and the PCA box (-0.5) stay off.
+
+Scale-aware parts, so the defaults mean the same on another model: the step size is in units of
+the vocabulary's typical token-embedding coordinate (`lr_scale="token"`), the learned word's norm
+is capped relative to the real words' norms (`norm_bound`), the step count is picked per batch by
+held-out accuracy (`step_rule="holdout"`), and classes learned in one batch are each other's
+negatives (`batch_negatives`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+NegativeSource = Literal["vocabulary", "confusers", "registered"]
+StepRule = Literal["fixed", "holdout", "holdout-margin"]
+# lr 0.5 token units = 0.0108 absolute on liteembed-mini (median word norm 0.245, 128 dims): the
+# 0.01 the validation search chose there.
+TOKEN_LR = 0.5
+
+
+@dataclass(frozen=True)
+class OptimizationConfig:
+    # Budget and optimiser. "fixed": `steps` Adam steps. "holdout": images of each class (K >= 2)
+    # are held out, the batch trains up to `max_steps` while recording the held-out images'
+    # accuracy, pooled over the batch's classes, then every class retrains for the step count
+    # that pooled accuracy peaked at ( `steps` when no class has two images). "holdout-margin":
+    # the same per class, by the held-out mean margin.
+    step_rule: StepRule = "holdout"
+    # "holdout": among steps of equal pooled accuracy, the earliest or the best pooled margin.
+    holdout_ties: Literal["earliest", "margin"] = "margin"
+    # "holdout": how many of a class's images are held out in turn (each in its own copy of the
+    # class during the search), pooled together; 1 = one random image, 16 = every image up to 16.
+    holdout_folds: int = 16
+    steps: int = 10
+    max_steps: int = 50
+    lr: float = TOKEN_LR
+    # "token": lr is in units of median real-word norm / sqrt(token width), the size of a
+    # typical coordinate of a word's embedding; "absolute": lr is the raw Adam step.
+    lr_scale: Literal["token", "absolute"] = "token"
+    betas: tuple[float, float] = (0.9, 0.999)
+    # The learned word's norm is at most this multiple of the largest real word's (None: free).
+    norm_bound: float | None = 1.0
+    # Subspaces: the first k principal components of the word features are "coarse".
+    k: int = 8
+    # "global": the PCA of all vocabulary word features; "local": per class, the PCA of its
+    # anchor (hint) and negative word features, whose first `local_k` components are coarse.
+    subspaces: Literal["global", "local"] = "global"
+    local_k: int = 2
+    # Loss weights: L = L_align + lambda_c * L_coarse + lambda_f * L_fine.
+    lambda_c: float = 1.0
+    lambda_f: float = 0.0
+    # Fine separation penalises fine-subspace cosines to negatives above this value.
+    fine_margin: float = 0.3
+    fine_loss: Literal["hinge", "softplus"] = "hinge"
+    fine_temperature: float = 0.1  # softplus sharpness; only for fine_loss="softplus"
+    # Hard negatives.
+    negative_sources: tuple[NegativeSource, ...] = ("vocabulary", "confusers", "registered")
+    m: int = 8  # vocabulary words nearest to the prototype
+    m_registered: int = 8  # registered classes nearest to the prototype
+    # The other classes of the same learn_classes batch (they will all be registered) are
+    # negatives too, at their current feature each step.
+    batch_negatives: bool = True
+    # Image evidence (liteembed.evidence): images of other classes the word must not win, in a
+    # loss term of this weight (0: off): registered classes' exemplars (the `m_protected`
+    # nearest), reference-bank images of the `bank_words` nearest mined words (`bank_images`
+    # each), and the request's negative images.
+    lambda_img: float = 0.3
+    m_protected: int = 8
+    bank_words: int = 3
+    bank_images: int = 4
+    # The hold-out step rule also scores the evidence: the step is chosen by the mean of the
+    # held-out accuracy and the share of evidence images the word leaves to their own class.
+    holdout_evidence: bool = True
+    # Acceptance threshold (liteembed.threshold): 0 = as similar as the class's own held-out
+    # images, 1 = the top decile of the negatives' similarities.
+    threshold_beta: float = 0.5
+    # Coarse anchor without hints: mean feature of this many words nearest to the prototype.
+    anchor_words: int = 3
+    # Prompts the new word is placed in; their features are averaged.
+    templates: tuple[str, ...] = ("a photo of a {}.",)
+    # Parameterisation of the word: "token" = the raw vector; "pca" = v = mu_E + B_E a.
+    parameterization: Literal["token", "pca"] = "token"
+    kappa: float = 3.0  # |a_i| <= kappa * sigma_i in "pca" mode
+    # Complete B_E to the full token width when the vocabulary spans fewer dimensions (the
+    # ablation measured a 5-point loss from confining the word to the span).
+    pca_full_basis: bool = True
+    # Augmentation: extra views per exemplar (a flip, then random crops); 0 = off.
+    augment_views: int = 2
+    augment_min_scale: float = 0.8
+    # Early stopping on the exemplars: all correct by `stop_margin` (cosine) and the loss flat.
+    early_stopping: bool = False
+    stop_margin: float = 0.02
+    min_steps: int = 10
+    patience: int = 5
+    flat_tolerance: float = 0.01  # relative loss change over `patience` steps counted as flat
+    short_context: bool = True
+    loss_curve_points: int = 100  # the diagnostics' loss curve is subsampled to at most this
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.steps >= 1 and self.max_steps >= 1, "steps and max_steps must be >= 1"),
+            (self.step_rule in ("fixed", "holdout", "holdout-margin"), "step_rule: see the docs"),
+            (self.holdout_ties in ("earliest", "margin"), "holdout_ties: earliest or margin"),
+            (self.holdout_folds >= 1, "holdout_folds must be >= 1"),
+            (self.lr > 0, "lr must be > 0"),
+            (self.lr_scale in ("token", "absolute"), "lr_scale: token or absolute"),
+            (self.norm_bound is None or self.norm_bound > 0, "norm_bound must be > 0 or None"),
+            (self.subspaces in ("global", "local"), "subspaces: global or local"),
+            (self.local_k >= 1, "local_k must be >= 1"),
+            (self.k >= 1, "k must be >= 1"),
+            (
+                self.lambda_c >= 0 and self.lambda_f >= 0 and self.lambda_img >= 0,
+                "loss weights must be >= 0",
+            ),
+            (
+                min(self.m_protected, self.bank_words, self.bank_images) >= 0,
+                "m_protected, bank_words and bank_images must be >= 0",
+            ),
+            (0 <= self.threshold_beta <= 1, "threshold_beta must be in [0, 1]"),
+            (self.m >= 0 and self.m_registered >= 0, "m must be >= 0"),
+            (self.anchor_words >= 1, "anchor_words must be >= 1"),
+            (len(self.templates) >= 1, "at least one template"),
+            (all(t.count("{}") == 1 for t in self.templates), "each template needs one '{}'"),
+            (self.parameterization in ("token", "pca"), "parameterization: token or pca"),
+            (self.fine_loss in ("hinge", "softplus"), "fine_loss: hinge or softplus"),
+            (self.kappa > 0, "kappa must be > 0"),
+            (self.augment_views >= 0, "augment_views must be >= 0"),
+            (0 < self.augment_min_scale <= 1, "augment_min_scale in (0, 1]"),
+            (self.patience >= 1 and self.min_steps >= 0, "patience >= 1, min_steps >= 0"),
+            (
+                set(self.negative_sources) <= {"vocabulary", "confusers", "registered"},
+                "negative_sources: vocabulary, confusers, registered",
+            ),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"invalid OptimizationConfig: {message}")
+        # Lists from JSON/settings become tuples so the config stays hashable and frozen.
+        object.__setattr__(self, "templates", tuple(self.templates))
+        object.__setattr__(self, "negative_sources", tuple(self.negative_sources))
+        object.__setattr__(self, "betas", tuple(self.betas))
+
+    def with_(self, **changes: Any) -> OptimizationConfig:
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {name: _plain(getattr(self, name)) for name in self.__dataclass_fields__}
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+# Models whose defaults were validated (benchmarks/tune.py on the validation classes), with the
+# changes to OptimizationConfig() found there, keyed by model id ("name@checkpoint": a retrained
+# checkpoint of the same name is another model) or by a bare name (every checkpoint of it). On
+# any other model the defaults are a starting point: learn_classes logs a warning once per model.
+RECORDED_DEFAULTS: dict[str, dict[str, Any]] = {"liteembed-mini-v2@a03cbbb3c42e": {}}
+
+
+def recorded_defaults(model_id: str) -> OptimizationConfig | None:
+    """The validated defaults of `model_id` ("name@checkpoint", or a bare name), None if none."""
+    changes = RECORDED_DEFAULTS.get(model_id, RECORDED_DEFAULTS.get(model_id.split("@", 1)[0]))
+    return None if changes is None else OptimizationConfig(**changes)
+
+
+def from_recorded(values: dict[str, Any]) -> OptimizationConfig:
+    """A config saved as a dict (`to_dict`); unknown keys are ignored, and a dict saved before a
+    switch existed keeps its meaning: before the scale-aware switches its lr is absolute, its step
+    count fixed (or per-class hold-out margin), no norm bound, no batch negatives; before the
+    hold-out tie-break and folds, one random image is held out and the earliest tie wins; before
+image evidence, none is used."""
+    known = OptimizationConfig.__dataclass_fields__
+    data = {k: v for k, v in values.items() if k in known}
+    # saved before the hold-out rule had tie-breaks and folds: one random image, earliest of ties
+    data.setdefault("holdout_ties", "earliest")
+    data.setdefault("holdout_folds", 1)
+    # saved before image evidence: none in the loss or the step rule
+    data.setdefault("lambda_img", 0.0)
+    data.setdefault("holdout_evidence", False)
+    if "lr_scale" not in values:
+        data["lr_scale"] = "absolute"
+        data.setdefault("norm_bound", None)
+        data.setdefault("batch_negatives", False)
+        data.setdefault(
+            "step_rule", "holdout-margin" if values.get("holdout_stopping") else "fixed"
+        )
+    return OptimizationConfig(**data)
+
+
+__all__ = [
+    "RECORDED_DEFAULTS",
+    "NegativeSource",
+    "OptimizationConfig",
+    "StepRule",
+    "from_recorded",
+    "recorded_defaults",
+]

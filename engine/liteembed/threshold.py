@@ -1,0 +1,58 @@
+"""When an image is none of the classes: an acceptance threshold on raw cosine similarity.
+
+A softmax over the classes always names one of them, noise included. Each learned class gets a
+threshold between what its own unseen images score (the held-out similarities of the step search:
+each support image scored by the word learned without it) and what images of other things score
+(images of its nearest vocabulary words and registered classes, the user's "not this" images, and
+synthetic noise):
+
+    threshold = mean(positives) - beta * (mean(positives) - q90(negatives))
+
+beta = 0 accepts only images as similar as the class's own; beta = 1 accepts anything above the
+top decile of the negatives. Plain words get one threshold per model, the same rule applied to the
+reference bank's images of each word (`liteembed.bank`).
+"""
+
+from __future__ import annotations
+
+import torch
+from PIL import Image
+
+from liteembed.backend import ClipBackend
+
+# Noise images drawn for the negatives of every threshold (fixed, so a class's threshold does not
+# depend on when it was learned).
+NOISE_SEED = 1234
+NOISE_IMAGES = 8
+
+
+def noise_images(side: int, count: int = NOISE_IMAGES, seed: int = NOISE_SEED) -> list[Image.Image]:
+    """Images of nothing: half uniform pixel noise, half smooth (low-frequency) colour noise."""
+    generator = torch.Generator().manual_seed(seed)
+    images = []
+    for index in range(count):
+        if index % 2 == 0:
+            pixels = torch.randint(0, 256, (side, side, 3), generator=generator, dtype=torch.uint8)
+        else:
+            coarse = torch.rand(1, 3, 4, 4, generator=generator)
+            smooth = torch.nn.functional.interpolate(coarse, size=(side, side), mode="bilinear")
+            pixels = (smooth[0].permute(1, 2, 0) * 255).round().to(torch.uint8)
+        images.append(Image.fromarray(pixels.numpy(), mode="RGB"))
+    return images
+
+
+def noise_features(backend: ClipBackend) -> torch.Tensor:
+    """(NOISE_IMAGES, E) image features of the noise images, on the backend's device."""
+    return backend.encode_images(noise_images(backend.decode_side))
+
+
+def acceptance_threshold(positives: torch.Tensor, negatives: torch.Tensor, beta: float) -> float:
+    """The rule of the module docstring; without positives, the top of the negatives."""
+    top_negative = float(torch.quantile(negatives.float(), 0.9)) if negatives.numel() else -1.0
+    if not positives.numel():
+        return top_negative
+    mean = float(positives.float().mean())
+    return mean - beta * (mean - top_negative)
+
+
+__all__ = ["NOISE_IMAGES", "acceptance_threshold", "noise_features", "noise_images"]

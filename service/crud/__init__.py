@@ -1,0 +1,48 @@
+"""Every write to a class row: register, remove, claim, heartbeat, store, fail, release,
+reconcile. Routes, the train job and the reconciler call these; none writes a row itself.
+
+All arguments are keyword-only. A function given a `session` writes in the caller's transaction
+and leaves the commit to the caller, so several writes can commit together (a replacement removes
+the old class and adds the new one atomically). A function given `sessions` (a session factory)
+needs one transaction per row and commits each itself.
+"""
+
+from service.crud.classes import (
+    NameTaken,
+    Registered,
+    insert_ready_classes,
+    prune_removals,
+    register_class,
+    remove_class,
+    serialize_name,
+)
+from service.crud.leases import (
+    CRASH_REASON,
+    MAX_ERROR_CHARS,
+    claim_class,
+    claim_companions,
+    claim_resends,
+    fail_class,
+    record_heartbeat,
+    release_class,
+    store_result,
+)
+
+__all__ = [
+    "CRASH_REASON",
+    "MAX_ERROR_CHARS",
+    "NameTaken",
+    "Registered",
+    "claim_class",
+    "claim_companions",
+    "claim_resends",
+    "fail_class",
+    "insert_ready_classes",
+    "prune_removals",
+    "record_heartbeat",
+    "register_class",
+    "release_class",
+    "remove_class",
+    "serialize_name",
+    "store_result",
+]
