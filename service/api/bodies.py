@@ -11,18 +11,19 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Request, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
 
 from service.api.deps import SettingsDep
+from service.api.json_reader import JsonRefused, TooManyItems, read_json
 from service.api.schemas import (
     ClassifyFields,
     ClassifyJson,
@@ -49,6 +50,9 @@ _DATA_URL = re.compile(r"^data:([\w.+-]+/[\w.+-]+)?(;[\w-]+=[\w.-]+)*;base64,", 
 _URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://|^www\.", re.ASCII)
 _FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 URL_REFUSED = "image URLs are not fetched; send the image's bytes (multipart, or base64 in JSON)"
+# JSON bodies up to this size are read on the event loop (well under a millisecond); larger ones
+# on a thread, so base64 images of many megabytes never hold up other requests.
+_READ_INLINE_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -121,9 +125,14 @@ class EmbeddingsBody:
 
 
 async def register_body(request: Request, settings: SettingsDep) -> AsyncIterator[RegisterBody]:
-    async with _Parsed(request) as (form, document):
+    limits = {
+        "images": settings.max_images,
+        "hints": settings.max_hints,
+        "confusers": settings.max_hints,
+    }
+    async with _Parsed(request, limits) as (form, document):
         if form is not None:
-            fields = _validate(RegisterFields, _text_fields(form, RegisterFields))
+            fields = _validate(RegisterFields, _text_fields(form, RegisterFields, limits))
             images = _files(form, "images")
         else:
             parsed = _validate(RegisterClassJson, document)
@@ -137,9 +146,10 @@ async def register_body(request: Request, settings: SettingsDep) -> AsyncIterato
 
 
 async def classify_body(request: Request, settings: SettingsDep) -> AsyncIterator[ClassifyBody]:
-    async with _Parsed(request) as (form, document):
+    limits = {"images": settings.max_classify_images, "labels": settings.max_labels}
+    async with _Parsed(request, limits) as (form, document):
         if form is not None:
-            fields = _validate(ClassifyFields, _text_fields(form, ClassifyFields))
+            fields = _validate(ClassifyFields, _text_fields(form, ClassifyFields, limits))
             single, many = _files(form, "image"), _files(form, "images")
             if len(single) > 1:
                 raise error(
@@ -165,7 +175,8 @@ async def classify_body(request: Request, settings: SettingsDep) -> AsyncIterato
 
 
 async def embeddings_body(request: Request, settings: SettingsDep) -> AsyncIterator[EmbeddingsBody]:
-    async with _Parsed(request, json_only=True) as (_form, document):
+    limits = {"images": settings.max_classify_images, "texts": settings.max_labels}
+    async with _Parsed(request, limits, json_only=True) as (_form, document):
         parsed = _validate(EmbeddingsJson, document)
         images = _texts("images", parsed.images)
         if not images and not parsed.texts:
@@ -188,10 +199,16 @@ EmbeddingsBodyDep = Annotated[EmbeddingsBody, Depends(embeddings_body)]
 
 
 class _Parsed:
-    """The body as (form, None) or (None, JSON document); the form's files are closed on exit."""
+    """The body as (form, None) or (None, JSON document); the form's files are closed on exit.
 
-    def __init__(self, request: Request, *, json_only: bool = False) -> None:
+    `limits` caps the items of each list field as sent (before any de-duplication); a JSON body
+    is refused at the first item past its field's limit, before the rest is read."""
+
+    def __init__(
+        self, request: Request, limits: Mapping[str, int], *, json_only: bool = False
+    ) -> None:
         self._request = request
+        self._limits = limits
         self._json_only = json_only
         self._form: FormData | None = None
 
@@ -199,12 +216,9 @@ class _Parsed:
         kind = self._request.headers.get("content-type", "").split(";")[0].strip().lower()
         if kind == "application/json" or kind.endswith("+json"):
             raw = await self._request.body()
-            try:
-                return None, json.loads(raw)
-            except ValueError as exc:
-                raise RequestValidationError(
-                    [{"loc": ("body",), "msg": f"JSON decode error: {exc}", "type": "json_invalid"}]
-                ) from None
+            if len(raw) <= _READ_INLINE_BYTES:
+                return None, self._read_json(raw)
+            return None, await run_in_threadpool(self._read_json, raw)
         if self._json_only and not kind:
             raise RequestValidationError(
                 [{"loc": ("body",), "msg": "Field required", "type": "missing"}]
@@ -223,13 +237,29 @@ class _Parsed:
         if self._form is not None:
             await self._form.close()
 
+    def _read_json(self, raw: bytes) -> Any:
+        # Arrays other than the limited fields are never valid here: the smallest cap will do.
+        try:
+            return read_json(raw, field_limits=self._limits, other_limit=min(self._limits.values()))
+        except TooManyItems as exc:
+            raise error(422, str(exc)) from None
+        except JsonRefused as exc:
+            raise RequestValidationError(
+                [{"loc": ("body",), "msg": f"JSON decode error: {exc}", "type": "json_invalid"}]
+            ) from None
 
-def _text_fields(form: FormData, model: type[BaseModel]) -> dict[str, Any]:
+
+def _text_fields(
+    form: FormData, model: type[BaseModel], limits: Mapping[str, int]
+) -> dict[str, Any]:
     """The model's fields from the form, as FastAPI would read them: an empty value is absent,
-    a list field takes every part of its name; a scalar sent twice is refused, not guessed."""
+    a list field takes every part of its name (at most its limit, counted as sent); a scalar
+    sent twice is refused, not guessed."""
     values: dict[str, Any] = {}
     for name, info in model.model_fields.items():
         parts = form.getlist(name)
+        if name in limits and len(parts) > limits[name]:
+            raise error(422, f"at most {limits[name]} {name} are allowed, got {len(parts)}")
         for part in parts:
             if not isinstance(part, str):
                 _invalid(name, "must be text, not a file", "string_type")

@@ -8,6 +8,7 @@ what the server sends (generated clients parse them as typed errors). Every 503 
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -21,6 +22,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.db import is_unavailable
+
+log = logging.getLogger(__name__)
 
 # What a 503 asks the client to wait: outages and model loading take seconds to minutes, and a
 # client polling every few seconds costs nothing.
@@ -146,6 +149,37 @@ class RetryAfterOn503:
             await send(message)
 
         await self.app(scope, receive, send_with_retry_after)
+
+
+class ServerErrorsAsJson:
+    """An exception no handler took becomes a JSON 500 (`ErrorOut`), logged once with its
+    traceback. Installed inside the request-id middleware, so the answer carries `X-Request-ID`
+    and the log line names the request (Starlette's own last-resort handler answers plain text,
+    outside every middleware)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception:
+            if started:  # half an answer is out: only closing the connection is left
+                raise
+            log.exception("unhandled error in %s %s", scope.get("method"), scope.get("path"))
+            response = JSONResponse({"detail": "internal server error"}, status_code=500)
+            await response(scope, receive, send)
 
 
 def _methods_of_path(request: Request, fallback: str) -> str:

@@ -30,7 +30,10 @@ def validate_name(raw: str, *, field: str = "name") -> str:
 
 
 def validate_words(values: list[str] | None, *, field: str, limit: int) -> list[str]:
-    """Labels, hints or confusers: each a name by the same rule, duplicates dropped."""
+    """Labels, hints or confusers: each a name by the same rule, duplicates dropped. The limit
+    counts the values as sent: duplicates are not free (each is checked, then folded)."""
+    if values is not None and len(values) > limit:
+        raise error(422, f"at most {limit} {field} are allowed, got {len(values)}")
     try:
         return names.validate_words(values or [], field=field, limit=limit)
     except InvalidNameError as exc:
