@@ -60,7 +60,13 @@ def validate_name(raw: str, *, field: str = "name", max_length: int = MAX_NAME_L
 
 
 def validate_words(values: Iterable[str], *, field: str, limit: int) -> list[str]:
-    """Each value checked as a name, duplicates (by key) dropped keeping the first spelling."""
+    """Each value checked as a name, duplicates (by key) dropped keeping the first spelling.
+
+    The limit counts the values as given, duplicates included: counted after de-duplication,
+    a million copies of one word would all be checked before any limit applied."""
+    values = list(values)
+    if len(values) > limit:
+        raise InvalidNameError(f"at most {limit} {field} are allowed, got {len(values)}")
     words: list[str] = []
     seen: set[str] = set()
     for raw in values:
@@ -69,8 +75,6 @@ def validate_words(values: Iterable[str], *, field: str, limit: int) -> list[str
         if key not in seen:
             seen.add(key)
             words.append(word)
-    if len(words) > limit:
-        raise InvalidNameError(f"at most {limit} {field} values are allowed")
     return words
 
 

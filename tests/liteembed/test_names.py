@@ -57,12 +57,17 @@ def test_bad_names_say_why(raw: str, says: str) -> None:
 
 
 def test_words_drop_duplicates_by_key_and_respect_the_limit() -> None:
-    assert validate_words(["Star", "star", "ＳＴＡＲ", "moon"], field="hints", limit=2) == [
+    assert validate_words(["Star", "star", "ＳＴＡＲ", "moon"], field="hints", limit=4) == [
         "Star",
         "moon",
     ]
     with pytest.raises(InvalidNameError, match="at most 1 hints"):
         validate_words(["star", "moon"], field="hints", limit=1)
+
+
+def test_the_limit_counts_duplicates_as_given() -> None:
+    with pytest.raises(InvalidNameError, match="at most 16 hints are allowed, got 200"):
+        validate_words(["star"] * 200, field="hints", limit=16)
 
 
 def test_hints_are_words_or_phrases_of_words() -> None:
