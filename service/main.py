@@ -27,6 +27,7 @@ from service.scoring.batcher import ModelRunner, single_threaded_torch
 from service.scoring.labels import TextFeatureCache
 from service.scoring.scorer import scorer_for
 from service.scoring.sync import ClassMatrixCache
+from service.thumbnails import ThumbnailCache
 from service.worker_presence import PresenceCollector, WorkerPresence
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,7 @@ def create_app(
     app.state.model_runner = _model_runner(app, settings)
     app.state.preprocess_pool = None
     app.state.text_features = TextFeatureCache()
+    app.state.thumbnails = ThumbnailCache(settings.thumbnail_cache_bytes)
     app.state.metrics = metrics
     app.state.checks = {}
     app.state.background_checks = lambda: {k: bool(f()) for k, f in app.state.checks.items()}

@@ -28,6 +28,7 @@ from service.runtime import Runtime, RuntimeHolder
 from service.scoring.batcher import ModelRunner
 from service.scoring.labels import TextFeatureCache
 from service.scoring.sync import ClassMatrixCache
+from service.thumbnails import ThumbnailCache
 from service.worker_presence import WorkerPresence
 
 # Issued keys are 46 characters; anything much longer is not worth hashing.
@@ -81,6 +82,11 @@ async def get_text_features(request: Request) -> TextFeatureCache:
     return request.app.state.text_features  # type: ignore[no-any-return]
 
 
+async def get_thumbnails(request: Request) -> ThumbnailCache:
+    """The thumbnails this process has made (made once per class, kept within a byte budget)."""
+    return request.app.state.thumbnails  # type: ignore[no-any-return]
+
+
 async def get_producer(request: Request) -> Producer:
     return request.app.state.producer  # type: ignore[no-any-return]
 
@@ -112,6 +118,7 @@ ClassifierDep = Annotated[ClassMatrixCache, Depends(get_classifier)]
 ModelRunnerDep = Annotated[ModelRunner, Depends(get_model_runner)]
 PreprocessPoolDep = Annotated[Executor, Depends(get_preprocess_pool)]
 TextFeaturesDep = Annotated[TextFeatureCache, Depends(get_text_features)]
+ThumbnailsDep = Annotated[ThumbnailCache, Depends(get_thumbnails)]
 ProducerDep = Annotated[Producer, Depends(get_producer)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 BackgroundChecksDep = Annotated[dict[str, bool], Depends(get_background_checks)]

@@ -80,6 +80,9 @@ class Settings(BaseSettings):
     # Images one /v1/classify or /v1/embeddings call may carry; each goes through the
     # micro-batcher, so a full call is one or two model batches.
     max_classify_images: int = Field(default=32, ge=1)
+    # Each API process keeps the thumbnails it made (a reduced copy of each class's first image
+    # and the JPEGs it answered) within this many bytes, least recently used out first.
+    thumbnail_cache_bytes: int = Field(default=32 * 1024 * 1024, ge=0)
 
     # Jobs.
     # A worker trains up to this many queued classes of its model together, in one batch.

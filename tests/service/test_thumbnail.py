@@ -48,3 +48,48 @@ def test_thumbnail_of_an_unknown_class_or_a_bad_size_is_refused(client: Any) -> 
     for size in ("0", "4096", "big"):
         response = client.get(f"/v1/classes/{class_id}/thumbnail", params={"size": size})
         assert response.status_code == 422 and "size" in response.json()["detail"]
+
+
+def test_a_huge_upload_is_decoded_once_per_process(
+    database_url: str, make_settings: Any, make_client: Any
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    client = make_client(make_settings(database_url, max_image_pixels=36_000_000))
+    # 36 megapixels in about 100 KB: the decode is the cost, not the bytes.
+    huge = png((20, 160, 40), (6000, 6000))
+    created = client.post(
+        "/v1/classes", data={"name": "huge"}, files=[("images", ("h.png", huge, "image/png"))]
+    )
+    assert created.status_code == 202, created.text
+    url = f"/v1/classes/{created.json()['id']}/thumbnail"
+    cache = client.app.state.thumbnails
+    before = cache.decodes
+    with ThreadPoolExecutor(8) as pool:  # concurrent first requests share one decode
+        answers = list(pool.map(lambda size: client.get(url, params={"size": size}), [16] * 8))
+    answers += [client.get(url, params={"size": size}) for size in (16, 64, 128, 512)]
+    assert all(a.status_code == 200 for a in answers)
+    assert [Image.open(io.BytesIO(a.content)).size for a in answers[-4:]] == [
+        (16, 16),
+        (64, 64),
+        (128, 128),
+        (512, 512),
+    ]
+    assert cache.decodes == before + 1
+
+
+def test_the_cache_keeps_within_its_byte_budget() -> None:
+    from service.thumbnails import ThumbnailCache
+
+    cache = ThumbnailCache(max_bytes=300_000)  # one 256x256 master and a few JPEGs
+    uploads = {f"c{i}": png((i * 20, 10, 10), (256, 256)) for i in range(5)}
+
+    def decode(data: bytes, _min_side: int) -> Image.Image:
+        return Image.open(io.BytesIO(data)).convert("RGB")
+
+    for class_id, data in uploads.items():
+        for size in (16, 32, 64):
+            jpeg = cache.jpeg(class_id, size, lambda d=data: d, decode)
+            assert Image.open(io.BytesIO(jpeg)).size == (size, size)
+            assert cache.bytes_held <= 300_000
+    assert cache.decodes == 5

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import io
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Response, status
+from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select
 
@@ -23,6 +23,7 @@ from service.api.deps import (
     SessionDep,
     SettingsDep,
     TenantScopeDep,
+    ThumbnailsDep,
     tenant_scope,
 )
 from service.api.errors import responses
@@ -35,7 +36,6 @@ from service.api.schemas import (
     RegisterClassJson,
 )
 from service.api.uploads import error, request_budget, validate_name, validate_words
-from service.core.config import Settings
 from service.models import (
     DEFAULT_TENANT,
     TENANT_PATTERN,
@@ -236,34 +236,33 @@ def export_embedding(session: SessionDep, scope: TenantScopeDep, class_id: str) 
 def thumbnail(
     session: SessionDep,
     settings: SettingsDep,
+    thumbnails: ThumbnailsDep,
     caller: CallerDep,
     class_id: str,
     query: Annotated[ThumbnailSize, Query()],
 ) -> Response:
-    size = query.size
     row = _get_or_404(session, class_id, tenant_scope(caller, query.tenant))
-    first = session.scalars(
-        select(ClassImage.data)
-        .where(ClassImage.class_id == row.id)
-        .order_by(ClassImage.position)
-        .limit(1)
-    ).first()
-    if first is None:
-        raise error(404, f"class {class_id} has no images")
+
+    def first_image() -> bytes:
+        first = session.scalars(
+            select(ClassImage.data)
+            .where(ClassImage.class_id == row.id)
+            .order_by(ClassImage.position)
+            .limit(1)
+        ).first()
+        if first is None:
+            raise error(404, f"class {class_id} has no images")
+        return first
+
+    def decode(data: bytes, min_side: int) -> Image.Image:
+        from liteembed.images import decode_image
+
+        # The bytes passed the same checks at upload; reduced as decoded, never held full-size.
+        return decode_image(data, max_pixels=settings.max_image_pixels, min_side=min_side)
+
     # A class's images never change (a replacement is a new id), so browsers may keep it.
     return Response(
-        _jpeg_thumbnail(first, size, settings),
+        thumbnails.jpeg(row.id, query.size, first_image, decode),
         media_type="image/jpeg",
         headers={"Cache-Control": "private, max-age=86400"},
     )
-
-
-def _jpeg_thumbnail(data: bytes, size: int, settings: Settings) -> bytes:
-    from liteembed.images import decode_image
-
-    # The bytes passed the same checks at upload, so decoding them again is safe.
-    image = decode_image(data, max_pixels=settings.max_image_pixels)
-    image.thumbnail((size, size))
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=85)
-    return buffer.getvalue()
