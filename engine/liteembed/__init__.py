@@ -37,6 +37,7 @@ _EXPORTS: dict[str, str] = {
     "build_bank": "liteembed.bank",
     "find_bank": "liteembed.bank",
     "load_bank": "liteembed.bank",
+    "plain_word_threshold": "liteembed.bank",
     "ClassRequest": "liteembed.requests",
     "ProtectedClass": "liteembed.requests",
     "LearnedClass": "liteembed.requests",

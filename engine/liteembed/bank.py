@@ -12,6 +12,7 @@ features only, never images, and belongs to one model id.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -163,8 +164,22 @@ def word_threshold(
     return float(torch.tensor(values).median()) if values else float("nan")
 
 
+def plain_word_threshold(
+    backend: ClipBackend, vocabulary: Vocabulary, bank: ReferenceBank | None
+) -> float:
+    """The acceptance threshold of a plain vocabulary word on this model: the reference bank's
+    (its words' images against other words' images and noise) when there is one, else the
+    highest similarity of any noise image to any word (without images of real things, the one
+    line that can be drawn is "more like a word than noise is")."""
+    if bank is not None and bank.word_threshold is not None and not math.isnan(bank.word_threshold):
+        return float(bank.word_threshold)
+    noise = noise_features(backend).float().cpu()
+    return float((noise @ vocabulary.word_features.float().cpu().T).max())
+
+
 __all__ = [
     "ReferenceBank",
+    "plain_word_threshold",
     "bank_cache_path",
     "build_bank",
     "find_bank",

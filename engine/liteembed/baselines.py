@@ -19,12 +19,13 @@ import torch.nn.functional as F
 
 from liteembed.augment import as_rgb
 from liteembed.backend import ClipBackend
+from liteembed.bank import ReferenceBank, find_bank
 from liteembed.config import OptimizationConfig
 from liteembed.errors import NoImagesError
 from liteembed.names import validate_name
 from liteembed.optimize import learn_classes
 from liteembed.registry import register_method
-from liteembed.requests import ClassRequest
+from liteembed.requests import ClassRequest, ProtectedClass
 from liteembed.vocab import WORD_TEMPLATE, Vocabulary
 
 
@@ -36,6 +37,8 @@ class ClassRepresentation:
     token_embedding: torch.Tensor | None = None
     templates: list[str] = field(default_factory=list)
     diagnostics: dict[str, Any] = field(default_factory=dict)
+    # Raw-cosine acceptance threshold (liteembed.threshold), for methods that compute one.
+    threshold: float | None = None
 
 
 class FewShotMethod(Protocol):
@@ -140,6 +143,10 @@ class LiteEmbed(_FitOneThroughMany):
     config: OptimizationConfig = field(default_factory=OptimizationConfig)
     seed: int = 0
     name: str = "liteembed"
+    # Reference bank (liteembed.bank): a bank, "shipped" for the model's own (if it has one),
+    # or None; and classes already in use to protect (liteembed.evidence).
+    bank: ReferenceBank | str | None = None
+    protected: Sequence[ProtectedClass] = ()
 
     def fit_classes(
         self,
@@ -148,11 +155,14 @@ class LiteEmbed(_FitOneThroughMany):
         requests: Sequence[ClassRequest],
         registered: Mapping[str, torch.Tensor] | None = None,
     ) -> list[ClassRepresentation]:
+        bank = find_bank(backend) if self.bank == "shipped" else self.bank
         learned = learn_classes(
             backend,
             vocabulary,
             requests,
             registered=registered,
+            protected=self.protected,
+            bank=bank if isinstance(bank, ReferenceBank) else None,
             config=self.config,
             seed=self.seed,
         )
@@ -164,18 +174,25 @@ class LiteEmbed(_FitOneThroughMany):
                 token_embedding=c.token_embedding,
                 templates=c.templates,
                 diagnostics=c.diagnostics,
+                threshold=c.threshold,
             )
             for c in learned
         ]
 
 
 def TextualInversion(  # noqa: N802 - reads as a method name beside the classes above
-    config: OptimizationConfig | None = None, seed: int = 0
+    config: OptimizationConfig | None = None,
+    seed: int = 0,
+    bank: ReferenceBank | str | None = None,
 ) -> LiteEmbed:
-    """Image alignment only: the same optimisation with the coarse and fine terms switched off."""
+    """Image alignment only: the same optimisation with the coarse and fine terms switched off
+    (the image-evidence term stays as the config sets it)."""
     base = config or OptimizationConfig()
     return LiteEmbed(
-        config=base.with_(lambda_c=0.0, lambda_f=0.0), seed=seed, name="textual-inversion"
+        config=base.with_(lambda_c=0.0, lambda_f=0.0),
+        seed=seed,
+        name="textual-inversion",
+        bank=bank,
     )
 
 

@@ -55,4 +55,9 @@ def acceptance_threshold(positives: torch.Tensor, negatives: torch.Tensor, beta:
     return mean - beta * (mean - top_negative)
 
 
-__all__ = ["NOISE_IMAGES", "acceptance_threshold", "noise_features", "noise_images"]
+__all__ = [
+    "NOISE_IMAGES",
+    "acceptance_threshold",
+    "noise_features",
+    "noise_images",
+]
