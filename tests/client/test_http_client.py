@@ -110,8 +110,14 @@ def test_register_wait_classify_export_list_delete(live_server: LiveServer, tmp_
         many = client.classify_many(queries, labels=labels, top_k=2)
         assert [type(r) for r in many] == [Classification, Classification]
         assert [r.top.class_id for r in many if r.top] == [magenta.id, green.id]
-        assert (
-            many[1].predictions == client.classify(queries[1], labels=labels, top_k=2).predictions
+        # The same predictions as alone, up to float rounding (a batch of two is encoded as
+        # one model batch, whose float32 kernels may round the last bit differently).
+        alone = client.classify(queries[1], labels=labels, top_k=2).predictions
+        assert [(p.label, p.class_id) for p in many[1].predictions] == [
+            (p.label, p.class_id) for p in alone
+        ]
+        assert [p.score for p in many[1].predictions] == pytest.approx(
+            [p.score for p in alone], rel=1e-5, abs=1e-9
         )
 
         features = client.embed(images=queries, texts=["a sketch of a {sync-zorb}.", "a dog"])
