@@ -88,6 +88,15 @@ class PersonalizedClass(Base):
     token_dim: Mapped[int | None] = mapped_column(Integer, nullable=True)
     templates: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
     diagnostics: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # Raw cosine at or above which an image counts as this class (None: the model's default for
+    # plain words applies).
+    threshold: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # (K, dim) float32 image features of the class's own images, un-augmented: what later
+    # registrations protect, and what is re-scored after each one, without decoding again.
+    exemplar_features: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    # The tenant's classes whose exemplars this class took when it became ready
+    # (service/impact.py), and whether they were re-learned.
+    impact: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), default=utcnow, onupdate=utcnow
@@ -98,6 +107,12 @@ class PersonalizedClass(Base):
         cascade="all, delete-orphan",
         passive_deletes=True,
         order_by="ClassImage.position",
+    )
+    negative_images: Mapped[list[NegativeImage]] = relationship(
+        back_populates="owner",
+        cascade="all, delete-orphan",
+        passive_deletes=True,
+        order_by="NegativeImage.position",
     )
 
 
@@ -114,6 +129,25 @@ class ClassImage(Base):
     data: Mapped[bytes] = mapped_column(LargeBinary)
 
     owner: Mapped[PersonalizedClass] = relationship(back_populates="images")
+
+
+class NegativeImage(Base):
+    """A "not this class" image sent at registration, kept for retraining like the exemplars.
+
+    A table of its own rather than a flag on `class_images`: every reader of a class's images
+    (training, thumbnails) wants the exemplars, and must not have to filter out the negatives.
+    """
+
+    __tablename__ = "class_negative_images"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    class_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("classes.id", ondelete="CASCADE"), index=True
+    )
+    position: Mapped[int] = mapped_column(Integer)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+    owner: Mapped[PersonalizedClass] = relationship(back_populates="negative_images")
 
 
 class Generation(Base):

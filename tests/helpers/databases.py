@@ -11,7 +11,11 @@ def truncate_postgres(url: str) -> None:
 
     engine = create_engine(url)
     with engine.begin() as conn:
-        conn.execute(text("TRUNCATE class_images, classes, class_removals, api_keys"))
+        conn.execute(
+            text(
+                "TRUNCATE class_images, class_negative_images, classes, class_removals, api_keys"
+            )
+        )
         conn.execute(text("UPDATE class_generation SET value = 0, removals_floor = 0"))
     engine.dispose()
 
@@ -26,6 +30,12 @@ def database_snapshot(url: str) -> dict[str, Any]:
             text("SELECT id, name, status, attempts, updated_at FROM classes ORDER BY id")
         ).all()
         images = conn.execute(text("SELECT count(*) FROM class_images")).scalar()
+        negatives = conn.execute(text("SELECT count(*) FROM class_negative_images")).scalar()
         generation = conn.execute(text("SELECT value FROM class_generation")).scalar()
     engine.dispose()
-    return {"classes": [tuple(r) for r in classes], "images": images, "generation": generation}
+    return {
+        "classes": [tuple(r) for r in classes],
+        "images": images,
+        "negative_images": negatives,
+        "generation": generation,
+    }
