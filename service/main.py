@@ -25,6 +25,7 @@ from service.queue import make_producer
 from service.runtime import RuntimeHolder
 from service.scoring.batcher import ModelRunner, single_threaded_torch
 from service.scoring.labels import TextFeatureCache
+from service.scoring.learned_words import LearnedWords
 from service.scoring.scorer import scorer_for
 from service.scoring.sync import ClassMatrixCache
 from service.thumbnails import ThumbnailCache
@@ -82,6 +83,7 @@ def create_app(
     app.state.preprocess_pool = None
     app.state.text_features = TextFeatureCache()
     app.state.thumbnails = ThumbnailCache(settings.thumbnail_cache_bytes)
+    app.state.learned_words = LearnedWords()
     app.state.metrics = metrics
     app.state.checks = {}
     app.state.background_checks = lambda: {k: bool(f()) for k, f in app.state.checks.items()}

@@ -20,16 +20,24 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.db import is_unavailable
 from service.models import PersonalizedClass, Status
 
 log = logging.getLogger(__name__)
 
 GaugeRead = Callable[[], dict[str, tuple[str, float]]]
 
+# On an answer made from this process's class matrix while the database could not be read (it
+# misses whatever changed since the last sync); counted per route.
+STALE_HEADER = "X-LiteEmbed-Stale"
+
 
 class Metrics:
     def __init__(self, multiprocess_dir: Path | None = None) -> None:
         self.registry = CollectorRegistry()
+        # Figures about what the tenants stored (class counts by status, summed over every
+        # tenant): only for a scrape that shows a metrics or admin key (routes/health.py).
+        self.detail_registry = CollectorRegistry()
         self.multiprocess = multiprocess_dir is not None
         # Multiprocess: the values live in the shared files and the registry reads them all;
         # registering this process's own metrics too would report them twice.
@@ -49,10 +57,17 @@ class Metrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
             registry=own,
         )
+        self.stale_answers = Counter(
+            "liteembed_stale_answers_total",
+            f"Answers marked {STALE_HEADER}: made from the class matrix during a database outage",
+            ["route"],
+            registry=own,
+        )
         self._published: list[tuple[GaugeRead, dict[str, Gauge]]] = []
 
     def add_state_collector(self, session_factory: Any, queue_depth: Callable[[], int]) -> None:
-        self.registry.register(_StateCollector(session_factory, queue_depth))
+        self.registry.register(_QueueCollector(queue_depth))
+        self.detail_registry.register(_ClassCounts(session_factory))
 
     def add_collector(self, collector: Collector) -> None:
         """Values read at scrape time from a source every process shares (database, Redis)."""
@@ -101,12 +116,11 @@ class _GaugeCollector(Collector):
         return []
 
 
-class _StateCollector(Collector):
-    """Jobs by status and queue depth, read at scrape time (the DB is the source of truth)."""
+class _ClassCounts(Collector):
+    """Classes by status, read at scrape time (the database is the source of truth)."""
 
-    def __init__(self, session_factory: Any, queue_depth: Callable[[], int]) -> None:
+    def __init__(self, session_factory: Any) -> None:
         self._factory = session_factory
-        self._queue_depth = queue_depth
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
         jobs = GaugeMetricFamily("liteembed_classes", "Classes by status", labels=["status"])
@@ -119,11 +133,28 @@ class _StateCollector(Collector):
                         )
                     ).all()
                 )
-            for st in Status:
-                jobs.add_metric([st.value], counts.get(st.value, 0))
-        except Exception:
-            log.exception("metrics: cannot count classes")
+        except Exception as exc:
+            # During an outage every scrape fails alike: a line, not a traceback, each time.
+            if not is_unavailable(exc):
+                log.exception("metrics: cannot count classes")
+            else:
+                log.warning("metrics: cannot count classes: the database is unreachable")
+            return
+        for st in Status:
+            jobs.add_metric([st.value], counts.get(st.value, 0))
         yield jobs
+
+    def describe(self) -> Iterable[GaugeMetricFamily]:
+        return []
+
+
+class _QueueCollector(Collector):
+    """Training messages waiting, read at scrape time."""
+
+    def __init__(self, queue_depth: Callable[[], int]) -> None:
+        self._queue_depth = queue_depth
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
         depth = GaugeMetricFamily("liteembed_queue_depth", "Training messages waiting in the queue")
         try:
             depth.add_metric([], self._queue_depth())
@@ -133,6 +164,9 @@ class _StateCollector(Collector):
 
     def describe(self) -> Iterable[GaugeMetricFamily]:
         return []
+
+
+_STALE_NAME = STALE_HEADER.lower().encode()
 
 
 class MetricsMiddleware:
@@ -146,11 +180,13 @@ class MetricsMiddleware:
             return
         start = time.perf_counter()
         status_code = 500
+        stale = False
 
         async def send_wrapper(message: Message) -> None:
-            nonlocal status_code
+            nonlocal status_code, stale
             if message["type"] == "http.response.start":
                 status_code = message["status"]
+                stale = any(name == _STALE_NAME for name, _ in message.get("headers", ()))
             await send(message)
 
         try:
@@ -162,5 +198,7 @@ class MetricsMiddleware:
             method = scope.get("method", "")
             self.metrics.requests.labels(method, path, str(status_code)).inc()
             self.metrics.latency.labels(method, path).observe(time.perf_counter() - start)
+            if stale:
+                self.metrics.stale_answers.labels(path).inc()
             # Before the next scrape of any process reads them.
             self.metrics.publish()

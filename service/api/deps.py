@@ -27,6 +27,7 @@ from service.queue import Producer
 from service.runtime import Runtime, RuntimeHolder
 from service.scoring.batcher import ModelRunner
 from service.scoring.labels import TextFeatureCache
+from service.scoring.learned_words import LearnedWords
 from service.scoring.sync import ClassMatrixCache
 from service.thumbnails import ThumbnailCache
 from service.worker_presence import WorkerPresence
@@ -82,6 +83,11 @@ async def get_text_features(request: Request) -> TextFeatureCache:
     return request.app.state.text_features  # type: ignore[no-any-return]
 
 
+async def get_learned_words(request: Request) -> LearnedWords:
+    """Token embeddings this process has read, for `{name}` during a database outage."""
+    return request.app.state.learned_words  # type: ignore[no-any-return]
+
+
 async def get_thumbnails(request: Request) -> ThumbnailCache:
     """The thumbnails this process has made (made once per class, kept within a byte budget)."""
     return request.app.state.thumbnails  # type: ignore[no-any-return]
@@ -119,6 +125,7 @@ ModelRunnerDep = Annotated[ModelRunner, Depends(get_model_runner)]
 PreprocessPoolDep = Annotated[Executor, Depends(get_preprocess_pool)]
 TextFeaturesDep = Annotated[TextFeatureCache, Depends(get_text_features)]
 ThumbnailsDep = Annotated[ThumbnailCache, Depends(get_thumbnails)]
+LearnedWordsDep = Annotated[LearnedWords, Depends(get_learned_words)]
 ProducerDep = Annotated[Producer, Depends(get_producer)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 BackgroundChecksDep = Annotated[dict[str, bool], Depends(get_background_checks)]
@@ -208,6 +215,27 @@ async def require_admin(caller: Annotated[Caller, Depends(get_caller)]) -> Calle
 ClientDep = Depends(require_client)
 AdminDep = Depends(require_admin)
 CallerDep = Annotated[Caller, Depends(require_client)]
+
+
+async def get_metrics_detail(request: Request, settings: SettingsDep) -> bool:
+    """Whether a /metrics scrape may see what the tenants stored (see `Settings.metrics_key`);
+    401 when a metrics key is set and the scrape sends neither it nor an admin key. Only keys
+    from the environment count: a scrape must work while the database is away."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    candidate = token.strip().encode() if scheme.lower() == "bearer" else b""
+    metrics_key = settings.metrics_key.get_secret_value() if settings.metrics_key else None
+    if candidate and _matches(candidate, [*settings.admin_keys, *filter(None, [metrics_key])]):
+        return True
+    if metrics_key is not None:
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "missing or invalid metrics key (send 'Authorization: Bearer <key>')",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    return not settings.auth_enabled
+
+
+MetricsDetailDep = Annotated[bool, Depends(get_metrics_detail)]
 
 
 def tenant_scope(caller: Caller, requested: str | None) -> str | None:

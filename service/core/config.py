@@ -113,6 +113,10 @@ class Settings(BaseSettings):
     # behind, brings it up to date before scoring: a class any API process answered `ready` for
     # (or deleted) is scored accordingly. Off: classes show up within CLASSIFIER_REFRESH_SECONDS.
     classify_checks_generation: bool = True
+    # When that read fails because the database is unreachable, /classify (and `{name}` in
+    # /v1/embeddings) answer from the class matrix this process holds, marked
+    # `X-LiteEmbed-Stale: true`; false: they answer 503 like the routes that write.
+    classify_during_database_outage: bool = True
     # /classify micro-batching: one model thread encodes up to this many images at once...
     classify_max_batch: int = Field(default=32, ge=1)
     # ...waiting at most this long for more requests, and only while more are on their way.
@@ -126,6 +130,10 @@ class Settings(BaseSettings):
     # Where `serve` keeps Prometheus' per-process metric files, so every API process reports the
     # same totals; unset: a fresh temporary directory per `serve`, removed at exit.
     metrics_dir: Path | None = None
+    # With a key, /metrics answers only a scrape that sends it (or an ADMIN_KEYS key) as a
+    # Bearer token. Without one it is open, and shows what the tenants stored (classes by
+    # status) only to an admin key, or to everyone when the service runs without keys.
+    metrics_key: SecretStr | None = None
 
     @field_validator("admin_keys", "client_keys", mode="before")
     @classmethod
@@ -146,6 +154,16 @@ class Settings(BaseSettings):
                     f"{setting}: key {position} {problem}. Make a key with: {MAKE_KEY_COMMAND}"
                 )
         return keys
+
+    @field_validator("metrics_key")
+    @classmethod
+    def _real_metrics_key(cls, key: SecretStr | None) -> SecretStr | None:
+        problem = key_problem(key.get_secret_value()) if key is not None else None
+        if problem:
+            raise ValueError(
+                f"LITEEMBED_METRICS_KEY {problem}. Make a key with: {MAKE_KEY_COMMAND}"
+            )
+        return key
 
     @field_validator("redis_url", mode="before")
     @classmethod

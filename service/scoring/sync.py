@@ -53,6 +53,9 @@ log = logging.getLogger(__name__)
 
 # The generation, read by every /classify (`catch_up`).
 _GENERATION = select(Generation.value).where(Generation.id == GENERATION_ROW)
+# During a database outage, how often a /classify tries the database again (the others answer
+# from the class matrix at once).
+PROBE_SECONDS = 1.0
 # Rows fetched per round trip while building: bounds the transient Python objects at 10^5 classes.
 _FETCH_ROWS = 4096
 
@@ -184,6 +187,8 @@ class ClassMatrixCache:
         self._database = OutageLog(
             "database (class matrix refresh)", log, meanwhile="classifying with the last snapshot"
         )
+        self._probe_lock = threading.Lock()
+        self._next_probe = 0.0
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -207,18 +212,50 @@ class ClassMatrixCache:
         assert snap is not None
         return snap
 
-    def catch_up(self, model_id: str, dim: int) -> None:
-        """Bring the snapshot up to every class change committed before this call.
+    def catch_up(self, model_id: str, dim: int, *, stale_ok: bool = False) -> bool:
+        """Bring the snapshot up to every class change committed before this call; True when
+        it is, False when it is answered from as it stands (see `stale_ok`).
 
         One primary-key read of the generation; only when the snapshot is behind it, an
         (incremental) sync before returning. Why a read per request: a client that saw `ready`
         from any API process must have the class scored by the next /classify, and this
         process cannot know about another's commit otherwise. Callers behind the same change
-        share one sync: whoever takes the lock after it finds the snapshot current. Database
-        errors propagate (the caller cannot vouch for the snapshot then).
+        share one sync: whoever takes the lock after it finds the snapshot current.
+
+        Database errors propagate, unless `stale_ok` and the database is unreachable while a
+        snapshot of `model_id` is held: then False, and the caller answers from the snapshot,
+        marked as possibly stale. Once an outage is known, one request per `PROBE_SECONDS`
+        tries the database and the others answer at once (a partitioned database would cost
+        each a connect timeout); the first that reaches it ends the outage.
         """
         if self._model != (model_id, dim):
             self.bind_model(model_id, dim)
+        if stale_ok and self._database.down and self.holds(model_id) and not self._probe_due():
+            return False
+        try:
+            self._catch_up(model_id)
+        except Exception as exc:
+            if not (stale_ok and is_unavailable(exc) and self.holds(model_id)):
+                raise
+            self._database.failed(exc)
+            return False
+        self._database.succeeded()
+        return True
+
+    def _probe_due(self) -> bool:
+        with self._probe_lock:
+            now = time.monotonic()
+            if now < self._next_probe:
+                return False
+            self._next_probe = now + PROBE_SECONDS
+            return True
+
+    def holds(self, model_id: str) -> bool:
+        """Whether a snapshot of `model_id` is held (something to answer from in an outage)."""
+        snap = self._snapshot
+        return snap is not None and snap.model_id == model_id
+
+    def _catch_up(self, model_id: str) -> None:
         # A Core read on a pooled connection: about a third of an ORM session's cost, per request.
         with self._engine.connect() as connection:
             target = int(connection.execute(_GENERATION).scalar() or 0)

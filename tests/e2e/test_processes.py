@@ -172,7 +172,7 @@ def test_register_train_classify_list_delete(stack: Any) -> None:
     # The deleting process dropped it before answering the DELETE.
     result = classify("green", 501)
     assert [p["class_id"] for p in result["predictions"]] == [ids["magenta"]]
-    metrics = httpx.get(f"{base}/metrics").text
+    metrics = httpx.get(f"{base}/metrics", headers=AUTH).text  # class counts: admin only
     assert 'liteembed_classes{status="ready"} 1.0' in metrics
     assert "liteembed_http_requests_total" in metrics
 

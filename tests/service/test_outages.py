@@ -5,6 +5,7 @@ log says it once, and everything works again when the server is back, without a 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -117,6 +118,84 @@ def test_database_outage_is_503_logged_once_and_recovers(
         assert http.post("/v1/classes", data={"name": "Tea"}, files=[("images", GOOD)]).is_success
         assert http.get("/readyz").status_code == 200
         assert any("database reachable again" in m for m in _problems(caplog))
+
+
+def _ready_class_with_a_word(url: str, runtime: RuntimeHolder) -> str:
+    """A ready class "Zorb" of the loaded model, its feature and learned word written directly."""
+    import numpy as np
+    from sqlalchemy import update
+
+    from service.crud import insert_ready_classes
+    from service.db import make_engine, make_session_factory, session_scope
+    from service.models import PersonalizedClass
+
+    backend = runtime.get().backend
+    rng = np.random.default_rng(0)
+    feature = rng.normal(size=(1, int(backend.embed_dim))).astype(np.float32)
+    word = rng.normal(size=int(backend.token_dim)).astype(np.float32)
+    engine = make_engine(url)
+    with session_scope(make_session_factory(engine)) as session:
+        insert_ready_classes(
+            session=session, model_id=backend.model_id, names=["Zorb"], features=feature
+        )
+        session.execute(update(PersonalizedClass).values(token_embedding=word.tobytes()))
+    engine.dispose()
+    return "Zorb"
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("during_outage", [True, False])
+def test_classify_answers_from_the_class_matrix_while_the_database_is_away(
+    postgres_database: str,
+    make_settings: Callable[..., Settings],
+    shared_runtime: RuntimeHolder,
+    caplog: pytest.LogCaptureFixture,
+    during_outage: bool,
+) -> None:
+    from tests.helpers.databases import truncate_postgres
+
+    truncate_postgres(postgres_database)
+    target = make_url(postgres_database)
+    with tcp_proxy(target.host or "127.0.0.1", target.port or 5432) as proxy:
+        through = _through(proxy, postgres_database)
+        _ready_class_with_a_word(through, shared_runtime)
+        settings = make_settings(through, classify_during_database_outage=during_outage)
+        with _serve(settings, shared_runtime) as url, httpx.Client(base_url=url) as http:
+            image = {"image": GOOD}
+            words = {"texts": ["a photo of a {Zorb}"]}
+            first = http.post("/v1/classify", files=image)
+            assert first.json()["predictions"][0]["label"] == "Zorb", first.text
+            assert http.post("/v1/embeddings", json=words).status_code == 200
+            proxy.cut()
+            caplog.clear()
+            caplog.set_level(logging.INFO)
+            answers = [http.post("/v1/classify", files=image) for _ in range(10)]
+            embedded = http.post("/v1/embeddings", json=words)
+            written = http.post("/v1/classes", data={"name": "Tea"}, files=[("images", GOOD)])
+            assert written.status_code == 503, written.text
+            if not during_outage:
+                assert {a.status_code for a in answers} == {503}
+                assert embedded.status_code == 503
+                return
+            for answer in answers:
+                assert answer.status_code == 200, answer.text
+                assert answer.headers["x-liteembed-stale"] == "true"
+                assert answer.json()["predictions"][0]["label"] == "Zorb"
+            assert embedded.status_code == 200, embedded.text
+            assert embedded.headers["x-liteembed-stale"] == "true"
+            # A word this process never read cannot be answered from memory.
+            unknown = http.post("/v1/embeddings", json={"texts": ["a {Plax}"]})
+            assert unknown.status_code == 503
+            metrics = http.get("/metrics").text
+            assert 'liteembed_stale_answers_total{route="/v1/classify"} 10.0' in metrics
+            outage_lines = [m for m in _problems(caplog) if "unreachable" in m]
+            assert len(outage_lines) >= 1 and "Traceback" not in caplog.text
+
+            proxy.restore()
+            deadline = time.monotonic() + 10
+            while "x-liteembed-stale" in http.post("/v1/classify", files=image).headers:
+                assert time.monotonic() < deadline, "still stale after the database came back"
+                time.sleep(0.2)
 
 
 @pytest.mark.redis

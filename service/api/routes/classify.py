@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 
 from service.api.bodies import ClassifyBodyDep
 from service.api.deps import (
@@ -31,6 +32,7 @@ from service.api.schemas import (
 )
 from service.api.uploads import error, validate_words
 from service.core.config import Settings
+from service.metrics import STALE_HEADER
 from service.models import DEFAULT_TENANT
 from service.runtime import Runtime
 from service.scoring.batcher import Encoded, ModelRunner
@@ -64,6 +66,7 @@ router = APIRouter(tags=["classify"])
     openapi_extra=request_body(ClassifyJson, "application/json"),
 )
 async def classify(
+    response: Response,
     settings: SettingsDep,
     runtime: RuntimeDep,
     classifier: ClassifierDep,
@@ -77,7 +80,8 @@ async def classify(
     # pool and the model to the model-runner thread, which batches concurrent requests.
     labels, top_k = body.fields.labels, body.fields.top_k
     clean_labels = validate_words(labels, field="labels", limit=settings.max_labels)
-    await _classes_current(settings, runtime, classifier)
+    if not await _classes_current(settings, runtime, classifier):
+        response.headers[STALE_HEADER] = "true"
     encoded = await encode_images(
         body.images,
         top_k=None if clean_labels else top_k,
@@ -104,17 +108,23 @@ async def classify(
 
 async def _classes_current(
     settings: Settings, runtime: Runtime, classifier: ClassMatrixCache
-) -> None:
+) -> bool:
     """Have the class matrix hold every class change committed before this request started
-    (`ready` answered by any API process means classifiable), before any image is scored. A
-    database that cannot be read answers 503 (the app's database handler): unconfirmed, the
-    class list is not guessed."""
+    (`ready` answered by any API process means classifiable), before any image is scored.
+
+    False when the database cannot be reached: the request is answered from the matrix this
+    process holds, which misses only what changed since its last sync (the caller marks the
+    answer stale). With CLASSIFY_DURING_DATABASE_OUTAGE=false, or before any matrix is held,
+    that is a 503 (the app's database handler) instead."""
     if not settings.classify_checks_generation:
-        return
-    dim = int(runtime.backend.embed_dim)
-    await asyncio.get_running_loop().run_in_executor(
-        None, classifier.catch_up, runtime.model_id, dim
+        return True
+    catch_up = functools.partial(
+        classifier.catch_up,
+        runtime.model_id,
+        int(runtime.backend.embed_dim),
+        stale_ok=settings.classify_during_database_outage,
     )
+    return await asyncio.get_running_loop().run_in_executor(None, catch_up)
 
 
 def _class_predictions(encoded: Encoded) -> list[Prediction]:

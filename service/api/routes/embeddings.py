@@ -12,7 +12,7 @@ import asyncio
 
 import numpy as np
 import torch
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
@@ -21,7 +21,9 @@ from liteembed.errors import InvalidNameError
 from liteembed.text_path import PromptTooLongError
 from service.api.bodies import EmbeddingsBodyDep
 from service.api.deps import (
+    ClassifierDep,
     ClientDep,
+    LearnedWordsDep,
     ModelRunnerDep,
     PreprocessPoolDep,
     RuntimeDep,
@@ -34,11 +36,15 @@ from service.api.errors import responses
 from service.api.openapi import request_body
 from service.api.schemas import EmbeddingsJson, EmbeddingsOut
 from service.api.uploads import error
+from service.db import is_unavailable
+from service.metrics import STALE_HEADER
 from service.models import DEFAULT_TENANT, PersonalizedClass, Status
 from service.runtime import Runtime
+from service.scoring.learned_words import LearnedWords
 from service.scoring.prompts import ClassWord, parse_prompt
 
 router = APIRouter(tags=["embeddings"])
+
 
 @router.post(
     "/v1/embeddings",
@@ -49,11 +55,14 @@ router = APIRouter(tags=["embeddings"])
     openapi_extra=request_body(EmbeddingsJson, "application/json"),
 )
 async def embeddings(
+    response: Response,
     settings: SettingsDep,
     runtime: RuntimeDep,
     runner: ModelRunnerDep,
     preprocess_pool: PreprocessPoolDep,
     session: SessionDep,
+    classifier: ClassifierDep,
+    learned_words: LearnedWordsDep,
     scope: TenantScopeDep,
     body: EmbeddingsBodyDep,
 ) -> EmbeddingsOut:
@@ -64,7 +73,20 @@ async def embeddings(
     words = {piece.key: piece for p in prompts for piece in p if isinstance(piece, ClassWord)}
     # Names resolve within the caller's tenant (an admin's: `default`, or ?tenant=).
     tenant = scope or DEFAULT_TENANT
-    learned = await run_in_threadpool(_learned_words, session, runtime.model_id, tenant, words)
+    try:
+        learned = await run_in_threadpool(
+            _learned_words, session, runtime.model_id, tenant, words, learned_words
+        )
+    except Exception as exc:
+        # The database cannot be read: words this process read before and still holds in its
+        # class matrix are answered, marked stale (as /classify's); any other is a 503.
+        if not (settings.classify_during_database_outage and is_unavailable(exc)):
+            raise
+        recalled = learned_words.recall(classifier.current, tenant, list(words))
+        if recalled is None:
+            raise
+        learned = recalled
+        response.headers[STALE_HEADER] = "true"
     # Images through the micro-batcher, like /classify's (unscored); texts on the same thread.
     encoded = await encode_images(
         body.images,
@@ -92,14 +114,19 @@ async def embeddings(
 
 
 def _learned_words(
-    session: Session, model_id: str, tenant: str, words: dict[str, ClassWord]
+    session: Session,
+    model_id: str,
+    tenant: str,
+    words: dict[str, ClassWord],
+    remembered: LearnedWords,
 ) -> dict[str, torch.Tensor]:
-    """The token embedding of each named class of `model_id` in `tenant`: 422 if there is no
-    such class, 409 while it is not ready."""
+    """The token embedding of each named class of `model_id` in `tenant` (each remembered for
+    an outage): 422 if there is no such class, 409 while it is not ready."""
     if not words:
         return {}
     rows = session.execute(
         select(
+            PersonalizedClass.id,
             PersonalizedClass.name_key,
             PersonalizedClass.status,
             PersonalizedClass.token_embedding,
@@ -118,6 +145,7 @@ def _learned_words(
         if row.status != Status.ready or row.token_embedding is None:
             raise error(409, f"class {word.name!r} is {row.status}, not ready")
         learned[key] = torch.from_numpy(np.frombuffer(row.token_embedding, np.float32).copy())
+        remembered.remember(model_id, tenant, key, row.id, learned[key])
     return learned
 
 

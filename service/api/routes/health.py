@@ -1,4 +1,6 @@
-"""Liveness, readiness and metrics; open to everyone (put /metrics behind the network edge)."""
+"""Liveness, readiness and metrics. /healthz and /readyz are open to everyone. /metrics is open
+unless METRICS_KEY is set; an open scrape sees what the tenants stored (class counts) only where
+the service runs without API keys."""
 
 from __future__ import annotations
 
@@ -14,12 +16,14 @@ from sqlalchemy.orm import Session
 from service.api.deps import (
     BackgroundChecksDep,
     MetricsDep,
+    MetricsDetailDep,
     ProducerDep,
     RuntimeHolderDep,
     SchemaCheckDep,
     SessionDep,
     WorkerPresenceDep,
 )
+from service.api.errors import responses
 from service.db import SchemaCheck
 
 router = APIRouter(tags=["health"])
@@ -121,10 +125,15 @@ def _schema_problem(schema: SchemaCheck, session: Session) -> str | None:
 
 @router.get(
     "/metrics",
-    summary="Prometheus metrics",
+    summary="Prometheus metrics (with METRICS_KEY: only for it or an admin key)",
     response_class=Response,
-    responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}},
+    responses={
+        200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}},
+        **responses(401),
+    },
 )
-def metrics(metrics: MetricsDep) -> Response:
+def metrics(metrics: MetricsDep, detail: MetricsDetailDep) -> Response:
     body = generate_latest(metrics.registry)
+    if detail:
+        body += generate_latest(metrics.detail_registry)
     return Response(body, media_type=CONTENT_TYPE_LATEST)
