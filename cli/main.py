@@ -13,6 +13,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -141,20 +142,25 @@ def serve_command(settings: Settings, host: str | None, port: int, workers: int)
         # The one-command start: the SQLite file is created and migrated here. A shared
         # PostgreSQL is migrated once by `liteembed migrate`, not by every API process.
         migrate(settings)
+    options: dict[str, Any] = {
+        "factory": True,
+        "host": host,
+        "port": port,
+        "workers": workers,
+        # Applied by uvicorn in each of its worker processes too.
+        "log_config": logging_config(settings.log_level, settings.log_format),
+        "log_level": settings.log_level.lower(),
+        # A starting process imports torch and the model code before it answers the
+        # supervisor's ping: uvicorn's 5 s default kills and restarts it on a busy machine.
+        "timeout_worker_healthcheck": 60,
+    }
     with shared_metrics_dir(settings):
-        uvicorn.run(
-            "workers:create_app_with_worker",
-            factory=True,
-            host=host,
-            port=port,
-            workers=workers,
-            # Applied by uvicorn in each of its worker processes too.
-            log_config=logging_config(settings.log_level, settings.log_format),
-            log_level=settings.log_level.lower(),
-            # A starting process imports torch and the model code before it answers the
-            # supervisor's ping: uvicorn's 5 s default kills and restarts it on a busy machine.
-            timeout_worker_healthcheck=60,
-        )
+        if workers > 1:
+            from cli.supervisor import run_processes
+
+            run_processes(uvicorn.Config("workers:create_app_with_worker", **options))
+        else:
+            uvicorn.run("workers:create_app_with_worker", **options)
     return 0
 
 
