@@ -13,10 +13,10 @@ import httpx
 import pytest
 from sqlalchemy.engine import make_url
 
+from benchmarks.tcp_proxy import TcpProxy, tcp_proxy
 from service.core.config import Settings
 from service.runtime import RuntimeHolder
 from tests.helpers.images import COLOURS, image_bytes
-from tests.helpers.tcp_proxy import TcpProxy, tcp_proxy
 from tests.helpers.uvicorn_thread import serving
 
 GOOD = ("a.png", image_bytes(COLOURS["green"]), "image/png")

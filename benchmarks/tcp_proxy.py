@@ -1,5 +1,5 @@
-"""A TCP forwarder a test can cut and restore, to make a real server (PostgreSQL, Redis)
-unreachable for the code under test without touching the shared server."""
+"""A TCP forwarder a test or the chaos soak can cut and restore, to make a real server
+(PostgreSQL, Redis) unreachable for the code under test without touching the shared server."""
 
 from __future__ import annotations
 
