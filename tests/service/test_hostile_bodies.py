@@ -151,3 +151,11 @@ def test_an_unhandled_error_is_a_json_500_with_a_request_id(sqlite_client: Any) 
     assert response.status_code == 500
     assert response.json() == {"detail": "internal server error"}
     assert response.headers["x-request-id"] == "bug-1"
+
+
+def test_a_large_body_to_a_small_body_route_is_refused_before_parsing(sqlite_client: Any) -> None:
+    # FastAPI would parse it on the event loop before the admin-key check runs.
+    body = '{"tenant": "acme", "role": "client", "x": [' + ",".join(['"a"'] * 100_000) + "]}"
+    response = raw_json(sqlite_client, "/v1/keys", body)
+    assert response.status_code == 413, response.text
+    assert "larger than 65536 bytes" in response.json()["detail"]
