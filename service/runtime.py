@@ -16,6 +16,7 @@ from service.core.config import Settings
 
 if TYPE_CHECKING:  # importing liteembed loads torch; the API starts answering before that
     from liteembed.backend import ClipBackend
+    from liteembed.bank import ReferenceBank
     from liteembed.vocab import Vocabulary
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,12 @@ class Runtime:
     backend: ClipBackend
     vocabulary: Vocabulary
     vocabulary_words: frozenset[str]
+    # Images of vocabulary words the model's new words are trained not to take (None: the model
+    # has none), loaded once here rather than per training job.
+    bank: ReferenceBank | None = None
+    # Raw cosine at or above which an image is accepted as a plain word (and as a registered
+    # class that has no threshold of its own).
+    word_threshold: float = float("nan")
 
     @property
     def model_id(self) -> str:
@@ -94,8 +101,10 @@ class RuntimeHolder:
 
 
 def load_runtime(settings: Settings, progress: LoadProgress | None = None) -> Runtime:
-    """The model and its vocabulary (from the cache in `settings.cache_dir`, built on a miss)."""
+    """The model and its vocabulary (from the cache in `settings.cache_dir`, built on a miss),
+    its reference bank and its plain-word acceptance threshold."""
     from liteembed.backend import load_backend
+    from liteembed.bank import find_bank, plain_word_threshold
     from liteembed.vocab import load_vocabulary
 
     progress = progress or LoadProgress()
@@ -117,6 +126,22 @@ def load_runtime(settings: Settings, progress: LoadProgress | None = None) -> Ru
     progress.enter("vocabulary cache")
     vocabulary = load_vocabulary(backend, settings.cache_dir, progress=progress.words)
     words = frozenset(w.casefold() for w in vocabulary.words)
+    progress.enter("reference bank")
+    bank = find_bank(backend, settings.cache_dir)
+    word_threshold = plain_word_threshold(backend, vocabulary, bank)
     progress.enter("ready")
-    log.info("model %s ready (dim %d, %d words)", backend.model_id, backend.embed_dim, len(words))
-    return Runtime(backend=backend, vocabulary=vocabulary, vocabulary_words=words)
+    log.info(
+        "model %s ready (dim %d, %d words, %s, plain-word threshold %.4f)",
+        backend.model_id,
+        backend.embed_dim,
+        len(words),
+        f"reference bank of {len(bank.words)} words" if bank is not None else "no reference bank",
+        word_threshold,
+    )
+    return Runtime(
+        backend=backend,
+        vocabulary=vocabulary,
+        vocabulary_words=words,
+        bank=bank,
+        word_threshold=word_threshold,
+    )

@@ -11,18 +11,20 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 import numpy as np
-from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from service import crud
 from service.core.config import Settings
 from service.db import session_scope
-from service.models import ClassImage, PersonalizedClass, Status
+from service.models import PersonalizedClass
 from service.runtime import Runtime, RuntimeHolder
+from workers.impact import ScoredClass, Taking, impact_of, takings, to_relearn
+from workers.settled import SettledClass, fill_exemplar_features, load_settled, stored_request
 
 log = logging.getLogger(__name__)
 
@@ -127,11 +129,13 @@ class Trainer:
             )
 
     def _run_batch(self, leases: dict[str, str], heartbeat: _ClassProgressBeat) -> None:
-        from liteembed import ClassRequest, learn_class, learn_classes
-        from liteembed.errors import LiteEmbedError, OptimizationCancelled
-
+        """Learn the leased classes, keep the tenant's other classes whole (re-learning one
+        that a new class takes images from, beside it), and store everything in one
+        transaction: nothing is written until all of it is learned, so a run that dies half-way
+        leaves the new classes to be sent again and the others as they were."""
         runtime = self.runtime.get()
-        jobs: dict[str, Any] = {}  # class id -> ClassRequest, for the rows still ours
+        dim = int(runtime.backend.embed_dim)
+        requests: dict[str, Any] = {}  # class id -> ClassRequest, for the rows still ours
         tenants: set[str] = set()  # one, as companions are claimed within the tenant
         with self.sessions() as session:
             for class_id, lease in leases.items():
@@ -146,74 +150,164 @@ class Trainer:
                         f"{runtime.model_id}",
                     )
                     continue
-                blobs = session.scalars(
-                    select(ClassImage.data)
-                    .where(ClassImage.class_id == class_id)
-                    .order_by(ClassImage.position)
-                ).all()
-                jobs[class_id] = (row.name, list(row.hints), list(row.confusers), blobs)
+                # The images go to the engine as stored (encoded): it decodes them one at a
+                # time, reduced to what the model needs, so a batch never holds its images'
+                # full pixels.
+                requests[class_id] = stored_request(session, class_id)
                 tenants.add(row.tenant)
             # The classes being trained are not ready, so none is another's negative; and only
             # the tenant's own classes are (another tenant's names must not shape this one).
-            registered = self._registered(session, runtime, tenants=tenants, exclude=set(leases))
-        # The images go to the engine as stored (encoded): it decodes them one at a time,
-        # reduced to what the model needs, so a batch never holds its images' full pixels. A
-        # class with an undecodable image fails the batch, and then alone, below.
-        requests: dict[str, Any] = {
-            class_id: ClassRequest(name, list(blobs), hints=hints, confusers=confusers)
-            for class_id, (name, hints, confusers, blobs) in jobs.items()
-        }
+            settled = load_settled(
+                session, model_id=runtime.model_id, tenants=tenants, exclude=set(leases), dim=dim
+            )
         if not requests:
             return
-        config = self.optimization_config(runtime.model_id)
-        common = {
-            "registered": registered,
-            "config": config,
-            "seed": self.settings.seed,
-            "progress": heartbeat.on_progress,
-        }
+        fill_exemplar_features(self.sessions, runtime.backend, settled)
+        learned = self._learn(runtime, requests, settled, leases, heartbeat)
+        if not learned:
+            return
+        kept = self._keep_the_others(runtime, requests, learned, settled, heartbeat)
+        if kept is None:
+            return
+        self._store(leases, kept, settled)
+
+    def _learn(
+        self,
+        runtime: Runtime,
+        requests: dict[str, Any],
+        settled: list[SettledClass],
+        leases: dict[str, str],
+        heartbeat: _ClassProgressBeat,
+    ) -> dict[str, Any]:
+        """The learned classes by id (empty: the run was abandoned). A class with an
+        undecodable image (or another engine error) fails the batch, and then alone."""
+        from liteembed import learn_classes
+        from liteembed.errors import LiteEmbedError, OptimizationCancelled
+
         ids = list(requests)
+        common = self._engine_inputs(runtime, settled, heartbeat)
         try:
             learned = learn_classes(
                 runtime.backend, runtime.vocabulary, [requests[i] for i in ids], **common
             )
+            return dict(zip(ids, learned, strict=True))
         except OptimizationCancelled:
             if self.stopping:
                 raise WorkerStopping() from None
             log.info("classes %s: training abandoned (deleted, replaced or taken over)", ids)
-            return
+            return {}
         except LiteEmbedError as exc:
             if len(ids) == 1:
                 self._fail(ids[0], leases[ids[0]], str(exc) or type(exc).__name__)
-                return
+                return {}
             # Which class is at fault (a hint not in the vocabulary, ...)? Each alone says.
             log.info("batch of %d failed (%s); training its classes one by one", len(ids), exc)
-            for class_id in ids:
-                request = requests[class_id]
-                try:
-                    one = learn_class(
+        alone: dict[str, Any] = {}
+        for class_id in ids:
+            try:
+                alone[class_id] = learn_classes(
+                    runtime.backend, runtime.vocabulary, [requests[class_id]], **common
+                )[0]
+            except OptimizationCancelled:
+                if self.stopping:
+                    raise WorkerStopping() from None
+                if heartbeat.all_lost():
+                    return {}
+            except LiteEmbedError as one_exc:
+                self._fail(class_id, leases[class_id], str(one_exc) or type(one_exc).__name__)
+        return alone
+
+    def _keep_the_others(
+        self,
+        runtime: Runtime,
+        requests: dict[str, Any],
+        learned: dict[str, Any],
+        settled: list[SettledClass],
+        heartbeat: _ClassProgressBeat,
+    ) -> _Kept | None:
+        """Score every exemplar of the tenant's ready classes and of the new ones against all
+        their features; ready classes that now lose exemplars to a new class (or take a new
+        class's) are learned again together with the new classes, once (no loop). None: the
+        run was abandoned meanwhile."""
+        from liteembed import learn_classes
+        from liteembed.errors import LiteEmbedError, OptimizationCancelled
+
+        names = {one.class_id: one.name for one in settled}
+        before = takings(_scored(settled, learned))
+        chosen = to_relearn(before, set(learned), limit=self.settings.train_batch_max)
+        if not chosen:
+            return _Kept(learned, {}, _impacts(learned, before, names, set(), None))
+        with self.sessions() as session:
+            again = {i: r for i in chosen if (r := stored_request(session, i)) is not None}
+        rest = [one for one in settled if one.class_id not in again]
+        ids = list(learned) + list(again)
+        log.info(
+            "classes %s take exemplars of %s (or lose theirs to them): re-learning them together",
+            list(learned),
+            list(again),
+        )
+        all_requests = {**{i: requests[i] for i in learned}, **again}
+        heartbeat.next_phase()
+        try:
+            relearned = dict(
+                zip(
+                    ids,
+                    learn_classes(
                         runtime.backend,
                         runtime.vocabulary,
-                        request.name,
-                        request.images,
-                        hints=request.hints,
-                        confusers=request.confusers,
-                        **common,
-                    )
-                except OptimizationCancelled:
-                    if self.stopping:
-                        raise WorkerStopping() from None
-                    if heartbeat.all_lost():
-                        return
-                    continue
-                except LiteEmbedError as one_exc:
-                    self._fail(class_id, leases[class_id], str(one_exc) or type(one_exc).__name__)
-                    continue
-                self._store(class_id, leases[class_id], one)
-            return
-        # Each result in its own transaction: a class deleted meanwhile does not block the rest.
-        for class_id, result in zip(ids, learned, strict=True):
-            self._store(class_id, leases[class_id], result)
+                        [all_requests[i] for i in ids],
+                        **self._engine_inputs(runtime, rest, heartbeat),
+                    ),
+                    strict=True,
+                )
+            )
+        except OptimizationCancelled:
+            if self.stopping:
+                raise WorkerStopping() from None
+            log.info("classes %s: re-learning abandoned (deleted, replaced or taken over)", ids)
+            return None
+        except LiteEmbedError as exc:
+            log.warning(
+                "re-learning %s failed (%s); the new classes are stored as learned", ids, exc
+            )
+            return _Kept(learned, {}, _impacts(learned, before, names, set(), None))
+        new = {i: relearned[i] for i in learned}
+        old = {i: relearned[i] for i in again}
+        updated = [
+            dataclasses.replace(one, feature=_vector(old[one.class_id].text_feature))
+            if one.class_id in old
+            else one
+            for one in settled
+        ]
+        after = takings(_scored(updated, new))
+        if _at_stake(after, set(new), set(old)) > _at_stake(before, set(learned), set(old)):
+            # Worse than before: keep what was learned first, and the others as they were.
+            log.info("re-learning %s did not help; kept as first learned", ids)
+            return _Kept(learned, {}, _impacts(learned, before, names, set(), None))
+        return _Kept(new, old, _impacts(new, before, names, set(old), after))
+
+    def _engine_inputs(
+        self, runtime: Runtime, settled: list[SettledClass], heartbeat: _ClassProgressBeat
+    ) -> dict[str, Any]:
+        """What `learn_classes` gets besides the requests: the ready classes as text-feature
+        negatives and as protected image evidence, the model's reference bank, the config."""
+        import torch
+
+        from liteembed import ProtectedClass
+
+        protected = [
+            ProtectedClass(one.name, torch.from_numpy(one.feature), torch.from_numpy(one.exemplars))
+            for one in settled
+            if one.exemplars is not None and len(one.exemplars)
+        ]
+        return {
+            "registered": {one.name: torch.from_numpy(one.feature) for one in settled},
+            "protected": protected,
+            "bank": runtime.bank,
+            "config": self.optimization_config(runtime.model_id),
+            "seed": self.settings.seed,
+            "progress": heartbeat.on_progress,
+        }
 
     def optimization_config(self, model_id: str) -> Any:
         """The model's recorded defaults (the engine's defaults where it has none), with the
@@ -228,44 +322,44 @@ class Trainer:
         base = recorded_defaults(model_id) or OptimizationConfig()
         return dataclasses.replace(base, **changes)
 
-    def _registered(
-        self, session: Session, runtime: Runtime, *, tenants: set[str], exclude: set[str]
-    ) -> dict[str, Any]:
-        import torch
-
-        rows = session.execute(
-            select(PersonalizedClass.name, PersonalizedClass.embedding)
-            .where(
-                PersonalizedClass.model_id == runtime.model_id,
-                PersonalizedClass.status == Status.ready,
-                PersonalizedClass.tenant.in_(tenants),
-                PersonalizedClass.id.not_in(exclude),
-            )
-            # A stable order, so a retried job sees its negatives in the same order.
-            .order_by(PersonalizedClass.created_at, PersonalizedClass.id)
-        ).all()
-        dim = int(runtime.backend.embed_dim)
-        return {
-            r.name: torch.from_numpy(np.frombuffer(r.embedding, dtype=np.float32).copy())
-            for r in rows
-            if r.embedding is not None and len(r.embedding) == 4 * dim
-        }
-
-    def _store(self, class_id: str, lease: str, learned: Any) -> None:
+    def _store(self, leases: dict[str, str], kept: _Kept, settled: list[SettledClass]) -> None:
+        """The new classes ready and the re-learned ones rewritten, in one transaction: a class
+        is never left re-learned for a new class that was not stored, nor the reverse. Each new
+        class only if this run still holds it; each re-learned class only if unchanged since
+        it was read (it stays ready, and served with its old feature until this commits)."""
+        read_at = {one.class_id: one.updated_at for one in settled}
         with session_scope(self.sessions) as session:
-            done = crud.store_result(
-                session=session,
-                class_id=class_id,
-                lease=lease,
-                text_feature=_as_float32(learned.text_feature),
-                token_embedding=_as_float32(learned.token_embedding),
-                templates=learned.templates,
-                diagnostics=learned.diagnostics,
-            )
-        if done:
-            log.info("class %s: ready", class_id)
-        else:
-            log.info("class %s: finished, but the row was deleted or taken over", class_id)
+            stored = [
+                class_id
+                for class_id, result in kept.new.items()
+                if crud.store_result(
+                    session=session,
+                    class_id=class_id,
+                    lease=leases[class_id],
+                    **_learned_values(result),
+                    impact=kept.impact.get(class_id, []),
+                )
+            ]
+            rewritten = []
+            if stored:
+                for class_id, result in kept.relearned.items():
+                    if crud.store_relearned(
+                        session=session,
+                        class_id=class_id,
+                        read_at=read_at[class_id],
+                        **_learned_values(result),
+                    ):
+                        rewritten.append(class_id)
+        for class_id in kept.new:
+            if class_id in stored:
+                log.info("class %s: ready", class_id)
+            else:
+                log.info("class %s: finished, but the row was deleted or taken over", class_id)
+        for class_id in kept.relearned:
+            if class_id in rewritten:
+                log.info("class %s: re-learned", class_id)
+            else:
+                log.info("class %s: re-learned, but left as it was (changed meanwhile)", class_id)
 
     def _fail(self, class_id: str, lease: str, reason: str) -> None:
         log.warning("class %s failed: %s", class_id, reason)
@@ -311,6 +405,9 @@ class _ClassProgressBeat:
         self._leases = dict(leases)
         self._lost: set[str] = set()
         self._progress = 0.0
+        # A later optimisation of the same run (a re-learn) moves progress on from where the
+        # first left it, instead of starting again from zero.
+        self._phase_start = 0.0
         self._cancelled = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="liteembed-heartbeat", daemon=True)
@@ -325,9 +422,14 @@ class _ClassProgressBeat:
     def all_lost(self) -> bool:
         return self._cancelled.is_set()
 
+    def next_phase(self) -> None:
+        self._phase_start = self._progress
+
     def on_progress(self, event: Any) -> bool:
         total = max(int(getattr(event, "total", 0) or 0), 1)
-        self._progress = min(max(float(event.step) / total, 0.0), 0.99)
+        fraction = min(max(float(event.step) / total, 0.0), 1.0)
+        start = self._phase_start
+        self._progress = min(start + (0.99 - start) * fraction, 0.99)
         return self._cancelled.is_set() or self._trainer.stopping
 
     def _run(self) -> None:
@@ -345,6 +447,77 @@ class _ClassProgressBeat:
             if len(self._lost) == len(self._leases):
                 self._cancelled.set()
                 return
+
+
+@dataclass(frozen=True)
+class _Kept:
+    """What a run stores: the new classes, the ready classes re-learned beside them, and each
+    new class's impact on the others."""
+
+    new: dict[str, Any]  # class id -> LearnedClass
+    relearned: dict[str, Any]  # class id -> LearnedClass
+    impact: dict[str, list[dict[str, Any]]]
+
+
+def _scored(settled: list[SettledClass], learned: dict[str, Any]) -> list[ScoredClass]:
+    classes = [
+        ScoredClass(one.class_id, one.name, one.feature, _exemplars(one.exemplars))
+        for one in settled
+    ]
+    for class_id, result in learned.items():
+        classes.append(
+            ScoredClass(
+                class_id,
+                result.name,
+                _vector(result.text_feature),
+                _exemplars(result.exemplar_features),
+            )
+        )
+    return classes
+
+
+def _at_stake(found: list[Taking], new: set[str], others: set[str]) -> int:
+    """Exemplars taken between a new class and one of `others`, either way."""
+    return sum(
+        t.taken
+        for t in found
+        if (t.taker in new and t.victim in others) or (t.victim in new and t.taker in others)
+    )
+
+
+def _impacts(
+    learned: dict[str, Any],
+    before: list[Taking],
+    names: dict[str, str],
+    relearned: set[str],
+    after: list[Taking] | None,
+) -> dict[str, list[dict[str, Any]]]:
+    return {i: impact_of(i, before, names, relearned, after) for i in learned}
+
+
+def _learned_values(learned: Any) -> dict[str, Any]:
+    """A LearnedClass as the columns of its row."""
+    exemplars = learned.exemplar_features
+    return {
+        "text_feature": _as_float32(learned.text_feature),
+        "token_embedding": _as_float32(learned.token_embedding),
+        "templates": learned.templates,
+        "diagnostics": learned.diagnostics,
+        "threshold": learned.threshold,
+        "exemplar_features": None if exemplars is None else _exemplars(exemplars),
+    }
+
+
+def _vector(value: Any) -> np.ndarray:
+    return _as_float32(value)
+
+
+def _exemplars(value: Any) -> np.ndarray:
+    if value is None:
+        return np.zeros((0, 0), dtype=np.float32)
+    if hasattr(value, "detach"):
+        value = value.detach().float().cpu().numpy()
+    return np.ascontiguousarray(value, dtype=np.float32)
 
 
 def _as_float32(value: Any) -> np.ndarray:

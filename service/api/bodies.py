@@ -109,6 +109,7 @@ def decoded_length(text: str) -> int:
 class RegisterBody:
     fields: RegisterFields
     images: list[ImageInput]
+    negative_images: list[ImageInput]  # "not this class", checked like `images`
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,7 @@ class EmbeddingsBody:
 async def register_body(request: Request, settings: SettingsDep) -> AsyncIterator[RegisterBody]:
     limits = {
         "images": settings.max_images,
+        "negative_images": settings.max_images,
         "hints": settings.max_hints,
         "confusers": settings.max_hints,
     }
@@ -134,15 +136,22 @@ async def register_body(request: Request, settings: SettingsDep) -> AsyncIterato
         if form is not None:
             fields = _validate(RegisterFields, _text_fields(form, RegisterFields, limits))
             images = _files(form, "images")
+            negatives = _files(form, "negative_images")
         else:
             parsed = _validate(RegisterClassJson, document)
-            fields = RegisterFields.model_validate(parsed.model_dump(exclude={"images"}))
+            fields = RegisterFields.model_validate(
+                parsed.model_dump(exclude={"images", "negative_images"})
+            )
             images = _texts("images", parsed.images)
+            negatives = _texts("negative_images", parsed.negative_images or [])
         if not images:
             _invalid("images", "at least one image is required", "missing")
-        if len(images) > settings.max_images:
-            raise error(422, f"at most {settings.max_images} images are allowed, got {len(images)}")
-        yield RegisterBody(fields, images)
+        for name, found in (("images", images), ("negative_images", negatives)):
+            if len(found) > settings.max_images:
+                raise error(
+                    422, f"at most {settings.max_images} {name} are allowed, got {len(found)}"
+                )
+        yield RegisterBody(fields, images, negatives)
 
 
 async def classify_body(request: Request, settings: SettingsDep) -> AsyncIterator[ClassifyBody]:
@@ -282,18 +291,23 @@ def _files(form: FormData, name: str) -> list[ImageInput]:
     for index, part in enumerate(form.getlist(name)):
         if not isinstance(part, UploadFile):
             _invalid(name, "must be a file upload, not text", "value_error")
-        found.append(ImageInput(f"{name}[{index}]" if name == "images" else name, upload=part))
+        found.append(ImageInput(_item_field(name, index), upload=part))
     return found
 
 
 def _texts(name: str, values: list[str]) -> list[ImageInput]:
     found = []
     for index, text in enumerate(values):
-        field = f"{name}[{index}]" if name == "images" else name
+        field = _item_field(name, index)
         if _URL.match(text.strip()):
             raise error(422, f"{field}: {URL_REFUSED}")
         found.append(ImageInput(field, text=text))
     return found
+
+
+def _item_field(name: str, index: int) -> str:
+    """How errors name one image: `images[2]`, `negative_images[0]`; a lone `image` as is."""
+    return name if name == "image" else f"{name}[{index}]"
 
 
 def _validate(model: type[M], values: Any) -> M:

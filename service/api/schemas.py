@@ -11,6 +11,19 @@ from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 from service.models import PersonalizedClass, as_utc
 
 
+class ImpactOut(BaseModel):
+    """One of the tenant's classes whose exemplars this class took when it became ready."""
+
+    class_id: str
+    name: str
+    taken: int = Field(description="its exemplars predicted as this class, before any re-learn")
+    of: int = Field(description="its exemplars scored")
+    relearned: bool = Field(description="it was re-learned together with this class")
+    remaining: int | None = Field(
+        None, description="its exemplars still predicted as this class after the re-learn"
+    )
+
+
 class ClassOut(BaseModel):
     id: str
     name: str
@@ -25,6 +38,16 @@ class ClassOut(BaseModel):
     dim: int | None
     created_at: datetime
     updated_at: datetime
+    threshold: float | None = Field(
+        None,
+        description="raw cosine at or above which a prediction of this class is `accepted` "
+        "(null until ready, or for a class learned before thresholds: the model's plain-word "
+        "threshold applies)",
+    )
+    impact: list[ImpactOut] = Field(
+        default_factory=list,
+        description="the tenant's classes whose exemplars this class took when it became ready",
+    )
     diagnostics: dict[str, Any] | None = None
 
     @classmethod
@@ -43,6 +66,8 @@ class ClassOut(BaseModel):
             dim=row.dim,
             created_at=as_utc(row.created_at),  # type: ignore[arg-type]
             updated_at=as_utc(row.updated_at),  # type: ignore[arg-type]
+            threshold=row.threshold,
+            impact=[ImpactOut.model_validate(item) for item in row.impact or []],
             diagnostics=row.diagnostics if diagnostics else None,
         )
 
@@ -58,12 +83,16 @@ class EmbeddingOut(BaseModel):
     templates: list[str]
     text_feature: list[float]
     token_embedding: list[float]
+    threshold: float | None = Field(
+        None, description="the class's acceptance threshold on raw cosine with `text_feature`"
+    )
 
     @classmethod
     def of(cls, row: PersonalizedClass) -> EmbeddingOut:
         assert row.embedding is not None and row.token_embedding is not None
         return cls(
             model=row.model_id,
+            threshold=row.threshold,
             dim=int(row.dim or 0),
             templates=list(row.templates or []),
             text_feature=np.frombuffer(row.embedding, dtype=np.float32).tolist(),
@@ -73,8 +102,16 @@ class EmbeddingOut(BaseModel):
 
 class Prediction(BaseModel):
     label: str
-    score: float
+    score: float = Field(
+        description="softmax probability among the labels scored (the tenant's classes, or the "
+        "given `labels`): how this label ranks against the others, not whether it matches"
+    )
     class_id: str | None
+    similarity: float = Field(description="raw cosine of the image and the label's text feature")
+    accepted: bool = Field(
+        description="`similarity` is at or above the label's acceptance threshold (a registered "
+        "class's own, the model's plain-word threshold otherwise): the image is taken to be this"
+    )
 
 
 class ClassifyOut(BaseModel):
@@ -131,11 +168,19 @@ class RegisterFields(BaseModel):
 class BodyRegisterClass(RegisterFields):
     model_config = ConfigDict(title="Body_register_class")
     images: list[Upload] = Field(description="1..MAX_IMAGES example images")
+    negative_images: list[Upload] | None = Field(
+        None,
+        description="0..MAX_IMAGES images that are not this class (look-alikes): the class is "
+        "learned not to take them",
+    )
 
 
 class RegisterClassJson(RegisterFields):
     model_config = ConfigDict(title="RegisterClassJson", extra="forbid")
     images: list[Base64Image] = Field(description="1..MAX_IMAGES example images, base64")
+    negative_images: list[Base64Image] | None = Field(
+        None, description="0..MAX_IMAGES images that are not this class, base64"
+    )
 
 
 class ClassifyFields(BaseModel):
@@ -143,6 +188,11 @@ class ClassifyFields(BaseModel):
         None, description="candidate labels: registered class names or plain words"
     )
     top_k: int = Field(5, ge=1, le=1000)
+    abstain: bool = Field(
+        False,
+        description="leave out predictions that are not `accepted` (after the top-k): an image "
+        "of none of the labels gets an empty list",
+    )
 
 
 class BodyClassify(ClassifyFields):

@@ -25,6 +25,8 @@ from service.crud.leases import (
     fail_class,
     record_heartbeat,
     release_class,
+    store_exemplar_features,
+    store_relearned,
     store_result,
 )
 
@@ -44,5 +46,7 @@ __all__ = [
     "release_class",
     "remove_class",
     "serialize_name",
+    "store_exemplar_features",
+    "store_relearned",
     "store_result",
 ]

@@ -23,6 +23,7 @@ from service.models import (
     ClassImage,
     ClassRemoval,
     Generation,
+    NegativeImage,
     PersonalizedClass,
     Status,
     bump_generation,
@@ -58,9 +59,11 @@ def register_class(
     hints: list[str],
     confusers: list[str],
     replace: bool,
+    negative_images: Sequence[bytes] = (),
 ) -> Registered:
-    """Add a queued class with its images; with `replace`, a class of the same name goes in the
-    same transaction (its running job notices and stops). Raises `NameTaken` otherwise.
+    """Add a queued class with its images (and "not this class" images); with `replace`, a class
+    of the same name goes in the same transaction (its running job notices and stops). Raises
+    `NameTaken` otherwise.
 
     Registrations of one name run one at a time, so concurrent replacements all succeed and the
     last to commit wins (none is refused because another replaced the class it saw)."""
@@ -95,6 +98,9 @@ def register_class(
         updated_at=now,
     )
     row.images = [ClassImage(position=i, data=data) for i, data in enumerate(images)]
+    row.negative_images = [
+        NegativeImage(position=i, data=data) for i, data in enumerate(negative_images)
+    ]
     session.add(row)
     try:
         # The unique constraint catches a concurrent registration of the same name.

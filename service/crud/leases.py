@@ -140,8 +140,12 @@ def store_result(
     token_embedding: np.ndarray,
     templates: Sequence[str],
     diagnostics: Any,
+    threshold: float | None = None,
+    exemplar_features: np.ndarray | None = None,
+    impact: list[dict[str, Any]] | None = None,
 ) -> bool:
-    """Mark the class ready with its embedding, if the run still holds the row; the embedding,
+    """Mark the class ready with its embedding (and acceptance threshold, exemplar features and
+    impact on the tenant's other classes), if the run still holds the row; the embedding,
     `ready` and the generation bump commit together or not at all."""
     feature = np.ascontiguousarray(text_feature, dtype=np.float32).reshape(-1)
     token = np.ascontiguousarray(token_embedding, dtype=np.float32).reshape(-1)
@@ -157,6 +161,9 @@ def store_result(
             token_dim=int(token.shape[0]),
             templates=list(templates),
             diagnostics=_jsonable(diagnostics),
+            threshold=_finite(threshold),
+            exemplar_features=_matrix_bytes(exemplar_features),
+            impact=_jsonable(impact or []),
             error=None,
             lease=None,
             heartbeat_at=utcnow(),
@@ -166,6 +173,60 @@ def store_result(
     ).rowcount  # type: ignore[attr-defined]
     if done == 1:
         bump_generation(session)
+    return bool(done == 1)
+
+
+def store_relearned(
+    *,
+    session: Session,
+    class_id: str,
+    read_at: datetime,
+    text_feature: np.ndarray,
+    token_embedding: np.ndarray,
+    templates: Sequence[str],
+    diagnostics: Any,
+    threshold: float | None,
+    exemplar_features: np.ndarray | None,
+) -> bool:
+    """Rewrite a ready class's learned word in place (it was re-learned beside a new class that
+    took its images), if the row is still ready and unchanged since the run read it
+    (`updated_at == read_at`): a class deleted, replaced or re-learned meanwhile is left alone.
+    It stays ready and served throughout; its new `updated_at` is how every API process's
+    class matrix finds the new row. The caller bumps the generation (with the new class's
+    store, in the same transaction)."""
+    feature = np.ascontiguousarray(text_feature, dtype=np.float32).reshape(-1)
+    token = np.ascontiguousarray(token_embedding, dtype=np.float32).reshape(-1)
+    cls = PersonalizedClass
+    done = session.execute(
+        update(cls)
+        .where(cls.id == class_id, cls.status == Status.ready, cls.updated_at == read_at)
+        .values(
+            embedding=feature.tobytes(),
+            dim=int(feature.shape[0]),
+            token_embedding=token.tobytes(),
+            token_dim=int(token.shape[0]),
+            templates=list(templates),
+            diagnostics=_jsonable(diagnostics),
+            threshold=_finite(threshold),
+            exemplar_features=_matrix_bytes(exemplar_features),
+            updated_at=utcnow(),
+        )
+        .execution_options(synchronize_session=False)
+    ).rowcount  # type: ignore[attr-defined]
+    return bool(done == 1)
+
+
+def store_exemplar_features(*, session: Session, class_id: str, features: np.ndarray) -> bool:
+    """Keep the image features of a class's exemplars, computed for a class stored before they
+    were. `updated_at` is kept: the learned word did not change, so the class matrix has
+    nothing to re-read."""
+    cls = PersonalizedClass
+    done = session.execute(
+        update(cls)
+        .where(cls.id == class_id, cls.exemplar_features.is_(None))
+        .values(exemplar_features=_matrix_bytes(features), updated_at=cls.updated_at)
+        .execution_options(synchronize_session=False)
+    ).rowcount  # type: ignore[attr-defined]
     return bool(done == 1)
 
 
@@ -278,6 +339,19 @@ def _claimed_values(lease: str, now: datetime) -> dict[str, Any]:
         "progress": 0.0,
         "updated_at": now,
     }
+
+
+def _matrix_bytes(value: np.ndarray | None) -> bytes | None:
+    """A (K, E) float32 matrix as stored (rows back-to-back; E is the row's `dim`)."""
+    if value is None:
+        return None
+    return np.ascontiguousarray(value, dtype=np.float32).tobytes()
+
+
+def _finite(value: float | None) -> float | None:
+    if value is None or not np.isfinite(value):
+        return None
+    return float(value)
 
 
 def _jsonable(value: Any) -> Any:

@@ -47,6 +47,7 @@ class Encoded:
     snapshot: ClassMatrix | None = None  # the matrix it was scored against, if scored
     indices: np.ndarray | None = None  # top-k rows of `snapshot`, best first
     scores: np.ndarray | None = None  # their softmax probabilities over all classes
+    similarities: np.ndarray | None = None  # their raw cosines with the image
 
 
 @dataclass
@@ -258,8 +259,8 @@ class ModelRunner:
         scopes = [None if t is None else snapshot.tenant_rows(t) for t in tenants]
         results = self._scorer.top_k(snapshot, features[rows], scale, ks, scopes)
         return {
-            i: Encoded(features[i], snapshot, indices, scores)
-            for i, (indices, scores) in zip(rows, results, strict=True)
+            i: Encoded(features[i], snapshot, top.indices, top.probabilities, top.similarities)
+            for i, top in zip(rows, results, strict=True)
         }
 
 

@@ -56,6 +56,9 @@ class LabelMatrix:
     labels: list[str]
     class_ids: list[str | None]
     matrix: np.ndarray  # (labels, embed_dim), float32
+    # (labels,) float64 acceptance thresholds: a registered class's own (NaN where it has none),
+    # the model's plain-word threshold for a plain word.
+    thresholds: np.ndarray
 
 
 async def label_matrix(
@@ -72,16 +75,19 @@ async def label_matrix(
     snapshot = classifier.snapshot(runtime.model_id, int(runtime.backend.embed_dim))
     vectors: list[np.ndarray | None] = []
     class_ids: list[str | None] = []
+    thresholds: list[float] = []
     plain: list[str] = []
     for label in labels:
         index = snapshot.index_of(scoped_key(tenant, name_key(label)))
         if index is None:
             vectors.append(None)
             class_ids.append(None)
+            thresholds.append(runtime.word_threshold)
             plain.append(label)
         else:
             vectors.append(snapshot.vector(index))
             class_ids.append(snapshot.ids[index])
+            thresholds.append(float(snapshot.thresholds_of(np.array([index]))[0]))
     # CLIP's own feature for a plain label, in the prompt the vocabulary features are built with.
     plain_features = text_features.found(runtime.model_id, plain)
     missing = [label for label in plain if label not in plain_features]
@@ -94,4 +100,9 @@ async def label_matrix(
         plain_features |= text_features.add(runtime.model_id, missing, features)
     rows = zip(vectors, labels, strict=True)
     matrix = np.stack([v if v is not None else plain_features[label] for v, label in rows])
-    return LabelMatrix(labels=list(labels), class_ids=class_ids, matrix=matrix)
+    return LabelMatrix(
+        labels=list(labels),
+        class_ids=class_ids,
+        matrix=matrix,
+        thresholds=np.asarray(thresholds, dtype=np.float64),
+    )

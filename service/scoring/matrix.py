@@ -5,9 +5,13 @@ the classes' names, keys (tenant and name key) and ids packed into a few flat ar
 object per class, so 10^5 classes cost the matrix plus a few MB) and a sorted hash index for
 lookup by key. Every tenant's classes share the one matrix: a tenant is a set of its rows.
 
+Each row also has the class's acceptance threshold (raw cosine; NaN where the class has none, and
+the model's plain-word threshold applies).
+
 Snapshots change only by making new ones: `with_rows` appends classes (into spare rows of a shared
 buffer when there are any) and `without` drops classes, each at the cost of the changed rows plus
-at most one C-speed pass over the matrix. `service/scoring/sync.py` keeps a snapshot in step with
+at most one C-speed pass over the matrix; a class whose row changed (re-learned) is dropped and
+appended again. `service/scoring/sync.py` keeps a snapshot in step with
 the database; `service/scoring/scorer.py` scores image features against one.
 """
 
@@ -127,6 +131,9 @@ class ClassMatrix:
     ready_through: datetime | None = None
     # The buffer `matrix` is a view of, when it has spare rows for appends.
     store: RowStore | None = None
+    # (C,) float64 acceptance threshold of each row, NaN where the class has none (None: no row
+    # has one).
+    thresholds: np.ndarray | None = None
 
     @property
     def size(self) -> int:
@@ -143,7 +150,14 @@ class ClassMatrix:
             + self.ids.nbytes
             + self.key_hashes.nbytes
             + self.key_rows.nbytes
+            + (self.thresholds.nbytes if self.thresholds is not None else 0)
         )
+
+    def thresholds_of(self, rows: np.ndarray) -> np.ndarray:
+        """The acceptance thresholds of `rows` (float64, NaN where a class has none)."""
+        if self.thresholds is None:
+            return np.full(len(rows), np.nan)
+        return self.thresholds[np.asarray(rows, dtype=np.int64)].astype(np.float64)
 
     @functools.cached_property
     def _rows_by_tenant(self) -> dict[str, np.ndarray]:
@@ -204,12 +218,19 @@ class ClassMatrix:
             key_hashes=self.key_hashes[entries],
             key_rows=new_row[self.key_rows[entries]],
             store=RowStore(buffer, kept),
+            thresholds=self.thresholds[keep] if self.thresholds is not None else None,
         )
 
     def with_rows(
-        self, block: np.ndarray, names: list[str], keys: list[str], ids: list[str]
+        self,
+        block: np.ndarray,
+        names: list[str],
+        keys: list[str],
+        ids: list[str],
+        thresholds: list[float | None] | None = None,
     ) -> ClassMatrix:
-        """This snapshot plus the rows of `block` (float32, L2-normalised) at the end.
+        """This snapshot plus the rows of `block` (float32, L2-normalised) at the end, with
+        their acceptance thresholds (None: they have none).
 
         Written into spare rows when this snapshot is the tip of its store, so the cost is the
         new rows, not the matrix; otherwise (or when full) copied once into a bigger buffer.
@@ -238,6 +259,12 @@ class ClassMatrix:
             key_hashes=np.insert(self.key_hashes, at, hashes),
             key_rows=np.insert(self.key_rows, at, np.arange(size, size + count)[order]),
             store=store,
+            thresholds=np.concatenate(
+                [
+                    self.thresholds if self.thresholds is not None else np.full(size, np.nan),
+                    threshold_array(thresholds, count),
+                ]
+            ),
         )
 
     def vector(self, row: int) -> np.ndarray:
@@ -252,9 +279,10 @@ def assemble(
     keys: list[PackedStrings] | list[str],
     ids: list[PackedStrings] | list[str],
     ready_through: datetime | None = None,
+    thresholds: list[float | None] | np.ndarray | None = None,
 ) -> ClassMatrix:
-    """A snapshot of `matrix` (its rows in order) with its names, name keys and ids, given as
-    lists of strings or as packed chunks to join."""
+    """A snapshot of `matrix` (its rows in order) with its names, name keys, ids (given as
+    lists of strings or as packed chunks to join) and acceptance thresholds (None: none)."""
 
     def pack(values: list[PackedStrings] | list[str]) -> PackedStrings:
         if values and isinstance(values[0], PackedStrings):
@@ -274,4 +302,18 @@ def assemble(
         key_hashes=hashes[order],
         key_rows=order.astype(np.int64),
         ready_through=ready_through,
+        thresholds=threshold_array(thresholds, int(matrix.shape[0])),
     )
+
+
+def threshold_array(thresholds: list[float | None] | np.ndarray | None, count: int) -> np.ndarray:
+    """(count,) float64 thresholds, NaN for a class without one."""
+    if thresholds is None:
+        return np.full(count, np.nan)
+    if isinstance(thresholds, np.ndarray):
+        values = thresholds.astype(np.float64)
+    else:
+        values = np.array([np.nan if t is None else t for t in thresholds], dtype=np.float64)
+    if values.shape != (count,):
+        raise ValueError(f"{values.shape[0]} thresholds for {count} rows")
+    return values

@@ -1,4 +1,5 @@
-"""Scoring image features against the class matrix: cosines, softmax over all classes, top-k.
+"""Scoring image features against the class matrix: cosines, softmax over all classes, top-k,
+and the raw cosine of each of the top-k (what a class's acceptance threshold is compared with).
 
 One `Scorer` interface with two implementations, chosen once per process by `scorer_for` from the
 device the model runs on:
@@ -11,7 +12,7 @@ device the model runs on:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import numpy as np
 import torch
@@ -21,8 +22,13 @@ from service.scoring.matrix import ClassMatrix
 # Beyond this many classes, top-k picks candidates with argpartition (O(C)) before sorting them.
 _PARTITION_FROM = 64
 
-# One image's result: the top rows of the snapshot, best first, and their probabilities.
-TopK = tuple[np.ndarray, np.ndarray]
+
+class TopK(NamedTuple):
+    """One image's result: the top rows of the snapshot, best first."""
+
+    indices: np.ndarray  # int64 rows of the snapshot
+    probabilities: np.ndarray  # float64 softmax over the scored rows
+    similarities: np.ndarray  # float64 raw cosine of the image and each row (before the scale)
 
 
 # The rows of the snapshot one image is scored against (a tenant's classes); None: every row.
@@ -40,7 +46,7 @@ class Scorer(Protocol):
     ) -> list[TopK]:
         """For each row n of `features` (B, D) float32, the best `ks[n]` rows of `snapshot` by
         softmax(scale * cosine) over the rows of `scopes[n]` (ascending; None or no `scopes`:
-        every row): (indices int64 into the snapshot, probabilities float64), best first, ties
+        every row): indices into the snapshot, probabilities and raw cosines, best first, ties
         broken by the lower index."""
         ...
 
@@ -61,11 +67,10 @@ class CpuScorer:
         results = []
         for n, k in enumerate(ks):
             rows = scopes[n] if scopes is not None else None
-            if rows is None:
-                results.append(top_k_softmax(logits[n], scale, k))
-            else:
-                best, probabilities = top_k_softmax(logits[n][rows], scale, k)
-                results.append((rows[best], probabilities))
+            picked = logits[n] if rows is None else logits[n][rows]
+            best, probabilities = top_k_softmax(picked, scale, k)
+            similarities = picked[best].astype(np.float64)
+            results.append(TopK(best if rows is None else rows[best], probabilities, similarities))
         return results
 
 
@@ -96,18 +101,21 @@ class DeviceScorer:
     ) -> list[TopK]:
         weights = self.weights(snapshot)
         if scopes is None or all(rows is None for rows in scopes):
-            best, probabilities = top_k_softmax_on_device(
+            best, probabilities, similarities = top_k_softmax_on_device(
                 weights, features, scale, max(ks, default=0)
             )
-            return [(best[n, :k], probabilities[n, :k]) for n, k in enumerate(ks)]
+            return [
+                TopK(best[n, :k], probabilities[n, :k], similarities[n, :k])
+                for n, k in enumerate(ks)
+            ]
         # Scoped images one by one: the rows differ per image (a batch mixes tenants).
         results = []
         for n, k in enumerate(ks):
             rows = scopes[n]
             part = weights if rows is None else weights[torch.from_numpy(rows).to(self.device)]
-            best, probabilities = top_k_softmax_on_device(part, features[n : n + 1], scale, k)
-            picked = best[0] if rows is None else rows[best[0]]
-            results.append((picked, probabilities[0]))
+            one = top_k_softmax_on_device(part, features[n : n + 1], scale, k)
+            picked = one.indices[0] if rows is None else rows[one.indices[0]]
+            results.append(TopK(picked, one.probabilities[0], one.similarities[0]))
         return results
 
 
@@ -134,7 +142,7 @@ def class_logits(matrix: np.ndarray, features: np.ndarray) -> np.ndarray:
     return (feats @ weights.T).numpy()
 
 
-def top_k_softmax(logits: np.ndarray, scale: float, k: int) -> TopK:
+def top_k_softmax(logits: np.ndarray, scale: float, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Top-k rows of softmax(scale * logits) over all C classes, best first.
 
     Returns (indices, probabilities), each (k',) with k' = min(k, C). The softmax needs every
@@ -162,26 +170,31 @@ def top_k_softmax(logits: np.ndarray, scale: float, k: int) -> TopK:
 def top_k_softmax_on_device(
     weights: torch.Tensor, features: np.ndarray, scale: float, k: int
 ) -> TopK:
-    """`top_k_softmax` for a batch, computed where `weights` lives (an accelerator).
+    """`top_k_softmax` for a batch, computed where `weights` lives (an accelerator), with the
+    raw cosines of the picked rows.
 
-    Returns (indices, probabilities), each (B, k') with k' = min(k, C), best first, ties broken
-    by the lower index as on the CPU.
+    Returns (indices, probabilities, similarities), each (B, k') with k' = min(k, C), best
+    first, ties broken by the lower index as on the CPU.
     """
     count = weights.shape[0]
     k = min(k, count)
     batch = features.shape[0]
     if k <= 0:
-        return np.zeros((batch, 0), dtype=np.int64), np.zeros((batch, 0), dtype=np.float64)
+        empty = np.zeros((batch, 0), dtype=np.float64)
+        return TopK(np.zeros((batch, 0), dtype=np.int64), empty, empty.copy())
     feats = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
     feats = feats.to(weights.device, weights.dtype)
-    scaled = (feats @ weights.T).float() * scale
+    raw = (feats @ weights.T).float()
+    scaled = raw * scale
     log_total = torch.logsumexp(scaled, dim=1, keepdim=True)
     values, indices = torch.topk(scaled, k, dim=1)
     probabilities = torch.exp(values - log_total).double().cpu().numpy()
+    similarities = raw.gather(1, indices).double().cpu().numpy()
     indices_np = indices.cpu().numpy().astype(np.int64)
     values_np = values.cpu().numpy()
     for row in range(batch):  # topk's order among equal values is unspecified
         order = np.lexsort((indices_np[row], -values_np[row]))
         indices_np[row] = indices_np[row][order]
         probabilities[row] = probabilities[row][order]
-    return indices_np, probabilities
+        similarities[row] = similarities[row][order]
+    return TopK(indices_np, probabilities, similarities)

@@ -10,10 +10,11 @@ as a request starts and, when the snapshot is behind, syncs before the request i
 class any process has answered `ready` for (or deleted) is scored accordingly. Concurrent requests
 behind the same change share one sync.
 
-Updates are incremental: classes that became ready are appended, and classes that left are
-dropped using the removal log (`class_removals`). A full re-read of every embedding, seconds of
-per-row Python at 10^5 classes, happens only at start, on a model change, or when the increments
-cannot be proven to account for every row.
+Updates are incremental: classes that became ready are appended, classes that left are
+dropped using the removal log (`class_removals`), and a ready class whose row was rewritten (a
+re-learned class keeps its id) is dropped and appended anew. A full re-read of every embedding,
+seconds of per-row Python at 10^5 classes, happens only at start, on a model change, or when the
+increments cannot be proven to account for every row.
 """
 
 from __future__ import annotations
@@ -58,6 +59,16 @@ _GENERATION = select(Generation.value).where(Generation.id == GENERATION_ROW)
 PROBE_SECONDS = 1.0
 # Rows fetched per round trip while building: bounds the transient Python objects at 10^5 classes.
 _FETCH_ROWS = 4096
+# What the class matrix holds of each ready row.
+_MATRIX_COLUMNS = (
+    PersonalizedClass.id,
+    PersonalizedClass.name,
+    PersonalizedClass.tenant,
+    PersonalizedClass.name_key,
+    PersonalizedClass.embedding,
+    PersonalizedClass.threshold,
+    PersonalizedClass.updated_at,
+)
 
 
 def build_matrix(session: Session, model_id: str, dim: int, dtype: str = "float32") -> ClassMatrix:
@@ -75,9 +86,10 @@ def build_matrix(session: Session, model_id: str, dim: int, dtype: str = "float3
     names: list[PackedStrings] = []
     keys: list[PackedStrings] = []
     ids: list[PackedStrings] = []
+    thresholds: list[float | None] = []
     filled = skipped = 0
     result = session.execute(
-        select(cls.id, cls.name, cls.tenant, cls.name_key, cls.embedding, cls.updated_at)
+        select(*_MATRIX_COLUMNS)
         .where(*ready)
         .order_by(cls.created_at, cls.id)
         .execution_options(yield_per=_FETCH_ROWS)
@@ -99,18 +111,19 @@ def build_matrix(session: Session, model_id: str, dim: int, dtype: str = "float3
         names.append(PackedStrings([r.name for r in good]))
         keys.append(PackedStrings([scoped_key(r.tenant, r.name_key) for r in good]))
         ids.append(PackedStrings([r.id for r in good]))
+        thresholds += [r.threshold for r in good]
     if skipped:
         log.warning("%d ready classes have a wrong dimension; skipped", skipped)
     # A skipped row makes counts disagree with the matrix: such a snapshot is never extended.
     through = ready_through if not skipped else None
-    snap = assemble(generation, model_id, matrix[:filled], names, keys, ids, through)
+    snap = assemble(generation, model_id, matrix[:filled], names, keys, ids, through, thresholds)
     return dataclasses.replace(snap, store=RowStore(matrix, filled))
 
 
 def update_matrix(session: Session, snap: ClassMatrix, dim: int) -> ClassMatrix | None:
-    """`snap` less the classes that left and plus the ones that became ready since it was
-    built, or None when that cannot be proven to account for every ready row: then the caller
-    rebuilds in full.
+    """`snap` less the classes that left and plus the ones that became ready (or were rewritten
+    while ready: re-learned) since it was built, or None when that cannot be proven to account
+    for every ready row: then the caller rebuilds in full.
 
     Why: a full rebuild at 10^5 classes is seconds of per-row Python holding the GIL, which
     stalls requests; an update touches only the changed rows plus one C-speed pass over the
@@ -128,20 +141,26 @@ def update_matrix(session: Session, snap: ClassMatrix, dim: int) -> ClassMatrix 
     # Read after the log: a prune that landed in between moves the floor, and is seen here.
     if read_removals_floor(session) > snap.generation:
         return None
-    gone = sorted(
-        {
-            row
-            for class_id, tenant, key in removed
-            if (row := snap.index_of(scoped_key(tenant, key), class_id)) is not None
-        }
-    )
+    leaving = {
+        row
+        for class_id, tenant, key in removed
+        if (row := snap.index_of(scoped_key(tenant, key), class_id)) is not None
+    }
     ready = (cls.model_id == snap.model_id, cls.status == Status.ready)
     total = int(session.scalar(select(func.count()).select_from(cls).where(*ready)) or 0)
     rows = session.execute(
-        select(cls.id, cls.name, cls.tenant, cls.name_key, cls.embedding, cls.updated_at)
+        select(*_MATRIX_COLUMNS)
         .where(*ready, cls.updated_at > snap.ready_through)
         .order_by(cls.created_at, cls.id)
     ).all()
+    # A row already in the snapshot was rewritten while ready: its old version leaves, and the
+    # new one is appended below with the new classes (one id, one row).
+    leaving |= {
+        row
+        for r in rows
+        if (row := snap.index_of(scoped_key(r.tenant, r.name_key), r.id)) is not None
+    }
+    gone = sorted(leaving)
     # Every ready row is either kept from the snapshot or new; otherwise a change was missed
     # (a removal not logged, a row committed with an older timestamp): rebuild.
     if total != snap.size - len(gone) + len(rows):
@@ -156,6 +175,7 @@ def update_matrix(session: Session, snap: ClassMatrix, dim: int) -> ClassMatrix 
             [r.name for r in rows],
             [scoped_key(r.tenant, r.name_key) for r in rows],
             [r.id for r in rows],
+            [r.threshold for r in rows],
         )
         latest = max(r.updated_at for r in rows)
         updated = dataclasses.replace(updated, ready_through=max(snap.ready_through, latest))

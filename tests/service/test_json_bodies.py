@@ -161,5 +161,12 @@ def test_invalid_json_or_another_media_type(sqlite_client: Any) -> None:
 
 
 def approx_predictions(predictions: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The same labels and ids, each score to float32 precision."""
-    return [{**p, "score": pytest.approx(p["score"], rel=1e-5, abs=1e-9)} for p in predictions]
+    """The same labels and ids, each score and similarity to float32 precision."""
+    return [
+        {
+            **p,
+            "score": pytest.approx(p["score"], rel=1e-5, abs=1e-9),
+            "similarity": pytest.approx(p["similarity"], rel=1e-5, abs=1e-6),
+        }
+        for p in predictions
+    ]

@@ -261,8 +261,10 @@ def test_tenants_are_trained_apart_and_negatives_stay_within_a_tenant(
     ours = add_class(factory, "zorb", tenant="acme")
     add_class(factory, "vrex", tenant="globex")
     trainer.train_class(ours)
-    assert batches == [["zorb"]]
-    assert registered_names == [{"plax"}]
+    # The same images as plax: a re-learn of the two may follow, within the tenant.
+    assert batches[0] == ["zorb"] and batches[1:] in ([], [["plax", "zorb"]])
+    assert registered_names[0] == {"plax"}
+    assert all(names <= {"plax"} for names in registered_names)
     row = get(factory, ours)
     assert row is not None and row.status == Status.ready and row.diagnostics is not None
     mined = {n["name"] for n in row.diagnostics["negatives"] if n["source"] == "registered"}

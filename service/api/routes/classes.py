@@ -113,6 +113,7 @@ def register_class(
     # Each image is checked and its decoded pixels dropped at once: only the bytes are kept.
     budget = request_budget(settings)
     stored = [load_image(image, settings, budget=budget).data for image in body.images]
+    negatives = [load_image(image, settings, budget=budget).data for image in body.negative_images]
     replace = fields.replace
 
     try:
@@ -123,6 +124,7 @@ def register_class(
             model_id=runtime.model_id,
             tenant=scope or DEFAULT_TENANT,
             images=stored,
+            negative_images=negatives,
             hints=clean_hints,
             confusers=clean_confusers,
             replace=replace,

@@ -6,6 +6,7 @@ import asyncio
 import functools
 from collections.abc import Callable
 
+import numpy as np
 from fastapi import APIRouter, Response
 
 from service.api.bodies import ClassifyBodyDep
@@ -35,14 +36,13 @@ from service.core.config import Settings
 from service.metrics import STALE_HEADER
 from service.models import DEFAULT_TENANT
 from service.runtime import Runtime
+from service.scoring.acceptance import accepted
 from service.scoring.batcher import Encoded, ModelRunner
 from service.scoring.labels import TextFeatureCache, label_matrix
 from service.scoring.scorer import top_k_softmax
 from service.scoring.sync import ClassMatrixCache
 
 router = APIRouter(tags=["classify"])
-
-
 
 
 @router.post(
@@ -97,7 +97,10 @@ async def classify(
         )
         ranked = [score(one) for one in encoded]
     else:
-        ranked = [_class_predictions(one) for one in encoded]
+        ranked = [_class_predictions(one, runtime.word_threshold) for one in encoded]
+    if body.fields.abstain:
+        # After the top-k: an image of none of the labels is answered with no prediction.
+        ranked = [[p for p in predictions if p.accepted] for predictions in ranked]
     if not body.batch:
         return ClassifyOut(model=runtime.model_id, predictions=ranked[0])
     return ClassifyBatchOut(
@@ -127,13 +130,23 @@ async def _classes_current(
     return await asyncio.get_running_loop().run_in_executor(None, catch_up)
 
 
-def _class_predictions(encoded: Encoded) -> list[Prediction]:
-    """The top classes of the class matrix, as the runner scored them."""
+def _class_predictions(encoded: Encoded, default_threshold: float) -> list[Prediction]:
+    """The top classes of the class matrix, as the runner scored them, each accepted or not by
+    its class's threshold (`default_threshold` for a class without one)."""
     snapshot = encoded.snapshot
-    assert snapshot is not None and encoded.indices is not None and encoded.scores is not None
+    indices, scores, similarities = encoded.indices, encoded.scores, encoded.similarities
+    assert snapshot is not None and indices is not None
+    assert scores is not None and similarities is not None
+    verdicts = accepted(similarities, snapshot.thresholds_of(indices), default_threshold)
     return [
-        Prediction(label=snapshot.names[int(i)], score=float(p), class_id=snapshot.ids[int(i)])
-        for i, p in zip(encoded.indices, encoded.scores, strict=True)
+        Prediction(
+            label=snapshot.names[int(i)],
+            score=float(p),
+            class_id=snapshot.ids[int(i)],
+            similarity=float(similarity),
+            accepted=ok,
+        )
+        for i, p, similarity, ok in zip(indices, scores, similarities, verdicts, strict=True)
     ]
 
 
@@ -162,12 +175,19 @@ async def _label_scorer(
     def score(encoded: Encoded) -> list[Prediction]:
         if labels.matrix.shape[1] != encoded.feature.shape[0]:
             raise error(503, "the class matrix does not match the loaded model; try again shortly")
-        indices, scores = top_k_softmax(labels.matrix @ encoded.feature, scale, top_k)
+        cosines = labels.matrix @ encoded.feature
+        indices, scores = top_k_softmax(cosines, scale, top_k)
+        similarities = cosines[indices].astype(np.float64)
+        verdicts = accepted(similarities, labels.thresholds[indices], runtime.word_threshold)
         return [
             Prediction(
-                label=labels.labels[int(i)], score=float(p), class_id=labels.class_ids[int(i)]
+                label=labels.labels[int(i)],
+                score=float(p),
+                class_id=labels.class_ids[int(i)],
+                similarity=float(similarity),
+                accepted=ok,
             )
-            for i, p in zip(indices, scores, strict=True)
+            for i, p, similarity, ok in zip(indices, scores, similarities, verdicts, strict=True)
         ]
 
     return score

@@ -48,15 +48,16 @@ def test_device_top_k_equals_the_cpu_top_k(dtype: Any) -> None:
     queries = random_matrix(4, DIM, seed=5)
     queries[0] = matrix[3].astype(np.float32)
     weights = torch.from_numpy(matrix)
-    best, probabilities = top_k_softmax_on_device(weights, queries, 60.0, 10)
-    assert best.shape == probabilities.shape == (4, 10)
+    best, probabilities, similarities = top_k_softmax_on_device(weights, queries, 60.0, 10)
+    assert best.shape == probabilities.shape == similarities.shape == (4, 10)
     logits = class_logits(matrix, queries)
     for row in range(4):
         want, want_p = top_k_softmax(logits[row], 60.0, 10)
         assert best[row].tolist() == want.tolist()
         np.testing.assert_allclose(probabilities[row], want_p, rtol=1e-4)
+        np.testing.assert_allclose(similarities[row], logits[row][want], rtol=1e-3, atol=1e-3)
     assert best[0][:2].tolist() == [3, 7]
-    few, few_p = top_k_softmax_on_device(weights[:3], queries, 60.0, 10)  # k > C
+    few, few_p, _ = top_k_softmax_on_device(weights[:3], queries, 60.0, 10)  # k > C
     assert few.shape == (4, 3)
     np.testing.assert_allclose(few_p.sum(axis=1), 1.0, rtol=1e-6)
 
@@ -98,4 +99,9 @@ def test_a_tenant_scope_scores_only_its_rows_on_both_scorers() -> None:
         assert set(scoped[0].tolist()) <= set(rows.tolist())
         whole = top_k_softmax(class_logits(matrix, queries[1:2])[0], 50.0, 5)
         assert everyone[0].tolist() == whole[0].tolist()
-        assert empty[0].size == 0 and empty[1].size == 0
+        assert empty[0].size == 0 and empty[1].size == 0 and empty.similarities.size == 0
+        # The raw cosine of each picked row, whichever scorer and scope.
+        for result, query in ((scoped, queries[0]), (everyone, queries[1])):
+            np.testing.assert_allclose(
+                result.similarities, matrix[result.indices] @ query, rtol=1e-5, atol=1e-6
+            )

@@ -172,6 +172,45 @@ def test_a_replaced_class_drops_the_old_row_and_appends_the_new(database_url: st
     engine.dispose()
 
 
+def test_a_relearned_ready_class_replaces_its_row_with_its_threshold(database_url: str) -> None:
+    """A ready row rewritten in place (re-learned: same id, new vector and threshold) is one row
+    of the updated snapshot, not two, and carries its new threshold."""
+    from sqlalchemy import update
+
+    from service.db import make_engine, make_session_factory, session_scope
+    from service.models import PersonalizedClass, bump_generation
+
+    insert_ready(database_url, "m@1", random_matrix(10, 16))
+    engine = make_engine(database_url)
+    factory = make_session_factory(engine)
+    with factory() as session:
+        first = build_matrix(session, "m@1", 16)
+    assert np.isnan(first.thresholds_of(np.arange(10))).all()
+    new_vector = random_matrix(1, 16, seed=21)[0]
+    class_id = "00000000-0000-0000-0000-000000000003"
+    with session_scope(factory) as session:
+        session.execute(
+            update(PersonalizedClass)
+            .where(PersonalizedClass.id == class_id)
+            .values(embedding=new_vector.tobytes(), threshold=0.25)
+        )
+        bump_generation(session)
+    with factory() as session:
+        updated = update_matrix(session, first, 16)
+        rebuilt = build_matrix(session, "m@1", 16)
+    assert updated is not None and updated.size == 10
+    row = updated.index_of(in_default("class 3"), class_id)
+    assert row is not None and list(updated.ids).count(class_id) == 1
+    np.testing.assert_array_equal(updated.vector(row), new_vector)
+    assert updated.thresholds_of(np.array([row])).tolist() == [0.25]
+    rebuilt_row = rebuilt.index_of(in_default("class 3"))
+    assert rebuilt.thresholds_of(np.array([rebuilt_row])).tolist() == [0.25]
+    assert np.isnan(updated.thresholds_of(np.array([updated.index_of(in_default("class 2"))])))[0]
+    # The snapshot it came from is untouched (requests in flight may hold it).
+    assert first.size == 10 and not np.array_equal(first.vector(3), new_vector)
+    engine.dispose()
+
+
 def test_changes_it_cannot_account_for_fall_back_to_a_full_rebuild(database_url: str) -> None:
     from sqlalchemy import delete
 
