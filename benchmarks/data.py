@@ -30,8 +30,9 @@ TEST_SUPPORT_SEED = 10_000
 VAL_SUPPORT_SEED = 20_000
 
 # The synthetic world's look-alikes of its test held-out classes: the base classes built the same
-# way with one part more or fewer (7-gon: 6- and 8-gon). The parallelogram (ramp) and the lens
-# (leaf) have no such neighbour.
+# way with one part more or fewer (7-gon: 6- and 8-gon), completed with every base class that
+# textual inversion's word took 5 % or more of the test images of (K=4, 10 draws; the table is
+# in docs/benchmark.md): the parallelogram (ramp) takes the diamond, the lens (leaf) the oval.
 WORLD_LOOKALIKES: dict[str, tuple[str, ...]] = {
     "coin": ("hexagon", "octagon"),
     "badge": ("sheriff", "rosette"),
@@ -39,10 +40,12 @@ WORLD_LOOKALIKES: dict[str, tuple[str, ...]] = {
     "hand": ("plus", "stitch", "jack"),
     "zipper": ("sergeant",),
     "shield": ("frame", "nut"),
-    "grille": ("menu", "barcode"),
-    "tartan": ("chess",),
+    "grille": ("menu", "barcode", "hash"),
+    "tartan": ("chess", "hash"),
     "beads": ("pearls", "necklace"),
-    "domino": ("waffle",),
+    "domino": ("waffle", "pips", "pearls"),
+    "ramp": ("diamond",),
+    "leaf": ("oval",),
 }
 
 
@@ -74,6 +77,9 @@ class Task:
     )  # coarse hints per held-out class
     # Held-out class -> base classes it is easily taken for (scored as a confusion rate).
     lookalikes: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # Held-out class -> the name it is registered under, where that is not its own (a base class
+    # learned as new must not start from its own word); its own name is then hidden from mining.
+    aliases: dict[str, str] = field(default_factory=dict)
     info: dict[str, object] = field(default_factory=dict)
     _draws: dict[int, SupportDraw] = field(default_factory=dict, repr=False)
 

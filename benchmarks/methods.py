@@ -32,12 +32,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from benchmarks.base_as_new import without_words
 from benchmarks.data import SupportDraw, Task
 from benchmarks.metrics import confusion_rate, harmonic_mean, mean_average_precision, top1
 from liteembed import (
     ClassRequest,
     ClipBackend,
     OptimizationConfig,
+    ReferenceBank,
     Vocabulary,
     create_method,
     method_entry,
@@ -63,6 +65,9 @@ class MethodSpec:
     use_hints: bool = False  # pass the task's coarse hints (category words) to the method
     options: tuple[tuple[str, Any], ...] = ()  # further factory options, as (name, value) pairs
     note: str = ""
+    # Images of each of the task's look-alikes of a held-out class (from the support draw, never
+    # the test gallery) given as that class's negative images ("not this"), this many each.
+    lookalike_images: int = 0
 
     @property
     def plug_and_play(self) -> bool:
@@ -128,6 +133,8 @@ class Outcome:
     lookalike: dict[str, float] = field(default_factory=dict)
     # Per base class that lost any: the share of its test images predicted as a held-out class.
     base_taken: dict[str, float] = field(default_factory=dict)
+    # Per held-out class that took any: per base class, the share of its test images it took.
+    taken_by: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -141,6 +148,7 @@ class Outcome:
             **({"extra": self.extra} if self.extra else {}),
             **({"lookalike": self.lookalike} if self.lookalike else {}),
             **({"base_taken": self.base_taken} if self.base_taken else {}),
+            **({"taken_by": self.taken_by} if self.taken_by else {}),
         }
 
 
@@ -175,6 +183,15 @@ def score_logits(
         for i, name in enumerate(task.base)
         if (share := float(taken[labels == i].float().mean().item())) > 0
     }
+    taken_by: dict[str, dict[str, float]] = {}
+    for j, new in enumerate(task.heldout):
+        shares = {
+            name: share
+            for i, name in enumerate(task.base)
+            if (share := float((predictions[labels == i] == len(task.base) + j).float().mean()))
+        }
+        if shares:
+            taken_by[new] = shares
     retrieval = None
     if heldout_text is not None:
         retrieval = mean_average_precision(
@@ -194,6 +211,7 @@ def score_logits(
         extra or {},
         lookalike,
         base_taken,
+        taken_by,
     )
 
 
@@ -354,6 +372,9 @@ def evaluate(
 ) -> list[Outcome]:
     """One outcome per draw for the row `spec` at K shots."""
     method = spec.build()
+    if isinstance(getattr(method, "bank", None), ReferenceBank):
+        # A bank never holds images of the classes being learned (base-as-new learns base ones).
+        method.bank = without_words(method.bank, list(ctx.task.heldout))
     if isinstance(method, JointMethod):
         return method.evaluate(ctx, draws, k)
     return _evaluate_per_class(method, spec, ctx, backend, vocabulary, draws, k)
@@ -375,6 +396,8 @@ def _evaluate_per_class(
     augmentations / the held-out shot, and the draws already differ in their images."""
     task = ctx.task
     hidden = tuple(task.heldout) if ctx.hide_heldout_names else ()
+    # A class registered under an alias never has its own word mined.
+    hidden += tuple(name for name in task.heldout if name in task.aliases)
     per_draw = []
     started = time.perf_counter()
     for _, draw in draws:
@@ -387,9 +410,18 @@ def _evaluate_per_class(
                 hints = tuple(
                     h for h in task.hints.get(name, ()) if vocabulary.index(h) is not None
                 )
+            negatives = [
+                image
+                for other in task.lookalikes.get(name, ())
+                for image in draw.shots(other, spec.lookalike_images)
+            ]
             requests.append(
                 ClassRequest(
-                    name=name, images=draw.shots(name, k), hints=hints, not_negatives=hidden
+                    name=task.aliases.get(name, name),
+                    images=draw.shots(name, k),
+                    hints=hints,
+                    not_negatives=hidden,
+                    negative_images=negatives,
                 )
             )
         per_draw.append(method.fit_classes(backend, vocabulary, requests))

@@ -44,6 +44,12 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser(
         "preload", help="load the model and build its vocabulary cache in CACHE_DIR, then exit"
     )
+    bank = commands.add_parser(
+        "bank",
+        help="build the model's reference bank from a folder of images (one subfolder per word)",
+    )
+    bank.add_argument("folder", type=Path, help="subfolders named by vocabulary words")
+    bank.add_argument("--per-word", type=int, default=16, help="images kept per word")
     health = commands.add_parser(
         "healthcheck",
         help="exit 0 when healthy: the API's /readyz, or with --worker this host's worker",
@@ -89,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
         return worker_command(settings)
     if args.command == "preload":
         return preload_command(settings)
+    if args.command == "bank":
+        return bank_command(settings, args.folder, args.per_word)
     if args.command == "healthcheck":
         return healthcheck_command(settings, worker=args.worker, port=args.port)
     migrate(settings)
@@ -200,6 +208,44 @@ def preload_command(settings: Settings) -> int:
         log.exception("preload failed")
         return 1
     log.info("preload done: model %s, vocabulary cache in %s", runtime.model_id, settings.cache_dir)
+    return 0
+
+
+def bank_command(settings: Settings, folder: Path, per_word: int) -> int:
+    """Encode up to `per_word` images of each subfolder (named by a vocabulary word: "_" reads
+    as a space) into the model's reference bank in CACHE_DIR/banks/, which training then uses
+    (features only: the images are not kept). Workers load it when they start."""
+    from liteembed.bank import bank_cache_path, build_bank
+    from liteembed.errors import LiteEmbedError
+    from service.runtime import load_runtime
+
+    suffixes = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+    if not folder.is_dir():
+        print(f"liteembed bank: {folder} is not a folder", file=sys.stderr)
+        return 2
+    images = {
+        sub.name.replace("_", " "): [
+            p.read_bytes() for p in sorted(sub.iterdir()) if p.suffix.lower() in suffixes
+        ][:per_word]
+        for sub in sorted(folder.iterdir())
+        if sub.is_dir() and not sub.name.startswith(".")
+    }
+    images = {word: found for word, found in images.items() if found}
+    if not images:
+        print(f"liteembed bank: no images in the subfolders of {folder}", file=sys.stderr)
+        return 2
+    runtime = load_runtime(settings)
+    try:
+        bank = build_bank(runtime.backend, runtime.vocabulary, images, per_word=per_word)
+    except (LiteEmbedError, ValueError) as exc:
+        print(f"liteembed bank: {exc}", file=sys.stderr)
+        return 2
+    path = bank_cache_path(settings.cache_dir, runtime.model_id)
+    bank.save(path)
+    print(
+        f"{path}: {len(bank.words)} words, {len(bank.features)} images; plain-word threshold "
+        f"{bank.word_threshold:.4f}"
+    )
     return 0
 
 

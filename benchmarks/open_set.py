@@ -1,0 +1,242 @@
+"""Open-set rejection: does a learned class know when an image is none of the classes?
+
+On the synthetic world (liteembed-mini-v2 by default), per support draw: the test held-out classes
+are learned together (LiteEmbed with the given settings and the model's reference bank), each with
+its acceptance threshold (liteembed.threshold). Then, in two settings:
+
+- registered: the classifier holds only the learned classes (what a tenant of the service has);
+  known = their test images; unknown = images of classes never registered: the validation
+  held-out classes and the base classes (the model knows them, nobody registered them);
+- joint: the learned classes join the base classes' own words (plain words: the bank's threshold);
+  known = every test image; unknown = the validation held-out classes' images.
+
+and noise images (uniform and smooth colour noise, seeds the engine's threshold never used).
+Scores: ours, the top class's similarity minus its threshold (accepted at >= 0), against the
+softmax probability of the top class (what /v1/classify's score is). Reported: AUROC of known
+against unknown, the unknown rejected at the cut that accepts 95 % of the known, and ours at the
+stored thresholds (known accepted, unknown and noise rejected).
+
+    python -m benchmarks.open_set --config benchmarks/results/configs/engine_defaults.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from benchmarks.data import encode, world_task
+from benchmarks.methods import Context, MethodSpec
+from benchmarks.metrics import mean_std
+from liteembed import (
+    ClassRequest,
+    OptimizationConfig,
+    find_bank,
+    load_backend,
+    load_vocabulary,
+    plain_word_threshold,
+)
+from liteembed.config import from_recorded, recorded_defaults
+from liteembed.threshold import noise_images
+
+RESULTS_DIR = Path(__file__).parent / "results"
+UNKNOWN_SEED = 8_901  # renders of the never-registered classes: no other gallery uses it
+NOISE_SEED = 4_321  # not liteembed.threshold.NOISE_SEED
+KNOWN_ACCEPT = 0.95
+
+
+def auroc(known: torch.Tensor, unknown: torch.Tensor) -> float:
+    """P(a known image scores above an unknown one), ties half."""
+    diff = known[:, None] - unknown[None, :]
+    return float(((diff > 0).float() + 0.5 * (diff == 0).float()).mean())
+
+
+def rejected_at_known_rate(known: torch.Tensor, unknown: torch.Tensor, rate: float) -> float:
+    """Share of unknown images below the cut that accepts `rate` of the known ones."""
+    cut = torch.quantile(known, 1 - rate)
+    return float((unknown < cut).float().mean())
+
+
+def scores(
+    features: torch.Tensor, weights: torch.Tensor, thresholds: torch.Tensor, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ours, softmax) per image: the top class's similarity minus its threshold, and the top
+    class's softmax probability."""
+    similarity = features @ weights.T
+    top = similarity.argmax(dim=1)
+    ours = similarity.gather(1, top[:, None])[:, 0] - thresholds[top]
+    softmax = F.softmax(scale * similarity, dim=1).max(dim=1).values
+    return ours, softmax
+
+
+def evaluate_setting(
+    known: torch.Tensor,
+    unknown: torch.Tensor,
+    noise: torch.Tensor,
+    weights: torch.Tensor,
+    thresholds: torch.Tensor,
+    scale: float,
+) -> dict[str, float]:
+    ours_k, soft_k = scores(known, weights, thresholds, scale)
+    ours_u, soft_u = scores(unknown, weights, thresholds, scale)
+    ours_n, soft_n = scores(noise, weights, thresholds, scale)
+    return {
+        "auroc_ours": auroc(ours_k, ours_u),
+        "auroc_softmax": auroc(soft_k, soft_u),
+        "rejected_at_95_ours": rejected_at_known_rate(ours_k, ours_u, KNOWN_ACCEPT),
+        "rejected_at_95_softmax": rejected_at_known_rate(soft_k, soft_u, KNOWN_ACCEPT),
+        "noise_rejected_at_95_ours": rejected_at_known_rate(ours_k, ours_n, KNOWN_ACCEPT),
+        "noise_rejected_at_95_softmax": rejected_at_known_rate(soft_k, soft_n, KNOWN_ACCEPT),
+        "stored_known_accepted": float((ours_k >= 0).float().mean()),
+        "stored_unknown_rejected": float((ours_u < 0).float().mean()),
+        "stored_noise_rejected": float((ours_n < 0).float().mean()),
+    }
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    torch.set_num_threads(args.threads)
+    backend = load_backend(args.model, "default", device="cpu")
+    vocabulary = load_vocabulary(backend, args.cache_dir)
+    bank = find_bank(backend)
+    if args.config:
+        config = from_recorded(json.loads(args.config.read_text())["defaults"])
+    else:
+        config = recorded_defaults(backend.model_id) or OptimizationConfig()
+    config = config.with_(**json.loads(args.changes)) if args.changes else config
+    task = world_task(backend, "test_heldout")
+    ctx = Context.build(backend, task)
+    from testbed import default_world
+
+    world = default_world()
+    never = [c.name for c in world.split("val_heldout")]
+    unknown_val = encode(backend, world.render(never, n=args.per_class, seed=UNKNOWN_SEED))
+    base_sample = encode(backend, world.render(task.base, n=10, seed=UNKNOWN_SEED + 1))
+    noise = encode(backend, noise_images(64, args.noise, seed=NOISE_SEED))
+    word_threshold = plain_word_threshold(backend, vocabulary, bank)
+    spec = MethodSpec("liteembed", "liteembed", config, True, options=(("bank", bank),))
+    held = ~task.base_mask
+    draws: list[dict[str, Any]] = []
+    started = time.perf_counter()
+    for index in range(args.draws):
+        draw = task.draw(index)
+        requests = [
+            ClassRequest(
+                name=name,
+                images=draw.shots(name, args.shots),
+                hints=task.hints.get(name, ()),
+                not_negatives=tuple(task.heldout),
+            )
+            for name in task.heldout
+        ]
+        learned = spec.build().fit_classes(backend, vocabulary, requests)
+        weights = torch.stack([F.normalize(c.feature.float(), dim=-1) for c in learned])
+        thresholds = torch.tensor([float(c.threshold) for c in learned])
+        scale = float(backend.logit_scale)
+        registered = evaluate_setting(
+            task.test_features[held],
+            torch.cat([unknown_val, base_sample]),
+            noise,
+            weights,
+            thresholds,
+            scale,
+        )
+        joint_weights = torch.cat([ctx.base_text, weights])
+        joint_thresholds = torch.cat([torch.full((len(task.base),), word_threshold), thresholds])
+        joint = evaluate_setting(
+            task.test_features, unknown_val, noise, joint_weights, joint_thresholds, scale
+        )
+        draws.append({"draw": index, "registered": registered, "joint": joint})
+        print(f"draw {index}: registered {fmt(registered)} | joint {fmt(joint)}", flush=True)
+    return {
+        "model": backend.model_id,
+        "shots": args.shots,
+        "draws": draws,
+        "config": config.to_dict(),
+        "word_threshold": word_threshold,
+        "seconds": round(time.perf_counter() - started, 1),
+        "summary": {s: summarise([d[s] for d in draws]) for s in ("registered", "joint")},
+        "command": args.command,
+    }
+
+
+def fmt(row: dict[str, float]) -> str:
+    return (
+        f"AUROC {row['auroc_ours']:.3f}/{row['auroc_softmax']:.3f}, "
+        f"stored: known {row['stored_known_accepted']:.1%}, "
+        f"unknown {row['stored_unknown_rejected']:.1%}, noise {row['stored_noise_rejected']:.1%}"
+    )
+
+
+def summarise(rows: list[dict[str, float]]) -> dict[str, dict[str, float]]:
+    out = {}
+    for key in rows[0]:
+        mean, std = mean_std([r[key] for r in rows])
+        out[key] = {"mean": mean, "se": std / len(rows) ** 0.5}
+    return out
+
+
+LABELS = {
+    "auroc": "AUROC, known vs unknown",
+    "rejected_at_95": "unknown rejected at 95 % known accepted",
+    "noise_rejected_at_95": "noise rejected at 95 % known accepted",
+}
+
+
+def markdown(result: dict[str, Any]) -> str:
+    lines = [
+        f"# Open-set rejection ({result['model']}, K={result['shots']}, "
+        f"{len(result['draws'])} draws)",
+        "",
+        f"Command: `{result['command']}`",
+        "",
+    ]
+    for setting in ("registered", "joint"):
+        s = result["summary"][setting]
+        lines += [f"## {setting}", "", "| measure | ours (threshold) | softmax score |"]
+        lines.append("|---|---|---|")
+        for key, label in LABELS.items():
+            ours, soft = s[f"{key}_ours"], s[f"{key}_softmax"]
+            lines.append(
+                f"| {label} | {ours['mean']:.3f} ± {ours['se']:.3f} | "
+                f"{soft['mean']:.3f} ± {soft['se']:.3f} |"
+            )
+        lines += [
+            "",
+            "At the stored thresholds: known accepted "
+            f"{s['stored_known_accepted']['mean']:.1%}, unknown rejected "
+            f"{s['stored_unknown_rejected']['mean']:.1%}, noise rejected "
+            f"{s['stored_noise_rejected']['mean']:.1%}.",
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="liteembed-mini-v2")
+    parser.add_argument("--config", type=Path, default=None, help="a settings file (tune.py)")
+    parser.add_argument("--changes", default="", help="JSON of OptimizationConfig changes")
+    parser.add_argument("--shots", type=int, default=4)
+    parser.add_argument("--draws", type=int, default=10)
+    parser.add_argument("--per-class", type=int, default=50)
+    parser.add_argument("--noise", type=int, default=100)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--cache-dir", type=Path, default=Path(".liteembed-cache"))
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR / "open_set.json")
+    args = parser.parse_args(argv)
+    args.command = "python -m benchmarks.open_set " + " ".join(argv or [])
+    result = run(args)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1))
+    args.out.with_suffix(".md").write_text(markdown(result))
+    print(markdown(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
