@@ -95,8 +95,8 @@ def test_an_unreachable_database_is_one_log_line_per_outage(
 
     from sqlalchemy.engine import make_url
 
-    from service.db import make_engine, make_session_factory
     from benchmarks.tcp_proxy import tcp_proxy
+    from service.db import make_engine, make_session_factory
 
     target = make_url(postgres_database)
     with tcp_proxy(target.host or "127.0.0.1", target.port or 5432) as proxy:
