@@ -38,6 +38,7 @@ from liteembed_client.models import (
     ClassPage,
     Embedding,
     Embeddings,
+    Impact,
     Prediction,
 )
 from liteembed_client.retry import RetryPolicy
@@ -57,6 +58,7 @@ __all__ = [
     "Embeddings",
     "Forbidden",
     "ImageSource",
+    "Impact",
     "InvalidRequest",
     "LiteEmbedClientError",
     "NotFound",

@@ -92,6 +92,7 @@ def register_class(
     hints: Iterable[str] = (),
     confusers: Iterable[str] = (),
     replace: bool = False,
+    negative_images: Iterable[ImageSource] = (),
 ) -> Call[ClassInfo]:
     data: dict[str, Any] = {"name": name, "replace": "true" if replace else "false"}
     if hints := list(hints):
@@ -99,6 +100,7 @@ def register_class(
     if confusers := list(confusers):
         data["confusers"] = confusers
     files = [upload("images", source, i) for i, source in enumerate(images)]
+    files += [upload("negative_images", source, i) for i, source in enumerate(negative_images)]
     return Call("POST", "/v1/classes", _model(ClassInfo), data=data, files=files)
 
 
@@ -123,12 +125,23 @@ def get_embedding(class_id: str) -> Call[Embedding]:
     return Call("GET", _class_path(class_id, "/embedding"), _model(Embedding))
 
 
-def classify(
-    image: ImageSource, *, labels: Iterable[str] | None = None, top_k: int = 5
-) -> Call[Classification]:
+def _classify_fields(labels: Iterable[str] | None, top_k: int, abstain: bool) -> dict[str, Any]:
     data: dict[str, Any] = {"top_k": str(top_k)}
     if labels is not None and (chosen := list(labels)):
         data["labels"] = chosen
+    if abstain:
+        data["abstain"] = "true"
+    return data
+
+
+def classify(
+    image: ImageSource,
+    *,
+    labels: Iterable[str] | None = None,
+    top_k: int = 5,
+    abstain: bool = False,
+) -> Call[Classification]:
+    data = _classify_fields(labels, top_k, abstain)
     return Call(
         "POST", "/v1/classify", _model(Classification), data=data, files=[upload("image", image)]
     )
@@ -143,12 +156,14 @@ def _predictions_per_image(response: httpx.Response) -> list[Classification]:
 
 
 def classify_many(
-    images: Iterable[ImageSource], *, labels: Iterable[str] | None = None, top_k: int = 5
+    images: Iterable[ImageSource],
+    *,
+    labels: Iterable[str] | None = None,
+    top_k: int = 5,
+    abstain: bool = False,
 ) -> Call[list[Classification]]:
     """One request for several images (at most the service's MAX_CLASSIFY_IMAGES)."""
-    data: dict[str, Any] = {"top_k": str(top_k)}
-    if labels is not None and (chosen := list(labels)):
-        data["labels"] = chosen
+    data = _classify_fields(labels, top_k, abstain)
     files = [upload("images", source, i) for i, source in enumerate(images)]
     return Call("POST", "/v1/classify", _predictions_per_image, data=data, files=files)
 

@@ -73,9 +73,17 @@ class AsyncClient:
         hints: Iterable[str] = (),
         confusers: Iterable[str] = (),
         replace: bool = False,
+        negative_images: Iterable[ImageSource] = (),
     ) -> ClassInfo:
         return await self._run(
-            calls.register_class(name, images, hints=hints, confusers=confusers, replace=replace)
+            calls.register_class(
+                name,
+                images,
+                hints=hints,
+                confusers=confusers,
+                replace=replace,
+                negative_images=negative_images,
+            )
         )
 
     async def get_class(self, class_id: str) -> ClassInfo:
@@ -105,9 +113,14 @@ class AsyncClient:
         return await self._run(calls.get_embedding(class_id))
 
     async def classify(
-        self, image: ImageSource, *, labels: Iterable[str] | None = None, top_k: int = 5
+        self,
+        image: ImageSource,
+        *,
+        labels: Iterable[str] | None = None,
+        top_k: int = 5,
+        abstain: bool = False,
     ) -> Classification:
-        return await self._run(calls.classify(image, labels=labels, top_k=top_k))
+        return await self._run(calls.classify(image, labels=labels, top_k=top_k, abstain=abstain))
 
     async def classify_many(
         self,
@@ -115,8 +128,11 @@ class AsyncClient:
         *,
         labels: Iterable[str] | None = None,
         top_k: int = 5,
+        abstain: bool = False,
     ) -> list[Classification]:
-        return await self._run(calls.classify_many(images, labels=labels, top_k=top_k))
+        return await self._run(
+            calls.classify_many(images, labels=labels, top_k=top_k, abstain=abstain)
+        )
 
     async def embed(
         self, *, images: Iterable[ImageSource] = (), texts: Iterable[str] = ()

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TextIO
 
-from liteembed_client import ClassInfo, Client, LiteEmbedClientError
+from liteembed_client import ClassInfo, Client, LiteEmbedClientError, Prediction
 from liteembed_client.settings import ClientSettings
 
 # What `add` picks up from a folder (the service decides what it accepts).
@@ -46,6 +46,14 @@ def add_remote_commands(commands: Any) -> None:
         metavar="NAME",
         help="a look-alike class, repeatable",
     )
+    add.add_argument(
+        "--negative",
+        action="append",
+        default=[],
+        dest="negatives",
+        metavar="IMAGE_OR_DIR",
+        help="images that are not this class (look-alikes), repeatable",
+    )
     add.add_argument("--replace", action="store_true", help="replace a class of the same name")
     add.add_argument("--wait", action="store_true", help="wait for training, showing progress")
     add.add_argument("--timeout", type=float, default=None, help="seconds --wait waits at most")
@@ -56,6 +64,12 @@ def add_remote_commands(commands: Any) -> None:
         "--labels", nargs="+", default=None, help="registered names and plain words to choose from"
     )
     classify.add_argument("--top-k", type=int, default=5)
+    classify.add_argument(
+        "--abstain",
+        action="store_true",
+        help="leave out predictions below their class's acceptance threshold (an image of none "
+        "of the classes gets none)",
+    )
     classify.add_argument("--json", action="store_true", help="one JSON object per image")
     classify.add_argument(
         "--batch-size",
@@ -146,6 +160,7 @@ def _add(client: Client, args: argparse.Namespace, out: TextIO) -> int:
         hints=args.hints,
         confusers=args.confusers,
         replace=args.replace,
+        negative_images=image_paths(args.negatives),
     )
     print(f"{info.id}\t{info.name}\t{info.status}", file=out)
     if not args.wait:
@@ -176,14 +191,24 @@ def _classify(client: Client, args: argparse.Namespace, out: TextIO) -> int:
     for start in range(0, len(paths), args.batch_size):
         chunk = paths[start : start + args.batch_size]
         # One request per chunk: the service encodes its images as one model batch.
-        results = client.classify_many(chunk, labels=args.labels, top_k=args.top_k)
+        results = client.classify_many(
+            chunk, labels=args.labels, top_k=args.top_k, abstain=args.abstain
+        )
         for path, result in zip(chunk, results, strict=True):
             if args.json:
                 print(json.dumps({"image": str(path), **result.model_dump(mode="json")}), file=out)
                 continue
-            ranked = ", ".join(f"{p.label} {p.score:.3f}" for p in result.predictions)
-            print(f"{path}\t{ranked or '(no classes)'}", file=out)
+            ranked = ", ".join(_prediction_text(p) for p in result.predictions)
+            nothing = "(none of these)" if args.abstain else "(no classes)"
+            print(f"{path}\t{ranked or nothing}", file=out)
     return 0
+
+
+def _prediction_text(prediction: Prediction) -> str:
+    """`label score`, with `?` after the score of a prediction below its acceptance threshold
+    (the image is probably not that class, however it ranks)."""
+    doubt = "?" if prediction.accepted is False else ""
+    return f"{prediction.label} {prediction.score:.3f}{doubt}"
 
 
 def _embed(client: Client, args: argparse.Namespace, out: TextIO) -> int:

@@ -15,6 +15,18 @@ class _Result(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore", protected_namespaces=())
 
 
+class Impact(_Result):
+    """`taken` of the `of` exemplars of another class were predicted as this one when it became
+    ready; `relearned`: that class was learned again beside it (`remaining`: still taken)."""
+
+    class_id: str
+    name: str
+    taken: int
+    of: int
+    relearned: bool = False
+    remaining: int | None = None
+
+
 class ClassInfo(_Result):
     """A registered class and its training job."""
 
@@ -31,6 +43,10 @@ class ClassInfo(_Result):
     dim: int | None = None
     created_at: datetime
     updated_at: datetime
+    # Raw cosine at or above which a prediction of this class is accepted (None until ready).
+    threshold: float | None = None
+    # The tenant's classes whose exemplars this class took when it became ready.
+    impact: list[Impact] = []
     diagnostics: dict[str, Any] | None = None
 
     @property
@@ -48,9 +64,13 @@ class ClassPage(_Result):
 
 class Prediction(_Result):
     label: str
+    # Softmax probability among the labels scored: how this label ranks, not whether it matches.
     score: float
     # The registered class behind the label; None for a plain word.
     class_id: str | None = None
+    # Raw cosine of the image and the label, and whether it clears the label's threshold.
+    similarity: float | None = None
+    accepted: bool | None = None
 
 
 class Classification(_Result):
@@ -72,6 +92,7 @@ class Embedding(_Result):
     templates: list[str]
     text_feature: list[float]
     token_embedding: list[float]
+    threshold: float | None = None
 
 
 class Embeddings(_Result):

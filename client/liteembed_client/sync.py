@@ -76,10 +76,18 @@ class Client:
         hints: Iterable[str] = (),
         confusers: Iterable[str] = (),
         replace: bool = False,
+        negative_images: Iterable[ImageSource] = (),
     ) -> ClassInfo:
         """Upload a class's example images; training starts on a worker (status `queued`)."""
         return self._run(
-            calls.register_class(name, images, hints=hints, confusers=confusers, replace=replace)
+            calls.register_class(
+                name,
+                images,
+                hints=hints,
+                confusers=confusers,
+                replace=replace,
+                negative_images=negative_images,
+            )
         )
 
     def get_class(self, class_id: str) -> ClassInfo:
@@ -112,11 +120,16 @@ class Client:
         return self._run(calls.get_embedding(class_id))
 
     def classify(
-        self, image: ImageSource, *, labels: Iterable[str] | None = None, top_k: int = 5
+        self,
+        image: ImageSource,
+        *,
+        labels: Iterable[str] | None = None,
+        top_k: int = 5,
+        abstain: bool = False,
     ) -> Classification:
         """Score an image against every ready class, or against `labels` (registered class
         names and plain words)."""
-        return self._run(calls.classify(image, labels=labels, top_k=top_k))
+        return self._run(calls.classify(image, labels=labels, top_k=top_k, abstain=abstain))
 
     def classify_many(
         self,
@@ -124,10 +137,11 @@ class Client:
         *,
         labels: Iterable[str] | None = None,
         top_k: int = 5,
+        abstain: bool = False,
     ) -> list[Classification]:
         """Score several images in one request (one model batch on the service); one
         `Classification` per image, in order. At most the service's MAX_CLASSIFY_IMAGES."""
-        return self._run(calls.classify_many(images, labels=labels, top_k=top_k))
+        return self._run(calls.classify_many(images, labels=labels, top_k=top_k, abstain=abstain))
 
     def embed(self, *, images: Iterable[ImageSource] = (), texts: Iterable[str] = ()) -> Embeddings:
         """L2-normalised features of images and texts, in one space. `{name}` in a text is the

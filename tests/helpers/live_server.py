@@ -20,6 +20,8 @@ class LiveServer:
     admin_key: str
     client_key: str
     log_path: Path
+    # The `serve` process itself, for tests that kill it.
+    process: serve_process.Child | None = None
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:]
@@ -53,5 +55,9 @@ def running_server(
     # The working directory (where a stray .env would be read) is the test's own.
     with serve_process.serving(env=process_env, log_path=log_path, cwd=workdir) as server:
         yield LiveServer(
-            url=server.url, admin_key=admin_key, client_key=client_key, log_path=log_path
+            url=server.url,
+            admin_key=admin_key,
+            client_key=client_key,
+            log_path=log_path,
+            process=server.process,
         )
