@@ -157,3 +157,35 @@ def test_the_installed_command_reads_url_and_key_from_the_environment(
     assert result.returncode == 0, result.stderr
     for line in result.stdout.splitlines():
         assert json.loads(line)["model"].startswith("liteembed-tiny")
+
+
+def test_add_with_negatives_and_classify_with_abstain(
+    service_env: LiveServer, tmp_path: Path, capsys: Any
+) -> None:
+    """`--negative` sends "not this" images; `--abstain` prints only accepted predictions, and
+    the plain listing marks a prediction below its threshold with `?`."""
+    folder = write_images(tmp_path / "vorn", "blue")
+    negatives = write_images(tmp_path / "not-vorn", "yellow", count=2)
+    code, out, err = run(
+        capsys, "add", "cli-vorn", str(folder), "--negative", str(negatives), "--wait"
+    )
+    assert code == 0, err
+    class_id = out.splitlines()[-1].split("\t")[0]
+    with Client(service_env.url, key=service_env.admin_key) as client:
+        assert client.get_class(class_id).threshold is not None
+    query = tmp_path / "q.png"
+    query.write_bytes(image_bytes(COLOURS["blue"], seed=700))
+    code, out, err = run(capsys, "classify", str(query), "--labels", "cli-vorn", "car", "--json")
+    assert code == 0, err
+    (everything,) = [json.loads(line) for line in out.splitlines()]
+    accepted = [p["label"] for p in everything["predictions"] if p["accepted"]]
+    code, out, err = run(
+        capsys, "classify", str(query), "--labels", "cli-vorn", "car", "--json", "--abstain"
+    )
+    (kept,) = [json.loads(line) for line in out.splitlines()]
+    assert [p["label"] for p in kept["predictions"]] == accepted
+    code, out, _ = run(capsys, "classify", str(query), "--labels", "cli-vorn", "car")
+    assert out.strip().split("\t")[1].split(", ") == [
+        f"{p['label']} {p['score']:.3f}{'' if p['accepted'] else '?'}"
+        for p in everything["predictions"]
+    ]

@@ -1,6 +1,7 @@
 """A client generated from the live /openapi.json by openapi-python-client works unpatched:
-register from four images, wait for ready, classify (one image, a batch, JSON), embed, list,
-export, delete, and read a 404 and a 422 as the typed error models the spec declares."""
+register from four images (and two negative ones), wait for ready, classify (one image, with
+abstain, a batch, JSON), embed, list, export, delete, and read a 404 and a 422 as the typed error
+models the spec declares."""
 
 from __future__ import annotations
 
@@ -44,8 +45,8 @@ def generated(tmp_path_factory: pytest.TempPathFactory, live_server: LiveServer)
             del sys.modules[name]
 
 
-def _png(seed: int, types: Any) -> Any:
-    data = io.BytesIO(image_bytes(COLOURS["magenta"], seed=seed))
+def _png(seed: int, types: Any, colour: str = "magenta") -> Any:
+    data = io.BytesIO(image_bytes(COLOURS[colour], seed=seed))
     return types.File(payload=data, file_name=f"{seed}.png", mime_type="image/png")
 
 
@@ -60,7 +61,9 @@ def test_generated_client_registers_classifies_exports_and_deletes(
     client = generated.AuthenticatedClient(base_url=live_server.url, token=live_server.admin_key)
 
     body = models.BodyRegisterClass(
-        name="generated-zorb", images=[_png(seed, types) for seed in range(4)]
+        name="generated-zorb",
+        images=[_png(seed, types) for seed in range(4)],
+        negative_images=[_png(seed, types, "yellow") for seed in (20, 21)],
     )
     registered = api("classes.register_class").sync_detailed(client=client, body=body)
     assert registered.status_code == 202, registered.content
@@ -72,6 +75,7 @@ def test_generated_client_registers_classifies_exports_and_deletes(
         state = api("classes.get_class").sync(class_id, client=client)
         assert isinstance(state, models.ClassOut), state
         if state.status == "ready":
+            assert isinstance(state.threshold, float) and state.impact == []
             break
         assert state.status in ("queued", "training"), state
         assert time.monotonic() < deadline, state
@@ -83,6 +87,14 @@ def test_generated_client_registers_classifies_exports_and_deletes(
     )
     assert isinstance(predicted, models.ClassifyOut), predicted
     assert class_id in [p.class_id for p in predicted.predictions], predicted
+    assert all(isinstance(p.similarity, float) for p in predicted.predictions)
+    confident = api("classify.classify").sync(
+        client=client, body=models.BodyClassify(image=_png(9, types), top_k=3, abstain=True)
+    )
+    assert isinstance(confident, models.ClassifyOut), confident
+    assert [p.label for p in confident.predictions] == [
+        p.label for p in predicted.predictions if p.accepted
+    ]
 
     batch = api("classify.classify").sync(
         client=client, body=models.BodyClassify(images=[_png(s, types) for s in (9, 10)], top_k=2)
@@ -121,6 +133,7 @@ def test_generated_client_registers_classifies_exports_and_deletes(
     exported = api("classes.export_embedding").sync(class_id, client=client)
     assert isinstance(exported, models.EmbeddingOut)
     assert len(exported.text_feature) == exported.dim
+    assert exported.threshold == state.threshold
 
     deleted = api("classes.delete_class").sync_detailed(class_id, client=client)
     assert deleted.status_code == 204
