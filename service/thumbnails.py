@@ -1,8 +1,9 @@
 """Thumbnails made once per class and process, so a thumbnail costs the same whatever was uploaded.
 
 A class's first image may be a 36-megapixel PNG that fits in 100 KB: decoding it takes about
-half a second of CPU. Each process decodes it once, reduced on the way (never held at full
-size), keeps that reduced master (longest side at most `MASTER_SIDE`) and the JPEG answered for
+half a second of CPU. The registering process keeps the copy it decoded to check the upload;
+any other process decodes it once, reduced on the way (never held at full size). Each keeps that
+reduced master (longest side at most `MASTER_SIDE`) and the JPEG answered for
 each size, least recently used first out, within `max_bytes`. Concurrent requests for a class
 not yet decoded wait for the one decode instead of starting their own. A class's images never
 change (a replacement is a new id), so nothing cached goes stale.
@@ -50,6 +51,13 @@ class ThumbnailCache:
         answer = buffer.getvalue()
         self._put(("jpeg", class_id, size), answer, len(answer))
         return answer
+
+    def keep(self, class_id: str, image: Image.Image) -> None:
+        """Keep `image` (a class's first image, decoded at registration) as its master."""
+        master = image.copy()
+        master.thumbnail((MASTER_SIDE, MASTER_SIDE))
+        width, height = master.size
+        self._put(("master", class_id), master, width * height * 3)
 
     def _master(
         self,

@@ -43,6 +43,7 @@ from service.models import (
     PersonalizedClass,
     Status,
 )
+from service.thumbnails import MASTER_SIDE as THUMBNAIL_SIDE
 
 router = APIRouter(prefix="/v1/classes", tags=["classes"])
 
@@ -97,6 +98,7 @@ def register_class(
     runtime: RuntimeDep,
     classifier: ClassifierDep,
     producer: ProducerDep,
+    thumbnails: ThumbnailsDep,
     scope: TenantScopeDep,
     body: RegisterBodyDep,
 ) -> ClassOut:
@@ -110,9 +112,14 @@ def register_class(
             422, f"hints not in the model's vocabulary: {', '.join(unknown)} (use common words)"
         )
     clean_confusers = validate_words(fields.confusers, field="confusers", limit=settings.max_hints)
-    # Each image is checked and its decoded pixels dropped at once: only the bytes are kept.
+    # Each image is checked and its decoded pixels dropped at once: only the bytes are kept,
+    # and the first image's reduced copy for its thumbnail.
     budget = request_budget(settings)
-    stored = [load_image(image, settings, budget=budget).data for image in body.images]
+    # The first image is decoded large enough for its thumbnail, kept once the class exists:
+    # a thumbnail request then never decodes the upload in this process.
+    first = load_image(body.images[0], settings, budget=budget, min_side=THUMBNAIL_SIDE)
+    rest = [load_image(image, settings, budget=budget).data for image in body.images[1:]]
+    stored = [first.data, *rest]
     negatives = [load_image(image, settings, budget=budget).data for image in body.negative_images]
     replace = fields.replace
 
@@ -141,6 +148,7 @@ def register_class(
     row = registered.row
     if registered.replaced_ready:
         classifier.refresh_now()
+    thumbnails.keep(row.id, first.image)
     producer.try_send_train(row.id)
     response.headers["Location"] = f"/v1/classes/{row.id}"
     return ClassOut.of(row)
