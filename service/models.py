@@ -95,7 +95,7 @@ class PersonalizedClass(Base):
     # registrations protect, and what is re-scored after each one, without decoding again.
     exemplar_features: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     # The tenant's classes whose exemplars this class took when it became ready
-    # (service/impact.py), and whether they were re-learned.
+    # (workers/impact.py), and whether they were re-learned.
     impact: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(

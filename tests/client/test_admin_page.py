@@ -175,3 +175,29 @@ def test_register_watch_filter_delete_in_the_browser(
         assert live_server.admin_key not in url  # never in a URL
         assert authorization is not None and authorization.startswith("Bearer ")
     assert any(a == f"Bearer {live_server.admin_key}" for _, a in api_calls)
+
+
+def test_a_class_s_threshold_and_impact_are_shown(live_server: LiveServer) -> None:
+    """A class registered with another's images takes that one's exemplars: its row says how
+    many, of which class, and that the other was re-learned; a ready class says its threshold."""
+    images = world_pngs("coin", 4, seed=3)
+    with Client(live_server.url, live_server.admin_key) as client:
+        first = client.wait_ready(client.register_class("admin-coin", images).id, timeout=120)
+        second = client.wait_ready(client.register_class("admin-coin-2", images).id, timeout=120)
+    (impact,) = second.impact
+    assert impact.class_id == first.id and impact.relearned
+
+    with chromium() as browser:
+        page = browser.new_page(viewport={"width": 1280, "height": 820})
+        page.goto(f"{live_server.url}/admin")
+        page.fill("#key-input", live_server.admin_key)
+        page.click("#key-form button[type=submit]")
+        taker = row(page, "admin-coin-2")
+        taker.wait_for()
+        line = taker.locator(".impact")
+        expect(line).to_have_text(
+            f"took {impact.taken}/{impact.of} of admin-coin · re-learned, {impact.remaining} left"
+        )
+        assert line.get_attribute("title") == first.id
+        assert second.threshold is not None
+        expect(taker).to_contain_text(f"accepts ≥ {second.threshold:.3f}")

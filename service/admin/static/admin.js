@@ -207,7 +207,26 @@ function statusCell(c) {
   if (c.status === "failed" && c.error) {
     cell.append(element("div", { className: "error small-text" }, c.error));
   }
+  if (c.status === "ready" && typeof c.threshold === "number") {
+    const title = "raw cosine at or above which a prediction of this class is accepted";
+    const accepts = `accepts ≥ ${c.threshold.toFixed(3)}`;
+    cell.append(element("div", { className: "muted small", title }, accepts));
+  }
+  for (const item of c.impact || []) cell.append(impactLine(item));
   return cell;
+}
+
+// What this class did to another when it became ready: took some of its exemplars, and whether
+// that class was re-learned beside it (and how many it still takes).
+function impactLine(item) {
+  let text = `took ${item.taken}/${item.of} of ${item.name}`;
+  if (item.relearned) {
+    const known = item.remaining !== null && item.remaining !== undefined;
+    text += ` · re-learned${known ? `, ${item.remaining} left` : ""}`;
+  }
+  const still = item.relearned ? item.remaining || 0 : item.taken;
+  const className = `impact small${still ? " warn" : ""}`;
+  return element("div", { className, title: item.class_id }, text);
 }
 
 function thumbnail(id) {
