@@ -431,6 +431,10 @@ def _report(
         "stale_answers": sum(1 for c in log.calls if c.stale),
         "5xx_inside_windows": sum(1 for c in errors if inside(c)),
         "5xx_outside_windows": sum(1 for c in errors if not inside(c)),
+        "5xx_inside_by_request": {
+            kind: sum(1 for c in errors if inside(c) and c.kind == kind)
+            for kind in ("register", "classify")
+        },
         "5xx_outside_detail": [asdict(c) for c in errors if not inside(c)][:20],
         "unanswered_inside_windows": sum(1 for c in unanswered if inside(c)),
         "unanswered_outside_windows": sum(1 for c in unanswered if not inside(c)),
