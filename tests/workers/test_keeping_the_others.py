@@ -25,8 +25,10 @@ from workers.impact import ScoredClass, takings, to_relearn
 
 
 @pytest.fixture
-def setup(sqlite_url: str, make_settings: Any, shared_runtime: Any) -> Any:
-    settings = make_settings(sqlite_url)
+def setup(database_url: str, make_settings: Any, shared_runtime: Any) -> Any:
+    """SQLite and PostgreSQL: a re-learned class is written back only if its `updated_at` is
+    the one read, a comparison each database makes with its own timestamps."""
+    settings = make_settings(database_url)
     factory = make_session_factory(make_engine(settings.database_url))
     return factory, Trainer(settings, factory, shared_runtime)
 
