@@ -134,34 +134,50 @@ def test_a_class_stored_without_exemplar_features_gets_them_once_without_a_matri
 
 
 def test_a_class_that_takes_a_ready_class_s_exemplars_is_learned_again_with_it_once(
-    setup: Any, recorded: list[dict[str, Any]]
+    setup: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The same images under two names: one of the two takes the other's exemplars whatever the
-    method does, so the re-learn always runs. Both end ready, the old one in place (same id,
-    new vector) in the same transaction as the new one, and the impact says so."""
+    """The new class's first word is made to take one of the ready class's exemplars (its text
+    feature set to that exemplar's image feature): the two are learned again together, once, and
+    stored in one commit; the ready class is rewritten in place (same id) when the re-learn
+    helped, and the impact says what was taken and whether the re-learn was kept."""
+    import torch
+
+    import liteembed
+
     factory, trainer = setup
     first = add_class(factory, "zorb", "green")
     trainer.train_class(first)
     before = get(factory, first)
+    dim = int(before.dim or 0)
+    taken = np.frombuffer(before.exemplar_features or b"", dtype=np.float32).reshape(-1, dim)[0]
     with factory() as session:
         generation = read_generation(session)
 
-    second = add_class(factory, "plax", "green")
-    recorded.clear()
+    real = liteembed.learn_classes
+    calls: list[list[str]] = []
+
+    def taking(backend: Any, vocabulary: Any, requests: Any, **kwargs: Any) -> Any:
+        calls.append(sorted(r.name for r in requests))
+        learned = real(backend, vocabulary, requests, **kwargs)
+        if len(calls) == 1:  # the first word of plax lands on zorb's first exemplar
+            learned[0].text_feature = torch.from_numpy(taken.copy())
+        return learned
+
+    monkeypatch.setattr(liteembed, "learn_classes", taking)
+    second = add_class(factory, "plax", "magenta")
     trainer.train_class(second)
-    assert [sorted(r.name for r in call["requests"]) for call in recorded] == [
-        ["plax"],
-        ["plax", "zorb"],
-    ]
-    assert recorded[1]["protected"] == []  # zorb is learned, no longer protected
+    assert calls == [["plax"], ["plax", "zorb"]]  # one re-learn, no loop
     plax, zorb = get(factory, second), get(factory, first)
     assert plax.status == zorb.status == Status.ready
-    assert zorb.embedding != before.embedding and zorb.updated_at > before.updated_at
-    assert zorb.threshold is not None and zorb.attempts == before.attempts
     (impact,) = plax.impact or []
     assert impact["class_id"] == first and impact["name"] == "zorb" and impact["of"] == 3
-    assert impact["relearned"] is True and 1 <= impact["taken"] <= 3
-    assert 0 <= impact["remaining"] <= 3
+    assert 1 <= impact["taken"] <= 3
+    if impact["relearned"]:
+        assert zorb.embedding != before.embedding and zorb.updated_at > before.updated_at
+        assert zorb.threshold is not None and zorb.attempts == before.attempts
+        assert 0 <= impact["remaining"] <= 3
+    else:  # the re-learn took more than it gave back: the first words were kept
+        assert (zorb.embedding, zorb.updated_at) == (before.embedding, before.updated_at)
     assert zorb.impact == []  # its own registration took nothing
     with factory() as session:
         assert read_generation(session) == generation + 1  # one commit for both
