@@ -10,13 +10,15 @@ from contextlib import AbstractContextManager, ExitStack, asynccontextmanager, c
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi_offline import FastAPIOffline
 
 from service.admin import mount_admin
 from service.api import errors, openapi
 from service.api.limits import BodySizeLimit
+from service.api.rate_limit import RateLimiter, RateLimitHeaders
 from service.api.request_id import RequestIdMiddleware
-from service.api.routes import classes, classify, embeddings, health, keys
+from service.api.routes import classes, classify, embeddings, health, keys, models, vocabulary
 from service.core.config import Settings, get_settings
 from service.db import SchemaCheck, make_engine, make_session_factory, watch_outages
 from service.keys import KeyLookup, hash_secret
@@ -32,6 +34,17 @@ from service.thumbnails import ThumbnailCache
 from service.worker_presence import PresenceCollector, WorkerPresence
 
 log = logging.getLogger(__name__)
+
+# Answer headers a browser app on another origin may read.
+CORS_EXPOSED_HEADERS = [
+    "Location",
+    "Retry-After",
+    "RateLimit-Limit",
+    "RateLimit-Remaining",
+    "RateLimit-Reset",
+    "X-Request-ID",
+    "X-LiteEmbed-Stale",
+]
 
 # Something run for the lifetime of the app (the embedded worker); it gets the app to find
 # the queue producer, sessions and model in app.state.
@@ -85,6 +98,15 @@ def create_app(
     app.state.thumbnails = ThumbnailCache(settings.thumbnail_cache_bytes)
     app.state.learned_words = LearnedWords()
     app.state.metrics = metrics
+    app.state.rate_limiter = (
+        RateLimiter(
+            settings.rate_limit,
+            redis_url=settings.redis_url,
+            namespace=settings.redis_namespace,
+        )
+        if settings.rate_limit
+        else None
+    )
     app.state.checks = {}
     app.state.background_checks = lambda: {k: bool(f()) for k, f in app.state.checks.items()}
     metrics.add_state_collector(session_factory, lambda: app.state.producer.depth())
@@ -100,12 +122,26 @@ def create_app(
     app.include_router(classify.router)
     app.include_router(embeddings.router)
     app.include_router(keys.router)
+    app.include_router(models.router)
+    app.include_router(vocabulary.router)
     mount_admin(app)
     errors.install(app)
     openapi.install(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_middleware(errors.ServerErrorsAsJson)
+    app.add_middleware(RateLimitHeaders)
+    if settings.cors_origins:
+        # Outside the routes and the rate limit: a preflight is answered here, and the answers
+        # a browser app must read (errors included) carry the CORS headers.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+            expose_headers=CORS_EXPOSED_HEADERS,
+            max_age=600,
+        )
     # Outermost: every log line of the request, the access line included, carries its id.
     app.add_middleware(RequestIdMiddleware)
     return app

@@ -28,6 +28,7 @@ from service.api.schemas import (
     ClassifyFields,
     ClassifyJson,
     EmbeddingsJson,
+    OpenAIEmbeddingsJson,
     RegisterClassJson,
     RegisterFields,
 )
@@ -46,6 +47,8 @@ M = TypeVar("M", bound=BaseModel)
 
 # `data:image/png;base64,` before the base64 text, as browsers' FileReader writes it.
 _DATA_URL = re.compile(r"^data:([\w.+-]+/[\w.+-]+)?(;[\w-]+=[\w.-]+)*;base64,", re.ASCII)
+# An OpenAI `input` item that is an image rather than a text.
+_IMAGE_DATA_URL = re.compile(r"^data:image/[\w.+-]+(;[\w-]+=[\w.-]+)*;base64,", re.ASCII)
 # Anything that names a resource instead of carrying bytes: the service never fetches.
 _URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://|^www\.", re.ASCII)
 _FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
@@ -123,6 +126,10 @@ class ClassifyBody:
 class EmbeddingsBody:
     images: list[ImageInput]
     texts: list[str]
+    # Sent in OpenAI's shape (`input`): answered in OpenAI's shape, item by item in `order`,
+    # each ("image" or "text", its index in `images` or `texts`).
+    openai: OpenAIEmbeddingsJson | None = None
+    order: tuple[tuple[str, int], ...] = ()
 
 
 async def register_body(request: Request, settings: SettingsDep) -> AsyncIterator[RegisterBody]:
@@ -184,8 +191,15 @@ async def classify_body(request: Request, settings: SettingsDep) -> AsyncIterato
 
 
 async def embeddings_body(request: Request, settings: SettingsDep) -> AsyncIterator[EmbeddingsBody]:
-    limits = {"images": settings.max_classify_images, "texts": settings.max_labels}
+    limits = {
+        "images": settings.max_classify_images,
+        "texts": settings.max_labels,
+        "input": settings.max_classify_images + settings.max_labels,
+    }
     async with _Parsed(request, limits, json_only=True) as (_form, document):
+        if isinstance(document, dict) and "input" in document:
+            yield _openai_embeddings(document, settings)
+            return
         parsed = _validate(EmbeddingsJson, document)
         images = _texts("images", parsed.images)
         if not images and not parsed.texts:
@@ -200,6 +214,36 @@ async def embeddings_body(request: Request, settings: SettingsDep) -> AsyncItera
                 422, f"at most {settings.max_labels} texts are allowed, got {len(parsed.texts)}"
             )
         yield EmbeddingsBody(images, parsed.texts)
+
+
+def _openai_embeddings(document: dict[str, Any], settings: Settings) -> EmbeddingsBody:
+    """OpenAI's request: every `input` item is a text, or an image when it is a
+    `data:image/...;base64,` URI (as Infinity reads it)."""
+    raw = document.get("input")
+    items = raw if isinstance(raw, list) else [raw]
+    if any(isinstance(item, int | list) for item in items):
+        raise error(422, "input: token arrays are not accepted; send the texts themselves")
+    parsed = _validate(OpenAIEmbeddingsJson, document)
+    items = [parsed.input] if isinstance(parsed.input, str) else parsed.input
+    if not items:
+        raise error(422, "input must not be empty")
+    images: list[ImageInput] = []
+    texts: list[str] = []
+    order: list[tuple[str, int]] = []
+    for index, item in enumerate(items):
+        if _IMAGE_DATA_URL.match(item):
+            order.append(("image", len(images)))
+            images.append(ImageInput(f"input[{index}]", text=item))
+        else:
+            order.append(("text", len(texts)))
+            texts.append(item)
+    if len(images) > settings.max_classify_images:
+        raise error(
+            422, f"at most {settings.max_classify_images} images are allowed, got {len(images)}"
+        )
+    if len(texts) > settings.max_labels:
+        raise error(422, f"at most {settings.max_labels} texts are allowed, got {len(texts)}")
+    return EmbeddingsBody(images, texts, openai=parsed, order=tuple(order))
 
 
 RegisterBodyDep = Annotated[RegisterBody, Depends(register_body)]

@@ -18,6 +18,8 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
+from service.api.rate_limit import STATE_KEY as RATE_LIMIT_STATE_KEY
+from service.api.rate_limit import RateLimiter
 from service.core.config import Settings
 from service.db import SchemaCheck, close_quietly
 from service.keys import KEY_MARK, KeyLookup
@@ -164,12 +166,31 @@ def _matches(candidate: bytes, keys: list[str]) -> bool:
 _bearer = HTTPBearer(auto_error=False, description="an admin or client API key")
 
 
+async def get_rate_limiter(request: Request) -> RateLimiter | None:
+    """Per-key request budgets (None: RATE_LIMIT unset)."""
+    return getattr(request.app.state, "rate_limiter", None)
+
+
 async def get_caller(
     request: Request,
     settings: SettingsDep,
     lookup: Annotated[KeyLookup, Depends(get_key_lookup)],
+    limiter: Annotated[RateLimiter | None, Depends(get_rate_limiter)],
     _credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
 ) -> Caller:
+    caller = await _authenticate(request, settings, lookup)
+    if limiter is not None:
+        # Counted per key once it is known to be valid; without one (open mode), per address.
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        token = token.strip() if scheme.lower() == "bearer" else ""
+        host = request.client.host if request.client is not None else "unknown"
+        decision = await limiter.check(f"key:{token}" if token else f"address:{host}")
+        if decision is not None:
+            setattr(request.state, RATE_LIMIT_STATE_KEY, decision)
+    return caller
+
+
+async def _authenticate(request: Request, settings: Settings, lookup: KeyLookup) -> Caller:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     token = token.strip()

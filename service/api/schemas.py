@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
@@ -137,6 +137,50 @@ class EmbeddingsOut(BaseModel):
     texts: list[list[float]] = Field(description="one L2-normalised feature per text, in order")
 
 
+class ModelOut(BaseModel):
+    """A model as OpenAI's `GET /v1/models` lists one."""
+
+    id: str
+    object: str = "model"
+    created: int = Field(description="Unix time the serving process started")
+    owned_by: str = "liteembed"
+    dim: int = Field(description="width of its embeddings")
+
+
+class ModelList(BaseModel):
+    object: str = "list"
+    data: list[ModelOut]
+
+
+class OpenAIEmbedding(BaseModel):
+    object: str = "embedding"
+    index: int
+    embedding: list[float] | str = Field(
+        description="the L2-normalised feature; with `encoding_format=base64`, its float32 "
+        "little-endian bytes, base64-encoded"
+    )
+
+
+class OpenAIUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class OpenAIEmbeddingsOut(BaseModel):
+    """The answer to an OpenAI-shaped request (`input`), in OpenAI's shape."""
+
+    object: str = "list"
+    data: list[OpenAIEmbedding]
+    model: str
+    usage: OpenAIUsage
+
+
+class VocabularyOut(BaseModel):
+    model: str
+    words: list[str] = Field(description="words the model knows, usable as `hints`, sorted")
+    total: int = Field(description="words matching the prefix, of which `words` is the first page")
+
+
 # --- request bodies ---------------------------------------------------------------------------
 # The routes read their bodies themselves (service/api/bodies.py), as multipart or JSON; these
 # models are what the OpenAPI document declares for each (service/api/openapi.py adds them) and
@@ -225,6 +269,20 @@ class EmbeddingsJson(BaseModel):
         description="0..MAX_LABELS texts; `{name}` puts the learned word of the registered "
         "class `name` into the prompt, `{{` and `}}` are literal braces",
     )
+
+
+class OpenAIEmbeddingsJson(BaseModel):
+    """OpenAI's embeddings request, as its clients send it to `POST /v1/embeddings`."""
+
+    model_config = ConfigDict(title="OpenAIEmbeddingsJson", extra="forbid")
+    input: str | list[str] = Field(
+        description="a text or a list of them; `{name}` is a registered class's learned word, "
+        "and an item that is a `data:image/...;base64,` URI is embedded as an image"
+    )
+    model: str | None = Field(None, description="the served model's id (`GET /v1/models`)")
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(None, description="only the model's own width is served")
+    user: str | None = Field(None, description="accepted and ignored")
 
 
 # Every request body the document declares, as components named by their titles.

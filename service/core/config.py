@@ -9,7 +9,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, ValidationInfo, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 QUEUE_NAME = "liteembed-train"
@@ -135,6 +135,73 @@ class Settings(BaseSettings):
     # status) only to an admin key, or to everyone when the service runs without keys.
     metrics_key: SecretStr | None = None
 
+    # Browser apps on these origins may call the API (CORS; comma-separated, e.g.
+    # "https://app.example.com"; "*" allows any origin). Empty: no cross-origin access.
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Requests each API key may make, in the `limits` library's notation ("100/minute",
+    # "10/second;500/hour"); kept in Redis when REDIS_URL is set, so the limit holds across API
+    # processes. Unset: no limit.
+    rate_limit: str | None = None
+    # Classes one tenant may hold (every status, every model). Unset: no quota.
+    tenant_max_classes: int | None = Field(default=None, ge=1)
+
+    # Webhooks: `callback_url` at registration is allowed only for these hosts ("host" or
+    # "host:port", comma-separated); empty: refused, so the service never sends requests to
+    # addresses its callers choose.
+    webhook_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Signs every delivery (Standard Webhooks), in the `whsec_<base64>` form.
+    webhook_secret: SecretStr | None = None
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0)
+    # A failed delivery is tried again after 1, 2, 4... times this, up to WEBHOOK_RETRY_MAX_SECONDS
+    # between tries, WEBHOOK_MAX_ATTEMPTS times in all.
+    webhook_retry_base_seconds: float = Field(default=5.0, gt=0)
+    webhook_retry_max_seconds: float = Field(default=3600.0, gt=0)
+    webhook_max_attempts: int = Field(default=12, ge=1)
+    # How often each API process looks for deliveries that are due.
+    webhook_poll_seconds: float = Field(default=1.0, gt=0)
+
+    @field_validator("cors_origins", "webhook_allowed_hosts", mode="before")
+    @classmethod
+    def _split_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("webhook_allowed_hosts")
+    @classmethod
+    def _lower_hosts(cls, hosts: list[str]) -> list[str]:
+        return [host.lower() for host in hosts]
+
+    @field_validator("rate_limit", mode="before")
+    @classmethod
+    def _empty_rate_limit(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _valid_rate_limit(cls, value: str | None) -> str | None:
+        if value is not None:
+            from limits import parse_many
+
+            try:
+                parse_many(value)
+            except ValueError:
+                raise ValueError(
+                    f"LITEEMBED_RATE_LIMIT {value!r} is not a rate limit such as '100/minute'"
+                ) from None
+        return value
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _valid_webhook_secret(cls, secret: SecretStr | None) -> SecretStr | None:
+        if secret is not None and webhook_secret_bytes(secret.get_secret_value()) is None:
+            raise ValueError(
+                "LITEEMBED_WEBHOOK_SECRET must be 'whsec_' and the base64 of at least 24 random "
+                'bytes; make one with: python -c "import base64, secrets; '
+                "print('whsec_' + base64.b64encode(secrets.token_bytes(32)).decode())\""
+            )
+        return secret
+
     @field_validator("admin_keys", "client_keys", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
@@ -171,6 +238,19 @@ class Settings(BaseSettings):
         # An empty LITEEMBED_REDIS_URL= in a compose file means "no Redis", not an invalid URL.
         return None if value == "" else value
 
+    @model_validator(mode="after")
+    def _webhooks_need_a_secret(self) -> Settings:
+        if self.webhook_allowed_hosts and self.webhook_secret is None:
+            raise ValueError(
+                "LITEEMBED_WEBHOOK_ALLOWED_HOSTS is set but LITEEMBED_WEBHOOK_SECRET is not: "
+                "every delivery is signed"
+            )
+        return self
+
+    @property
+    def webhooks_enabled(self) -> bool:
+        return bool(self.webhook_allowed_hosts) and self.webhook_secret is not None
+
     @property
     def auth_enabled(self) -> bool:
         return bool(self.admin_keys or self.client_keys)
@@ -178,6 +258,20 @@ class Settings(BaseSettings):
     @property
     def embedded_worker(self) -> bool:
         return self.redis_url is None
+
+
+def webhook_secret_bytes(secret: str) -> bytes | None:
+    """The key of a `whsec_<base64>` webhook secret (None: not one)."""
+    import base64
+    import binascii
+
+    if not secret.startswith("whsec_"):
+        return None
+    try:
+        key = base64.b64decode(secret.removeprefix("whsec_"), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return key if len(key) >= 24 else None
 
 
 def key_problem(key: str) -> str | None:

@@ -13,6 +13,7 @@ import asyncio
 import numpy as np
 import torch
 from fastapi import APIRouter, Response
+from fastapi.responses import JSONResponse
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
@@ -33,6 +34,7 @@ from service.api.deps import (
 )
 from service.api.encoding import encode_images
 from service.api.errors import responses
+from service.api.openai_embeddings import check_openai_request, openai_answer
 from service.api.openapi import request_body
 from service.api.schemas import EmbeddingsJson, EmbeddingsOut
 from service.api.uploads import error
@@ -51,6 +53,9 @@ router = APIRouter(tags=["embeddings"])
     response_model=EmbeddingsOut,
     dependencies=[ClientDep],
     summary="Image and text features; `{name}` in a text is a registered class's learned word",
+    description="Also accepts OpenAI's embeddings request (`input`, `model`, `encoding_format`, "
+    "`dimensions`: the `OpenAIEmbeddingsJson` schema) and then answers in OpenAI's shape "
+    "(`OpenAIEmbeddingsOut`), so OpenAI clients and the tools built on them work unchanged.",
     responses=responses(400, 401, 403, 409, 413, 415, 422, 503),
     openapi_extra=request_body(EmbeddingsJson, "application/json"),
 )
@@ -65,7 +70,9 @@ async def embeddings(
     learned_words: LearnedWordsDep,
     scope: TenantScopeDep,
     body: EmbeddingsBodyDep,
-) -> EmbeddingsOut:
+) -> EmbeddingsOut | JSONResponse:
+    if body.openai is not None:
+        check_openai_request(body.openai, runtime)
     try:
         prompts = [parse_prompt(text, field=f"texts[{i}]") for i, text in enumerate(body.texts)]
     except InvalidNameError as exc:
@@ -105,6 +112,17 @@ async def embeddings(
             texts = await asyncio.wrap_future(runner.call(lambda: _encode(runtime, pieces)))
         except PromptTooLongError as exc:
             raise error(422, f"texts[{exc.index}] is {exc}") from None
+    if body.openai is not None:
+        return JSONResponse(
+            openai_answer(
+                body.openai,
+                body.order,
+                runtime=runtime,
+                images=[one.feature for one in encoded],
+                texts=texts,
+                prompts=prompts,
+            ).model_dump()
+        )
     return EmbeddingsOut(
         model=runtime.model_id,
         dim=int(runtime.backend.embed_dim),
