@@ -31,6 +31,7 @@ from service.scoring.learned_words import LearnedWords
 from service.scoring.scorer import scorer_for
 from service.scoring.sync import ClassMatrixCache
 from service.thumbnails import ThumbnailCache
+from service.webhooks.dispatcher import WebhookDispatcher
 from service.worker_presence import PresenceCollector, WorkerPresence
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         with ExitStack() as stack:
             stack.enter_context(_warm_up(app))
+            stack.enter_context(_webhook_deliveries(app))
             if background is not None:
                 stack.enter_context(background(app))
             yield
@@ -179,6 +181,23 @@ def _warm_up(app: FastAPI) -> Iterator[None]:
         classifier.stop()
         runner.stop()
         app.state.preprocess_pool.shutdown(wait=False, cancel_futures=True)
+
+
+@contextmanager
+def _webhook_deliveries(app: FastAPI) -> Iterator[None]:
+    """Send the outbox's webhooks from this process (each API process does; see
+    service/webhooks/dispatcher.py for why here)."""
+    settings: Settings = app.state.settings
+    if not settings.webhooks_enabled:
+        yield
+        return
+    dispatcher = WebhookDispatcher(app.state.session_factory, settings)
+    dispatcher.start()
+    app.state.checks["webhooks"] = dispatcher.is_alive
+    try:
+        yield
+    finally:
+        dispatcher.stop()
 
 
 # How each process's value combines across API processes (multiprocess metrics); the class

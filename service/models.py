@@ -97,6 +97,8 @@ class PersonalizedClass(Base):
     # The tenant's classes whose exemplars this class took when it became ready
     # (workers/impact.py), and whether they were re-learned.
     impact: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)
+    # Where `class.ready` / `class.failed` are delivered (service/webhooks/); None: nowhere.
+    callback_url: Mapped[str | None] = mapped_column(String(2000), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), default=utcnow, onupdate=utcnow
@@ -200,6 +202,36 @@ class ApiKey(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class WebhookDelivery(Base):
+    """One event to deliver to a class's callback URL: the outbox (service/webhooks/).
+
+    Written in the transaction that changes the class's status, so an event is never lost to a
+    crash in between; sent at least once by whichever API process claims it (`locked_until`),
+    retried with backoff until `delivered` or, after WEBHOOK_MAX_ATTEMPTS, `failed`.
+    """
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),)
+
+    # The Standard Webhooks `webhook-id`: the same on every try, so receivers can de-duplicate.
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    class_id: Mapped[str] = mapped_column(String(36), index=True)
+    tenant: Mapped[str] = mapped_column(String(64))
+    event: Mapped[str] = mapped_column(String(32))
+    url: Mapped[str] = mapped_column(String(2000))
+    # The exact body sent (and signed): the class as it was when the event happened.
+    payload: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # A claimed delivery is left alone by other processes until then; one whose process died
+    # mid-send is claimed again after it.
+    locked_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 GENERATION_ROW = 1

@@ -360,7 +360,9 @@ def _validate(model: type[M], values: Any) -> M:
             [{"loc": ("body",), "msg": "the body must be a JSON object", "type": "dict_type"}]
         )
     for key in values:
-        if "url" in key.casefold():
+        # A URL where an image belongs is refused; a declared URL field (`callback_url`,
+        # checked against its allow-list by the route) is not an image.
+        if "url" in key.casefold() and key not in model.model_fields:
             raise error(422, f"{key}: {URL_REFUSED}")
     try:
         return model.model_validate(values)

@@ -207,6 +207,11 @@ class RegisterFields(BaseModel):
     hints: list[str] | None = Field(None, description="coarse category words")
     confusers: list[str] | None = Field(None, description="look-alike classes")
     replace: bool = Field(False, description="replace a class of the same name")
+    callback_url: str | None = Field(
+        None,
+        description="where `class.ready` / `class.failed` are delivered (signed webhooks); "
+        "only hosts in the service's WEBHOOK_ALLOWED_HOSTS",
+    )
 
 
 class BodyRegisterClass(RegisterFields):

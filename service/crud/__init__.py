@@ -9,7 +9,9 @@ needs one transaction per row and commits each itself.
 
 from service.crud.classes import (
     NameTaken,
+    QuotaExceeded,
     Registered,
+    check_quota,
     insert_ready_classes,
     prune_removals,
     register_class,
@@ -34,9 +36,11 @@ __all__ = [
     "CRASH_REASON",
     "MAX_ERROR_CHARS",
     "NameTaken",
+    "QuotaExceeded",
     "Registered",
     "claim_class",
     "claim_companions",
+    "check_quota",
     "claim_resends",
     "fail_class",
     "insert_ready_classes",

@@ -41,6 +41,15 @@ class NameTaken(Exception):
         self.class_id = class_id
 
 
+class QuotaExceeded(Exception):
+    """The tenant holds `quota` classes already (TENANT_MAX_CLASSES)."""
+
+    def __init__(self, tenant: str, quota: int) -> None:
+        super().__init__(tenant)
+        self.tenant = tenant
+        self.quota = quota
+
+
 @dataclass(frozen=True)
 class Registered:
     row: PersonalizedClass
@@ -60,6 +69,8 @@ def register_class(
     confusers: list[str],
     replace: bool,
     negative_images: Sequence[bytes] = (),
+    max_classes: int | None = None,
+    callback_url: str | None = None,
 ) -> Registered:
     """Add a queued class with its images (and "not this class" images); with `replace`, a class
     of the same name goes in the same transaction (its running job notices and stops). Raises
@@ -77,6 +88,13 @@ def register_class(
     ).first()
     if existing is not None and not replace:
         raise NameTaken(existing.name, existing.id)
+    if max_classes is not None:
+        check_quota(
+            session=session,
+            tenant=tenant,
+            max_classes=max_classes,
+            leaving=1 if existing is not None else 0,
+        )
     replaced_ready = False
     if existing is not None:
         replaced_ready = existing.status == Status.ready
@@ -93,6 +111,7 @@ def register_class(
         attempts=0,
         hints=hints,
         confusers=confusers,
+        callback_url=callback_url,
         enqueued_at=now,
         created_at=now,
         updated_at=now,
@@ -109,6 +128,19 @@ def register_class(
         session.rollback()
         raise NameTaken(name, None) from None
     return Registered(row=row, replaced_ready=replaced_ready)
+
+
+def check_quota(*, session: Session, tenant: str, max_classes: int, leaving: int = 0) -> None:
+    """Raise `QuotaExceeded` unless the tenant may add one class (`leaving` of its classes go in
+    the same transaction). Registrations of one tenant run one at a time for it, so two
+    concurrent ones cannot both take the last place."""
+    if session.get_bind().dialect.name == "postgresql":
+        digest = hashlib.blake2b(f"quota\0{tenant}".encode(), digest_size=8).digest()
+        session.execute(select(func.pg_advisory_xact_lock(int.from_bytes(digest, signed=True))))
+    cls = PersonalizedClass
+    held = session.scalar(select(func.count()).select_from(cls).where(cls.tenant == tenant))
+    if int(held or 0) - leaving >= max_classes:
+        raise QuotaExceeded(tenant, max_classes)
 
 
 def serialize_name(*, session: Session, model_id: str, tenant: str, name_key: str) -> None:

@@ -16,6 +16,7 @@ import numpy as np
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from service.crud.webhooks import add_class_event
 from service.db import session_scope
 from service.models import (
     PersonalizedClass,
@@ -24,6 +25,7 @@ from service.models import (
     bump_generation,
     utcnow,
 )
+from service.webhooks.events import CLASS_FAILED, CLASS_READY
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +65,8 @@ def claim_class(
         row.error = f"gave up after {row.attempts} attempts; last error: {reason}"
         row.lease = None
         log.warning("class %s: %s", class_id, row.error)
+        session.flush()
+        add_class_event(session=session, class_id=class_id, event=CLASS_FAILED)
         return None
     lease = str(uuid.uuid4())
     # Compare-and-set on what we just read, so two workers cannot both claim the row.
@@ -173,6 +177,8 @@ def store_result(
     ).rowcount  # type: ignore[attr-defined]
     if done == 1:
         bump_generation(session)
+        # Announced in the same transaction: an event is sent if and only if the class is ready.
+        add_class_event(session=session, class_id=class_id, event=CLASS_READY)
     return bool(done == 1)
 
 
@@ -232,7 +238,7 @@ def store_exemplar_features(*, session: Session, class_id: str, features: np.nda
 
 def fail_class(*, session: Session, class_id: str, lease: str, reason: str) -> bool:
     """Mark the class failed with a readable reason, if the run still holds the row."""
-    return (
+    failed = (
         _update_leased(
             session,
             class_id,
@@ -243,6 +249,9 @@ def fail_class(*, session: Session, class_id: str, lease: str, reason: str) -> b
         )
         == 1
     )
+    if failed:
+        add_class_event(session=session, class_id=class_id, event=CLASS_FAILED)
+    return failed
 
 
 def release_class(

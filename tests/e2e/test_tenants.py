@@ -121,9 +121,12 @@ def test_every_route_keeps_tenants_apart(start_server: Callable[[], LiveServer])
             hidden = me.http.get(f"/v1/classes/{other.class_id}{suffix}")
             assert hidden.status_code == 404, hidden.text
             assert hidden.json()["detail"] == f"no class with id {other.class_id}"
-        # Admin routes stay admin routes; a client cannot act in another tenant.
-        assert me.http.get("/v1/classes").status_code == 403
-        assert me.http.delete(f"/v1/classes/{other.class_id}").status_code == 403
+        # A client key lists its own tenant's classes, and only those; it cannot delete another
+        # tenant's (a 404, like an unknown id). Key management stays an admin's.
+        own = me.http.get("/v1/classes").json()
+        assert [item["id"] for item in own["items"]] == [me.class_id] and own["total"] == 1
+        assert me.http.get("/v1/classes", params={"tenant": other.name}).status_code == 403
+        assert me.http.delete(f"/v1/classes/{other.class_id}").status_code == 404
         assert me.http.get("/v1/keys").status_code == 403
         assert me.http.post("/v1/keys", json={"role": "admin"}).status_code == 403
         elsewhere = me.http.post(

@@ -13,7 +13,8 @@ def truncate_postgres(url: str) -> None:
     with engine.begin() as conn:
         conn.execute(
             text(
-                "TRUNCATE class_images, class_negative_images, classes, class_removals, api_keys"
+                "TRUNCATE class_images, class_negative_images, classes, class_removals, api_keys, "
+                "webhook_deliveries"
             )
         )
         conn.execute(text("UPDATE class_generation SET value = 0, removals_floor = 0"))

@@ -13,14 +13,16 @@ PNG = b""  # replaced per test with a real image
 ROUTES: list[tuple[str, str, str]] = [  # method, path, who may call it
     ("POST", "/v1/classes", "client"),
     ("GET", "/v1/classes/{id}", "client"),
-    ("GET", "/v1/classes", "admin"),
+    ("GET", "/v1/classes", "client"),
     ("GET", "/v1/classes/{id}/embedding", "client"),
     ("GET", "/v1/classes/{id}/thumbnail", "client"),
     ("POST", "/v1/classify", "client"),
     ("POST", "/v1/classes:json", "client"),
     ("POST", "/v1/classify:json", "client"),
     ("POST", "/v1/embeddings", "client"),
-    ("DELETE", "/v1/classes/{id}", "admin"),
+    ("GET", "/v1/models", "client"),
+    ("GET", "/v1/vocabulary", "client"),
+    ("DELETE", "/v1/classes/{id}", "client"),
 ]
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query, Response, status
+from fastapi import APIRouter, HTTPException, Query, Response, status
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select
@@ -14,7 +14,6 @@ from service import crud
 from service.api.bodies import RegisterBodyDep, load_image
 from service.api.deps import (
     TENANT_QUERY_DESCRIPTION,
-    AdminDep,
     CallerDep,
     ClassifierDep,
     ClientDep,
@@ -36,6 +35,7 @@ from service.api.schemas import (
     RegisterClassJson,
 )
 from service.api.uploads import error, request_budget, validate_name, validate_words
+from service.core.config import Settings
 from service.models import (
     DEFAULT_TENANT,
     TENANT_PATTERN,
@@ -44,6 +44,7 @@ from service.models import (
     Status,
 )
 from service.thumbnails import MASTER_SIDE as THUMBNAIL_SIDE
+from service.webhooks.urls import callback_url_problem
 
 router = APIRouter(prefix="/v1/classes", tags=["classes"])
 
@@ -122,6 +123,7 @@ def register_class(
     stored = [first.data, *rest]
     negatives = [load_image(image, settings, budget=budget).data for image in body.negative_images]
     replace = fields.replace
+    callback_url = checked_callback_url(fields.callback_url, settings)
 
     try:
         registered = crud.register_class(
@@ -135,8 +137,12 @@ def register_class(
             hints=clean_hints,
             confusers=clean_confusers,
             replace=replace,
+            max_classes=settings.tenant_max_classes,
+            callback_url=callback_url,
         )
         session.commit()
+    except crud.QuotaExceeded as exceeded:
+        raise quota_error(exceeded) from None
     except crud.NameTaken as taken:
         if taken.class_id is None:
             raise error(409, f"a class named {taken.name!r} already exists") from None
@@ -154,19 +160,41 @@ def register_class(
     return ClassOut.of(row)
 
 
+def checked_callback_url(url: str | None, settings: Settings) -> str | None:
+    """The callback URL if given and allowed; a 422 otherwise (before anything is written)."""
+    if url is None:
+        return None
+    allowed = settings.webhook_allowed_hosts if settings.webhooks_enabled else []
+    problem = callback_url_problem(url, allowed)
+    if problem is not None:
+        raise error(422, problem)
+    return url
+
+
+def quota_error(exceeded: crud.QuotaExceeded) -> HTTPException:
+    return error(
+        403,
+        f"tenant {exceeded.tenant!r} holds its quota of {exceeded.quota} classes "
+        "(TENANT_MAX_CLASSES); delete one before registering another",
+    )
+
+
 @router.get(
     "",
     response_model=ClassList,
-    dependencies=[AdminDep],
-    summary="List classes",
+    dependencies=[ClientDep],
+    summary="List classes (a client key: its own tenant's)",
     responses=responses(401, 403, 422, 503),
 )
-def list_classes(session: SessionDep, page: Annotated[ClassPage, Query()]) -> ClassList:
+def list_classes(
+    session: SessionDep, caller: CallerDep, page: Annotated[ClassPage, Query()]
+) -> ClassList:
     query = select(PersonalizedClass)
     count = select(func.count()).select_from(PersonalizedClass)
-    if page.tenant is not None:
-        query = query.where(PersonalizedClass.tenant == page.tenant)
-        count = count.where(PersonalizedClass.tenant == page.tenant)
+    scope = tenant_scope(caller, page.tenant)
+    if scope is not None:
+        query = query.where(PersonalizedClass.tenant == scope)
+        count = count.where(PersonalizedClass.tenant == scope)
     if page.status is not None:
         query = query.where(PersonalizedClass.status == page.status)
         count = count.where(PersonalizedClass.status == page.status)
@@ -202,8 +230,8 @@ def get_class(session: SessionDep, scope: TenantScopeDep, class_id: str) -> Clas
 @router.delete(
     "/{class_id}",
     status_code=status.HTTP_204_NO_CONTENT,
-    dependencies=[AdminDep],
-    summary="Delete a class; a running job is abandoned",
+    dependencies=[ClientDep],
+    summary="Delete a class (a client key: of its own tenant); a running job is abandoned",
     responses=responses(401, 403, 404, 503),
 )
 def delete_class(
