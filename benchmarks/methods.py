@@ -42,6 +42,7 @@ from liteembed import (
     ReferenceBank,
     Vocabulary,
     create_method,
+    find_bank,
     method_entry,
     register_method,
 )
@@ -372,6 +373,8 @@ def evaluate(
 ) -> list[Outcome]:
     """One outcome per draw for the row `spec` at K shots."""
     method = spec.build()
+    if getattr(method, "bank", None) == "shipped":
+        method.bank = find_bank(backend)
     if isinstance(getattr(method, "bank", None), ReferenceBank):
         # A bank never holds images of the classes being learned (base-as-new learns base ones).
         method.bank = without_words(method.bank, list(ctx.task.heldout))

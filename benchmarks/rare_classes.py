@@ -106,8 +106,20 @@ def build_methods(chosen: dict[str, Any]) -> list[MethodSpec]:
 
 def _textual_inversion_rows(chosen: dict[str, Any]) -> list[MethodSpec]:
     defaults = config_from(chosen["defaults"])
-    ti = defaults.with_(lambda_c=0.0, lambda_f=0.0, parameterization="token")
+    # Textual inversion as published: image alignment only, no image evidence.
+    ti = defaults.with_(
+        lambda_c=0.0,
+        lambda_f=0.0,
+        parameterization="token",
+        lambda_img=0.0,
+        holdout_evidence=False,
+    )
     return [MethodSpec(REFERENCE, "textual-inversion", ti, False, note="alignment only, raw token")]
+
+
+def _bank(config: OptimizationConfig) -> tuple[tuple[str, Any], ...]:
+    """The model's shipped reference bank for a row that uses image evidence."""
+    return (("bank", "shipped"),) if config.lambda_img > 0 or config.holdout_evidence else ()
 
 
 def _liteembed_rows(chosen: dict[str, Any]) -> list[MethodSpec]:
@@ -119,27 +131,60 @@ def _liteembed_rows(chosen: dict[str, Any]) -> list[MethodSpec]:
     )
     hints = bool(chosen.get("use_hints", False))
     full_hints = bool(chosen.get("full_use_hints", hints))
+    bank = _bank(full)
     rows = [
         MethodSpec(
-            "liteembed (full)", "liteembed", full, full_hints, note="coarse + fine + PCA box"
+            "liteembed (full)",
+            "liteembed",
+            full,
+            full_hints,
+            note="coarse + fine + PCA box",
+            options=bank,
         ),
-        MethodSpec("liteembed w/o coarse", "liteembed", full.with_(lambda_c=0.0), full_hints),
-        MethodSpec("liteembed w/o fine", "liteembed", full.with_(lambda_f=0.0), full_hints),
         MethodSpec(
-            "liteembed w/o PCA box", "liteembed", full.with_(parameterization="token"), full_hints
+            "liteembed w/o coarse", "liteembed", full.with_(lambda_c=0.0), full_hints, options=bank
+        ),
+        MethodSpec(
+            "liteembed w/o fine", "liteembed", full.with_(lambda_f=0.0), full_hints, options=bank
+        ),
+        MethodSpec(
+            "liteembed w/o PCA box",
+            "liteembed",
+            full.with_(parameterization="token"),
+            full_hints,
+            options=bank,
         ),
     ]
-    ti = _textual_inversion_rows(chosen)[0]
-    if not any(r.config == defaults and r.use_hints == hints for r in [ti, *rows]):
-        rows.append(
+    # The defaults row always, under its own name, even where an ablation above equals it.
+    rows.append(
+        MethodSpec(
+            "liteembed (defaults)",
+            "liteembed",
+            defaults,
+            hints,
+            note="the settings file's defaults",
+            options=_bank(defaults),
+        )
+    )
+    if defaults.lambda_img > 0:
+        rows += [
             MethodSpec(
-                "liteembed (defaults)",
+                "liteembed (defaults) + look-alike images",
                 "liteembed",
                 defaults,
                 hints,
-                note="the settings file's defaults",
-            )
-        )
+                note="4 images of each named look-alike as negative images",
+                options=_bank(defaults),
+                lookalike_images=4,
+            ),
+            MethodSpec(
+                "liteembed (defaults) w/o image evidence",
+                "liteembed",
+                defaults.with_(lambda_img=0.0, holdout_evidence=False),
+                hints,
+                note="no bank, no negative images",
+            ),
+        ]
     return rows
 
 
@@ -180,6 +225,8 @@ _ROW_SETTINGS = {
 def defaults_row(chosen: dict[str, Any], methods: Sequence[MethodSpec]) -> str:
     defaults = config_from(chosen["defaults"])
     hints = bool(chosen.get("use_hints", False))
+    if any(spec.name == "liteembed (defaults)" for spec in methods):
+        return "liteembed (defaults)"
     for spec in methods:
         if spec.config is not None and spec.config == defaults and spec.use_hints == hints:
             return spec.name

@@ -640,7 +640,7 @@ def _finish(
         if holdout_info[i]:
             diagnostics["holdout"] = holdout_info[i]
         threshold, diagnostics["threshold"] = _threshold(
-            problem, final[i], positives[i], noise, config.threshold_beta
+            problem, final[i], positives[i], noise, config
         )
         if problem.evidence.groups:
             inputs = batch.loss_inputs(
@@ -670,7 +670,7 @@ def _threshold(
     text: torch.Tensor,
     held_out: torch.Tensor | None,
     noise: torch.Tensor,
-    beta: float,
+    config: OptimizationConfig,
 ) -> tuple[float, dict[str, Any]]:
     """The class's acceptance threshold (liteembed.threshold) and what it rests on: its held-out
     similarities (its own images' in-sample ones when it held nothing out, which run higher),
@@ -682,11 +682,13 @@ def _threshold(
             positives = (problem.originals @ text).cpu()
             source = "in-sample"
         negatives = torch.cat([problem.evidence.features @ text, noise @ text]).cpu()
-    threshold = acceptance_threshold(positives, negatives, beta)
+    beta = config.threshold_beta
+    threshold = acceptance_threshold(positives, negatives, beta) - config.threshold_offset
     return threshold, {
         "value": round(threshold, 6),
         "positives": source,
         "positive_mean": round(float(positives.mean()), 6),
         "negatives": int(negatives.numel()),
         "beta": beta,
+        "offset": config.threshold_offset,
     }

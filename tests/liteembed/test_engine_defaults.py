@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from liteembed import ClassRequest, ClipBackend, OptimizationConfig, Vocabulary, learn_classes
-from liteembed.config import from_recorded, recorded_defaults
+from liteembed.config import RECORDED_DEFAULTS, from_recorded, recorded_defaults
 from liteembed.problem import local_subspace
 from liteembed.scale import word_scale
 from tests.helpers.engine_images import BLUE, GREEN, RED, solid_images
@@ -143,7 +143,9 @@ def test_a_model_without_recorded_defaults_warns(
 
     optimize._WARNED_MODELS.discard(backend.model_id)
     assert recorded_defaults(backend.model_id) is None
-    assert recorded_defaults("liteembed-mini-v2@a03cbbb3c42e") == OptimizationConfig()
+    assert recorded_defaults("liteembed-mini-v2@a03cbbb3c42e") == OptimizationConfig(
+        **RECORDED_DEFAULTS["liteembed-mini-v2@a03cbbb3c42e"]
+    )
     # another checkpoint under the same name was not validated; v1 runs v2's defaults
     assert recorded_defaults("liteembed-mini-v2@abc") is None
     assert recorded_defaults("liteembed-mini@abc") is None

@@ -205,6 +205,7 @@ def test_early_stopping(backend: ClipBackend, vocabulary: Vocabulary) -> None:
         lr=0.01,
         lr_scale="absolute",
         norm_bound=None,
+        lambda_c=1.0,
     )
     stopped = learn_class(backend, vocabulary, NAME, solid_images(RED), config=config)
     assert stopped.diagnostics["stop_reason"] == "converged"
