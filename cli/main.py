@@ -1,6 +1,6 @@
-"""`liteembed`: serve the API, run a queue worker, apply migrations, preload the model, check
-health, run the demo; and, as a client of a running service: add, classify, classes, delete,
-export."""
+"""`liteembed`: serve the API, run a queue worker, apply migrations, preload the model, queue
+an old model's classes under the current one, check health, run the demo; and, as a client of a
+running service: add, classify, classes, delete, export, import."""
 
 from __future__ import annotations
 
@@ -50,6 +50,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     bank.add_argument("folder", type=Path, help="subfolders named by vocabulary words")
     bank.add_argument("--per-word", type=int, default=16, help="images kept per word")
+    retrain = commands.add_parser(
+        "retrain",
+        help="queue the classes of an old model to be learned again under the current MODEL",
+    )
+    retrain.add_argument(
+        "--from-model",
+        required=True,
+        metavar="OLD",
+        help="the old model: an id as GET /v1/classes shows it, or a name (all its checkpoints)",
+    )
     health = commands.add_parser(
         "healthcheck",
         help="exit 0 when healthy: the API's /readyz, or with --worker this host's worker",
@@ -97,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
         return preload_command(settings)
     if args.command == "bank":
         return bank_command(settings, args.folder, args.per_word)
+    if args.command == "retrain":
+        return retrain_command(settings, args.from_model)
     if args.command == "healthcheck":
         return healthcheck_command(settings, worker=args.worker, port=args.port)
     migrate(settings)
@@ -246,6 +258,42 @@ def bank_command(settings: Settings, folder: Path, per_word: int) -> int:
         f"{path}: {len(bank.words)} words, {len(bank.features)} images; plain-word threshold "
         f"{bank.word_threshold:.4f}"
     )
+    return 0
+
+
+def retrain_command(settings: Settings, from_model: str) -> int:
+    """Move the classes of `from_model` to the current model, queued: each keeps its id and
+    is learned again from its stored images by the running service's workers (with Redis at
+    once; with the embedded worker at its reconciler's next pass)."""
+    from liteembed.backend import load_backend
+    from service import crud
+    from service.db import make_engine, make_session_factory, session_scope
+    from service.queue import make_producer
+
+    # The current model's id names its checkpoint: only loading it tells.
+    backend = load_backend(
+        settings.model,
+        settings.pretrained,
+        device="cpu",
+        precision="fp32",
+        seed=settings.seed,
+    )
+    to_model = str(backend.model_id)
+    engine = make_engine(settings.database_url)
+    try:
+        with session_scope(make_session_factory(engine)) as session:
+            requeued = crud.requeue_for_model(
+                session=session, from_model=from_model, to_model=to_model
+            )
+    finally:
+        engine.dispose()
+    if settings.redis_url:
+        producer = make_producer(settings)
+        for class_id in requeued.moved:
+            producer.try_send_train(class_id)
+    for class_id in requeued.kept:
+        print(f"{class_id}  kept: its name is taken under {to_model}", file=sys.stderr)
+    print(f"{len(requeued.moved)} classes of {from_model} queued under {to_model}")
     return 0
 
 

@@ -18,7 +18,16 @@ from service.api import errors, openapi
 from service.api.limits import BodySizeLimit
 from service.api.rate_limit import RateLimiter, RateLimitHeaders
 from service.api.request_id import RequestIdMiddleware
-from service.api.routes import classes, classify, embeddings, health, keys, models, vocabulary
+from service.api.routes import (
+    classes,
+    classify,
+    embeddings,
+    health,
+    keys,
+    models,
+    portability,
+    vocabulary,
+)
 from service.core.config import Settings, get_settings
 from service.db import SchemaCheck, make_engine, make_session_factory, watch_outages
 from service.keys import KeyLookup, hash_secret
@@ -121,6 +130,7 @@ def create_app(
 
     app.include_router(health.router)
     app.include_router(classes.router)
+    app.include_router(portability.router)
     app.include_router(classify.router)
     app.include_router(embeddings.router)
     app.include_router(keys.router)

@@ -27,6 +27,7 @@ from liteembed_client.errors import (
     PayloadTooLarge,
     ServerError,
     ServiceUnavailable,
+    TooManyRequests,
     TrainingFailed,
     Unauthorized,
     UnsupportedMediaType,
@@ -40,6 +41,7 @@ from liteembed_client.models import (
     Embeddings,
     Impact,
     Prediction,
+    Vocabulary,
 )
 from liteembed_client.retry import RetryPolicy
 from liteembed_client.sync import Client
@@ -67,8 +69,10 @@ __all__ = [
     "RetryPolicy",
     "ServerError",
     "ServiceUnavailable",
+    "TooManyRequests",
     "TrainingFailed",
     "Unauthorized",
     "UnsupportedMediaType",
+    "Vocabulary",
     "WaitTimeout",
 ]

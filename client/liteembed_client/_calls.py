@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import mimetypes
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -22,6 +22,7 @@ from liteembed_client.models import (
     ClassStatus,
     Embedding,
     Embeddings,
+    Vocabulary,
 )
 
 T = TypeVar("T")
@@ -93,8 +94,11 @@ def register_class(
     confusers: Iterable[str] = (),
     replace: bool = False,
     negative_images: Iterable[ImageSource] = (),
+    callback_url: str | None = None,
 ) -> Call[ClassInfo]:
     data: dict[str, Any] = {"name": name, "replace": "true" if replace else "false"}
+    if callback_url is not None:
+        data["callback_url"] = callback_url
     if hints := list(hints):
         data["hints"] = hints
     if confusers := list(confusers):
@@ -109,11 +113,17 @@ def get_class(class_id: str) -> Call[ClassInfo]:
 
 
 def list_classes(
-    *, status: ClassStatus | None = None, limit: int = 50, offset: int = 0
+    *,
+    status: ClassStatus | None = None,
+    limit: int = 50,
+    offset: int = 0,
+    tenant: str | None = None,
 ) -> Call[ClassPage]:
     params: dict[str, Any] = {"limit": limit, "offset": offset}
     if status is not None:
         params["status"] = status
+    if tenant is not None:
+        params["tenant"] = tenant
     return Call("GET", "/v1/classes", _model(ClassPage), params=params)
 
 
@@ -123,6 +133,21 @@ def delete_class(class_id: str) -> Call[None]:
 
 def get_embedding(class_id: str) -> Call[Embedding]:
     return Call("GET", _class_path(class_id, "/embedding"), _model(Embedding))
+
+
+def export_class(class_id: str, *, images: bool = True) -> Call[dict[str, Any]]:
+    params = {"images": "true" if images else "false"}
+    return Call("GET", _class_path(class_id, "/export"), lambda r: r.json(), params=params)
+
+
+def import_class(bundle: Mapping[str, Any], *, replace: bool = False) -> Call[ClassInfo]:
+    params = {"replace": "true"} if replace else None
+    return Call("POST", "/v1/classes:import", _model(ClassInfo), params=params, json=dict(bundle))
+
+
+def vocabulary(*, prefix: str = "", limit: int = 100) -> Call[Vocabulary]:
+    params = {"prefix": prefix, "limit": limit}
+    return Call("GET", "/v1/vocabulary", _model(Vocabulary), params=params)
 
 
 def _classify_fields(labels: Iterable[str] | None, top_k: int, abstain: bool) -> dict[str, Any]:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from typing import TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from typing import Any, TypeVar
 
 import httpx
 
@@ -20,6 +20,7 @@ from liteembed_client.models import (
     ClassStatus,
     Embedding,
     Embeddings,
+    Vocabulary,
 )
 from liteembed_client.retry import RetryPolicy
 
@@ -74,6 +75,7 @@ class AsyncClient:
         confusers: Iterable[str] = (),
         replace: bool = False,
         negative_images: Iterable[ImageSource] = (),
+        callback_url: str | None = None,
     ) -> ClassInfo:
         return await self._run(
             calls.register_class(
@@ -83,6 +85,7 @@ class AsyncClient:
                 confusers=confusers,
                 replace=replace,
                 negative_images=negative_images,
+                callback_url=callback_url,
             )
         )
 
@@ -90,9 +93,16 @@ class AsyncClient:
         return await self._run(calls.get_class(class_id))
 
     async def list_classes(
-        self, *, status: ClassStatus | None = None, limit: int = 50, offset: int = 0
+        self,
+        *,
+        status: ClassStatus | None = None,
+        limit: int = 50,
+        offset: int = 0,
+        tenant: str | None = None,
     ) -> ClassPage:
-        return await self._run(calls.list_classes(status=status, limit=limit, offset=offset))
+        return await self._run(
+            calls.list_classes(status=status, limit=limit, offset=offset, tenant=tenant)
+        )
 
     async def iter_classes(
         self, *, status: ClassStatus | None = None, page_size: int = 200
@@ -108,6 +118,15 @@ class AsyncClient:
 
     async def delete_class(self, class_id: str) -> None:
         await self._run(calls.delete_class(class_id))
+
+    async def export_class(self, class_id: str, *, images: bool = True) -> dict[str, Any]:
+        return await self._run(calls.export_class(class_id, images=images))
+
+    async def import_class(self, bundle: Mapping[str, Any], *, replace: bool = False) -> ClassInfo:
+        return await self._run(calls.import_class(bundle, replace=replace))
+
+    async def vocabulary(self, *, prefix: str = "", limit: int = 100) -> Vocabulary:
+        return await self._run(calls.vocabulary(prefix=prefix, limit=limit))
 
     async def get_embedding(self, class_id: str) -> Embedding:
         return await self._run(calls.get_embedding(class_id))

@@ -1,5 +1,5 @@
-"""`add | classify | embed | classes | delete | export`: a running service's HTTP API from a
-shell, through `liteembed_client`. `--url` / `--key` override LITEEMBED_URL / LITEEMBED_KEY.
+"""`add | classify | embed | classes | delete | export | import`: a running service's HTTP API
+from a shell, through `liteembed_client`. `--url` / `--key` override LITEEMBED_URL / LITEEMBED_KEY.
 
 The same verbs are `liteembed-client VERB` on a machine with only this distribution, and
 `liteembed VERB` where the server is installed."""
@@ -19,7 +19,7 @@ from liteembed_client.settings import ClientSettings
 # What `add` picks up from a folder (the service decides what it accepts).
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 STATUSES = ("queued", "training", "ready", "failed")
-COMMANDS = ("add", "classify", "embed", "classes", "delete", "export")
+COMMANDS = ("add", "classify", "embed", "classes", "delete", "export", "import")
 # Images per /v1/classify request: the service's default MAX_CLASSIFY_IMAGES.
 CLASSIFY_BATCH = 32
 
@@ -55,6 +55,12 @@ def add_remote_commands(commands: Any) -> None:
         help="images that are not this class (look-alikes), repeatable",
     )
     add.add_argument("--replace", action="store_true", help="replace a class of the same name")
+    add.add_argument(
+        "--callback-url",
+        default=None,
+        metavar="URL",
+        help="a webhook for class.ready / class.failed (a host the service allows)",
+    )
     add.add_argument("--wait", action="store_true", help="wait for training, showing progress")
     add.add_argument("--timeout", type=float, default=None, help="seconds --wait waits at most")
 
@@ -88,23 +94,47 @@ def add_remote_commands(commands: Any) -> None:
         "--text", action="append", default=[], dest="texts", metavar="TEXT", help="repeatable"
     )
 
-    classes = commands.add_parser("classes", parents=[connection], help="list classes (admin)")
+    classes = commands.add_parser(
+        "classes", parents=[connection], help="list classes (a client key: its tenant's)"
+    )
     classes.add_argument("--status", choices=STATUSES, default=None)
     classes.add_argument("--json", action="store_true", help="one JSON object per class")
 
-    delete = commands.add_parser("delete", parents=[connection], help="delete classes (admin)")
+    delete = commands.add_parser("delete", parents=[connection], help="delete classes")
     delete.add_argument("ids", nargs="+", metavar="ID")
 
     export = commands.add_parser(
-        "export", parents=[connection], help="save a ready class's learned feature as .npy"
+        "export",
+        parents=[connection],
+        help="save a ready class's learned feature as .npy, or (--bundle) the whole class as a "
+        "JSON bundle for `import`",
     )
     export.add_argument("id", metavar="ID")
-    export.add_argument("-o", "--output", required=True, type=Path, help="the .npy file")
+    export.add_argument(
+        "-o", "--output", required=True, type=Path, help="the .npy file (--bundle: .json)"
+    )
     export.add_argument(
         "--token",
         action="store_true",
         help="the token embedding (the new word) instead of the text feature",
     )
+    export.add_argument(
+        "--bundle",
+        action="store_true",
+        help="the class as a portable JSON bundle: name, learned word, hints, images",
+    )
+    export.add_argument(
+        "--no-images", action="store_true", help="with --bundle: leave the images out"
+    )
+
+    import_ = commands.add_parser(
+        "import",
+        parents=[connection],
+        help="import classes from bundles (`export --bundle`): ready at once on the same "
+        "model, else learned again from their images",
+    )
+    import_.add_argument("bundles", nargs="+", type=Path, metavar="BUNDLE")
+    import_.add_argument("--replace", action="store_true", help="replace classes of the same names")
 
 
 def run_remote_command(args: argparse.Namespace, out: TextIO | None = None) -> int:
@@ -161,6 +191,7 @@ def _add(client: Client, args: argparse.Namespace, out: TextIO) -> int:
         confusers=args.confusers,
         replace=args.replace,
         negative_images=image_paths(args.negatives),
+        callback_url=args.callback_url,
     )
     print(f"{info.id}\t{info.name}\t{info.status}", file=out)
     if not args.wait:
@@ -261,6 +292,14 @@ def _delete(client: Client, args: argparse.Namespace, out: TextIO) -> int:
 def _export(client: Client, args: argparse.Namespace, out: TextIO) -> int:
     import numpy as np
 
+    if args.bundle:
+        bundle = client.export_class(args.id, images=not args.no_images)
+        args.output.write_text(json.dumps(bundle))
+        images = len(bundle.get("images", []))
+        print(
+            f"{args.output}\tbundle\t{bundle['name']}\t{images} images\t{bundle['model']}", file=out
+        )
+        return 0
     embedding = client.get_embedding(args.id)
     values = embedding.token_embedding if args.token else embedding.text_feature
     vector = np.asarray(values, dtype=np.float32)
@@ -271,6 +310,19 @@ def _export(client: Client, args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def _import(client: Client, args: argparse.Namespace, out: TextIO) -> int:
+    bundles = []
+    for path in args.bundles:
+        try:
+            bundles.append(json.loads(path.read_text()))
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"{path}: not a readable JSON bundle ({exc})") from None
+    for bundle in bundles:
+        info = client.import_class(bundle, replace=args.replace)
+        print(f"{info.id}\t{info.name}\t{info.status}", file=out)
+    return 0
+
+
 _HANDLERS: dict[str, Callable[[Client, argparse.Namespace, TextIO], int]] = {
     "add": _add,
     "classify": _classify,
@@ -278,4 +330,5 @@ _HANDLERS: dict[str, Callable[[Client, argparse.Namespace, TextIO], int]] = {
     "classes": _classes,
     "delete": _delete,
     "export": _export,
+    "import": _import,
 }

@@ -70,6 +70,16 @@ class ServiceUnavailable(ApiError):
         self.retry_after = retry_after
 
 
+class TooManyRequests(ApiError):
+    """429: the key's rate limit (the service's RATE_LIMIT) is spent; `retry_after` in seconds."""
+
+    def __init__(
+        self, status_code: int, detail: str, body: Any = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(status_code, detail, body)
+        self.retry_after = retry_after
+
+
 class ServerError(ApiError):
     """Any other 5xx."""
 
@@ -121,6 +131,12 @@ def error_for(response: httpx.Response, *, retry_after: float | None = None) -> 
     code = response.status_code
     if code == 503:
         return ServiceUnavailable(code, detail, body, retry_after=retry_after)
+    if code == 429:
+        try:
+            wait = float(response.headers.get("retry-after", ""))
+        except ValueError:
+            wait = None
+        return TooManyRequests(code, detail, body, retry_after=wait)
     if code in _BY_STATUS:
         return _BY_STATUS[code](code, detail, body)
     if code >= 500:

@@ -102,3 +102,11 @@ class Embeddings(_Result):
     dim: int
     images: list[list[float]]
     texts: list[list[float]]
+
+
+class Vocabulary(_Result):
+    """`GET /v1/vocabulary`: words the model knows (usable as hints), sorted."""
+
+    model: str
+    words: list[str]
+    total: int

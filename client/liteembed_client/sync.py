@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator
-from typing import TypeVar
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, TypeVar
 
 import httpx
 
@@ -19,6 +19,7 @@ from liteembed_client.models import (
     ClassStatus,
     Embedding,
     Embeddings,
+    Vocabulary,
 )
 from liteembed_client.retry import RetryPolicy
 
@@ -77,6 +78,7 @@ class Client:
         confusers: Iterable[str] = (),
         replace: bool = False,
         negative_images: Iterable[ImageSource] = (),
+        callback_url: str | None = None,
     ) -> ClassInfo:
         """Upload a class's example images; training starts on a worker (status `queued`)."""
         return self._run(
@@ -87,6 +89,7 @@ class Client:
                 confusers=confusers,
                 replace=replace,
                 negative_images=negative_images,
+                callback_url=callback_url,
             )
         )
 
@@ -94,10 +97,17 @@ class Client:
         return self._run(calls.get_class(class_id))
 
     def list_classes(
-        self, *, status: ClassStatus | None = None, limit: int = 50, offset: int = 0
+        self,
+        *,
+        status: ClassStatus | None = None,
+        limit: int = 50,
+        offset: int = 0,
+        tenant: str | None = None,
     ) -> ClassPage:
         """One page of classes, oldest first (admin key)."""
-        return self._run(calls.list_classes(status=status, limit=limit, offset=offset))
+        return self._run(
+            calls.list_classes(status=status, limit=limit, offset=offset, tenant=tenant)
+        )
 
     def iter_classes(
         self, *, status: ClassStatus | None = None, page_size: int = 200
@@ -114,6 +124,20 @@ class Client:
     def delete_class(self, class_id: str) -> None:
         """Delete a class (admin key); a running training job is abandoned."""
         self._run(calls.delete_class(class_id))
+
+    def export_class(self, class_id: str, *, images: bool = True) -> dict[str, Any]:
+        """The class as a portable bundle (a JSON-ready dict), for `import_class` elsewhere;
+        `images=False` leaves its images out (then only the same model can import it)."""
+        return self._run(calls.export_class(class_id, images=images))
+
+    def import_class(self, bundle: Mapping[str, Any], *, replace: bool = False) -> ClassInfo:
+        """Import an exported class: ready at once on the same model, else queued and learned
+        again from the bundle's images."""
+        return self._run(calls.import_class(bundle, replace=replace))
+
+    def vocabulary(self, *, prefix: str = "", limit: int = 100) -> Vocabulary:
+        """Words the model knows, which are what `hints` may name."""
+        return self._run(calls.vocabulary(prefix=prefix, limit=limit))
 
     def get_embedding(self, class_id: str) -> Embedding:
         """A ready class's text feature and token embedding (Conflict while not ready)."""

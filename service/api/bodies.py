@@ -25,6 +25,7 @@ from starlette.datastructures import FormData, UploadFile
 from service.api.deps import SettingsDep
 from service.api.json_reader import JsonRefused, TooManyItems, read_json
 from service.api.schemas import (
+    ClassBundle,
     ClassifyFields,
     ClassifyJson,
     EmbeddingsJson,
@@ -246,7 +247,38 @@ def _openai_embeddings(document: dict[str, Any], settings: Settings) -> Embeddin
     return EmbeddingsBody(images, texts, openai=parsed, order=tuple(order))
 
 
+@dataclass(frozen=True)
+class ImportBody:
+    bundle: ClassBundle
+    images: list[ImageInput]
+    negative_images: list[ImageInput]
+
+
+# A learned word's vector holds one number per dimension; no CLIP is wider than this.
+_MAX_VECTOR = 8192
+
+
+async def import_body(request: Request, settings: SettingsDep) -> AsyncIterator[ImportBody]:
+    limits = {
+        "images": settings.max_images,
+        "negative_images": settings.max_images,
+        "hints": settings.max_hints,
+        "confusers": settings.max_hints,
+        "templates": 256,
+        "text_feature": _MAX_VECTOR,
+        "token_embedding": _MAX_VECTOR,
+    }
+    async with _Parsed(request, limits, json_only=True) as (_form, document):
+        bundle = _validate(ClassBundle, document)
+        yield ImportBody(
+            bundle,
+            _texts("images", bundle.images),
+            _texts("negative_images", bundle.negative_images),
+        )
+
+
 RegisterBodyDep = Annotated[RegisterBody, Depends(register_body)]
+ImportBodyDep = Annotated[ImportBody, Depends(import_body)]
 ClassifyBodyDep = Annotated[ClassifyBody, Depends(classify_body)]
 EmbeddingsBodyDep = Annotated[EmbeddingsBody, Depends(embeddings_body)]
 

@@ -290,6 +290,34 @@ class OpenAIEmbeddingsJson(BaseModel):
     user: str | None = Field(None, description="accepted and ignored")
 
 
+BUNDLE_FORMAT = "liteembed.class"
+BUNDLE_VERSION = 1
+
+
+class ClassBundle(BaseModel):
+    """A class that can leave its deployment: `GET /v1/classes/{id}/export` writes it,
+    `POST /v1/classes:import` reads it. The learned word is used as is on the same model; on
+    another, the class is learned again from `images`."""
+
+    model_config = ConfigDict(title="ClassBundle", extra="forbid")
+    format: Literal["liteembed.class"] = BUNDLE_FORMAT
+    version: Literal[1] = Field(BUNDLE_VERSION, description="bumped on incompatible changes")
+    name: str
+    model: str = Field(description="the id of the model the word was learned on")
+    hints: list[str] = Field(default_factory=list)
+    confusers: list[str] = Field(default_factory=list)
+    threshold: float | None = Field(None, description="its acceptance threshold (raw cosine)")
+    templates: list[str] | None = None
+    dim: int | None = Field(None, description="width of `text_feature`")
+    text_feature: list[float] | None = Field(None, description="null: exported before ready")
+    token_embedding: list[float] | None = None
+    images: list[Base64Image] = Field(
+        default_factory=list, description="its example images (empty: exported images=false)"
+    )
+    negative_images: list[Base64Image] = Field(default_factory=list)
+    exported_at: datetime | None = None
+
+
 # Every request body the document declares, as components named by their titles.
 REQUEST_BODIES: tuple[type[BaseModel], ...] = (
     BodyRegisterClass,
@@ -297,4 +325,5 @@ REQUEST_BODIES: tuple[type[BaseModel], ...] = (
     BodyClassify,
     ClassifyJson,
     EmbeddingsJson,
+    ClassBundle,
 )

@@ -143,6 +143,91 @@ def check_quota(*, session: Session, tenant: str, max_classes: int, leaving: int
         raise QuotaExceeded(tenant, max_classes)
 
 
+def mark_imported_ready(
+    *,
+    session: Session,
+    row: PersonalizedClass,
+    text_feature: np.ndarray,
+    token_embedding: np.ndarray,
+    templates: Sequence[str],
+    threshold: float | None,
+) -> None:
+    """Make a just-registered (queued) class ready with a learned word brought from elsewhere
+    (an export of the same model): nothing to train. Bumps the generation, in the caller's
+    transaction, so every API process scores it at its next /classify."""
+    feature = np.ascontiguousarray(text_feature, dtype=np.float32).reshape(-1)
+    token = np.ascontiguousarray(token_embedding, dtype=np.float32).reshape(-1)
+    row.status = Status.ready.value
+    row.progress = 1.0
+    row.embedding = feature.tobytes()
+    row.dim = int(feature.shape[0])
+    row.token_embedding = token.tobytes()
+    row.token_dim = int(token.shape[0])
+    row.templates = list(templates)
+    row.threshold = threshold
+    row.enqueued_at = None
+    row.updated_at = utcnow()
+    session.flush()
+    bump_generation(session)
+
+
+@dataclass(frozen=True)
+class Requeued:
+    moved: list[str]  # ids now queued under the new model
+    kept: list[str]  # ids left as they were: a class of the same name exists under it
+
+
+def requeue_for_model(*, session: Session, from_model: str, to_model: str) -> Requeued:
+    """Move every class of `from_model` (a model id, or a model name: all its checkpoints) to
+    `to_model`, queued to be learned again from its stored images; each keeps its id, name,
+    tenant, images, hints and callback URL. A class whose name its tenant already uses under
+    `to_model` stays where it is. `enqueued_at` is cleared, so the reconciler sends each."""
+    cls = PersonalizedClass
+    old = session.scalars(
+        select(cls)
+        .where(
+            cls.model_id != to_model,
+            (cls.model_id == from_model) | cls.model_id.startswith(f"{from_model}@"),
+        )
+        .order_by(cls.created_at, cls.id)
+    ).all()
+    taken = set(
+        session.execute(select(cls.tenant, cls.name_key).where(cls.model_id == to_model)).all()
+    )
+    moved, kept = [], []
+    for row in old:
+        if (row.tenant, row.name_key) in taken:
+            kept.append(row.id)
+            continue
+        taken.add((row.tenant, row.name_key))
+        row.model_id = to_model
+        row.status = Status.queued.value
+        row.progress = 0.0
+        row.attempts = 0
+        row.lease = None
+        row.heartbeat_at = None
+        row.enqueued_at = None
+        row.error = None
+        for learned in (
+            "embedding",
+            "dim",
+            "token_embedding",
+            "token_dim",
+            "templates",
+            "diagnostics",
+            "threshold",
+            "exemplar_features",
+            "impact",
+        ):
+            setattr(row, learned, None)
+        row.updated_at = utcnow()
+        moved.append(row.id)
+    if moved:
+        session.flush()
+        bump_generation(session)
+    return Requeued(moved=moved, kept=kept)
+
+
 def serialize_name(*, session: Session, model_id: str, tenant: str, name_key: str) -> None:
     """Hold, until the caller's transaction ends, the lock that orders writes of one name."""
     if session.get_bind().dialect.name == "postgresql":

@@ -178,7 +178,7 @@ def test_errors_are_typed_from_status_and_detail(live_server: LiveServer, tmp_pa
 
     with Client(live_server.url, live_server.client_key) as client:
         with pytest.raises(Forbidden):
-            client.list_classes()
+            client.list_classes(tenant="elsewhere")
         with pytest.raises(NotFound):
             client.get_class("no-such-id")
         created = client.register_class("errors-blue", images)

@@ -21,6 +21,8 @@ ROUTES: list[tuple[str, str, str]] = [  # method, path, who may call it
     ("POST", "/v1/classify:json", "client"),
     ("POST", "/v1/embeddings", "client"),
     ("GET", "/v1/models", "client"),
+    ("GET", "/v1/classes/{id}/export", "client"),
+    ("POST", "/v1/classes:import", "client"),
     ("GET", "/v1/vocabulary", "client"),
     ("DELETE", "/v1/classes/{id}", "client"),
 ]
