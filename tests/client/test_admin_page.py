@@ -115,7 +115,12 @@ def test_register_watch_filter_delete_in_the_browser(
         drop(page, world_pngs("tartan", 4))
         assert page.locator("#chosen li").count() == 4
         page.fill("#reg-name", "tartan")
-        page.fill("#reg-hints", "pattern")
+        # The hint comes from the model's vocabulary, offered on the page.
+        page.click("#vocabulary summary")
+        page.fill("#reg-hints", "patt")
+        page.click("#vocabulary-words button:text-is('pattern')")
+        assert page.input_value("#reg-hints") == "pattern"
+        assert page.locator("#vocabulary-list option").count() >= 1
         page.click("#reg-submit")
         expect(page.locator("#reg-message")).to_have_text("Registered tartan: queued.")
         assert page.locator("#chosen li").count() == 0

@@ -16,6 +16,7 @@ const state = {
   timer: null,
   refreshes: 0,
   deleting: null,
+  vocabulary: false, // the model's words, loaded once the model answers
 };
 
 const $ = (id) => document.getElementById(id);
@@ -106,7 +107,48 @@ async function refresh() {
     $("list-error").textContent = `Could not load the classes: ${error.message}`;
   }
   serviceState();
+  if (!state.vocabulary) loadVocabulary();
   state.timer = setTimeout(refresh, busy ? BUSY_POLL_MS : IDLE_POLL_MS);
+}
+
+// Hints must be words the model knows: offer those that start with the hint being typed, as
+// suggestions and as buttons that put one in.
+const VOCABULARY_SHOWN = 200;
+
+async function loadVocabulary(prefix = "") {
+  try {
+    const params = new URLSearchParams({ prefix, limit: VOCABULARY_SHOWN });
+    const vocabulary = await (await api(`/v1/vocabulary?${params}`)).json();
+    const list = $("vocabulary-list");
+    const buttons = $("vocabulary-words");
+    list.replaceChildren();
+    buttons.replaceChildren();
+    for (const word of vocabulary.words) {
+      list.append(element("option", { value: word }));
+      const button = element("button", { type: "button", className: "quiet word" }, word);
+      button.addEventListener("click", () => addHint(word));
+      buttons.append(button);
+    }
+    const more = vocabulary.total - vocabulary.words.length;
+    if (more > 0) buttons.append(element("span", {}, `… and ${more} more: type to narrow`));
+    state.vocabulary = true;
+  } catch {
+    // The model is still loading (or the key was refused): the next refresh tries again.
+  }
+}
+
+let vocabularyTimer = null;
+$("reg-hints").addEventListener("input", () => {
+  clearTimeout(vocabularyTimer);
+  const typed = $("reg-hints").value.split(",").pop().trim();
+  vocabularyTimer = setTimeout(() => loadVocabulary(typed), 150);
+});
+
+function addHint(word) {
+  // The word replaces the hint being typed (the text after the last comma).
+  const chosen = $("reg-hints").value.split(",").slice(0, -1).map((w) => w.trim());
+  const kept = chosen.filter((w) => w && w !== word);
+  $("reg-hints").value = [...kept, word].join(", ");
 }
 
 async function serviceState() {
