@@ -150,7 +150,7 @@ def word_threshold(
     bank: ReferenceBank, vocabulary: Vocabulary, noise: torch.Tensor, beta: float
 ) -> float:
     """The median over the bank's words of each word's own threshold: its images against the
-    other words' images and noise."""
+    other words' images and noise, and never below the noise's highest similarity to it."""
     word_features = vocabulary.word_features.float().cpu()
     values = []
     for index, word in enumerate(bank.words):
@@ -160,7 +160,8 @@ def word_threshold(
         feature = word_features[row]
         own = bank.labels == index
         negatives = torch.cat([bank.features[~own], noise]) @ feature
-        values.append(acceptance_threshold(bank.features[own] @ feature, negatives, beta))
+        rule = acceptance_threshold(bank.features[own] @ feature, negatives, beta)
+        values.append(max(rule, float((noise @ feature).max())))
     return float(torch.tensor(values).median()) if values else float("nan")
 
 

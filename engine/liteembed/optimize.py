@@ -683,8 +683,11 @@ def _threshold(
             source = "in-sample"
         negatives = torch.cat([problem.evidence.features @ text, noise @ text]).cpu()
     beta = config.threshold_beta
-    threshold = acceptance_threshold(positives, negatives, beta) - config.threshold_offset
+    noise_floor = float((noise @ text).max()) if len(noise) else -1.0
+    rule = acceptance_threshold(positives, negatives, beta) - config.threshold_offset
+    threshold = max(rule, noise_floor)
     return threshold, {
+        "noise_floor": round(noise_floor, 6),
         "value": round(threshold, 6),
         "positives": source,
         "positive_mean": round(float(positives.mean()), 6),

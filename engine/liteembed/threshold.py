@@ -9,11 +9,15 @@ synthetic noise):
     threshold = mean(positives) - beta * (mean(positives) - q90(negatives))
 
 beta = 0 accepts only images as similar as the class's own; beta = 1 accepts anything above the
-top decile of the negatives. Plain words get one threshold per model, the same rule applied to the
-reference bank's images of each word (`liteembed.bank`).
+top decile of the negatives. A model-level offset (`threshold_offset`, chosen on validation) is
+subtracted, and the result is never below the highest similarity of a noise image: an image
+accepted as a class is at least more like it than noise is. Plain words get one threshold per
+model, the same rule applied to the reference bank's images of each word (`liteembed.bank`).
 """
 
 from __future__ import annotations
+
+import weakref
 
 import torch
 from PIL import Image
@@ -23,7 +27,9 @@ from liteembed.backend import ClipBackend
 # Noise images drawn for the negatives of every threshold (fixed, so a class's threshold does not
 # depend on when it was learned).
 NOISE_SEED = 1234
-NOISE_IMAGES = 8
+NOISE_IMAGES = 32
+# Per loaded model: the noise images' features (the images never change).
+_NOISE_FEATURES: weakref.WeakKeyDictionary[ClipBackend, torch.Tensor] = weakref.WeakKeyDictionary()
 
 
 def noise_images(side: int, count: int = NOISE_IMAGES, seed: int = NOISE_SEED) -> list[Image.Image]:
@@ -42,8 +48,12 @@ def noise_images(side: int, count: int = NOISE_IMAGES, seed: int = NOISE_SEED) -
 
 
 def noise_features(backend: ClipBackend) -> torch.Tensor:
-    """(NOISE_IMAGES, E) image features of the noise images, on the backend's device."""
-    return backend.encode_images(noise_images(backend.decode_side))
+    """(NOISE_IMAGES, E) image features of the noise images, encoded once per backend."""
+    cached = _NOISE_FEATURES.get(backend)
+    if cached is None:
+        cached = backend.encode_images(noise_images(backend.decode_side)).float()
+        _NOISE_FEATURES[backend] = cached
+    return cached
 
 
 def acceptance_threshold(positives: torch.Tensor, negatives: torch.Tensor, beta: float) -> float:
