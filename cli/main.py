@@ -135,12 +135,23 @@ def serve_host(settings: Settings, host: str | None) -> str:
         return host or "0.0.0.0"
     host = host or "127.0.0.1"
     if host not in _LOOPBACK and not settings.allow_open:
+        # In a container, binding 127.0.0.1 would leave the published port unanswered: leaving
+        # out --host is no way out there.
+        way_out = (
+            "serves it open anyway (docker run -e LITEEMBED_ALLOW_OPEN=true ...)."
+            if in_container()
+            else "serves it open anyway, or leave out --host to bind 127.0.0.1."
+        )
+        keys = (
+            "docker run -e LITEEMBED_ADMIN_KEYS=<key> ..., or in .env for compose"
+            if in_container()
+            else "and LITEEMBED_CLIENT_KEYS"
+        )
         raise SystemExit(
             f"liteembed: no API keys configured, so serving on {host} would let anyone who "
-            "reaches it register and delete classes. Set LITEEMBED_ADMIN_KEYS (and "
-            f"LITEEMBED_CLIENT_KEYS); make each key with: {MAKE_KEY_COMMAND}\n"
-            "For a local experiment, LITEEMBED_ALLOW_OPEN=true serves it open anyway, or leave "
-            "out --host to bind 127.0.0.1."
+            f"reaches it register and delete classes. Set LITEEMBED_ADMIN_KEYS ({keys}); make "
+            f"each key with: {MAKE_KEY_COMMAND}\n"
+            f"For a local experiment, LITEEMBED_ALLOW_OPEN=true {way_out}"
         )
     where = "127.0.0.1 only" if host in _LOOPBACK else f"{host}, as LITEEMBED_ALLOW_OPEN asks"
     log.warning(
@@ -149,6 +160,14 @@ def serve_host(settings: Settings, host: str | None) -> str:
         where,
     )
     return host
+
+
+# Files container runtimes create in every container (Docker; Podman).
+CONTAINER_MARKERS = (Path("/.dockerenv"), Path("/run/.containerenv"))
+
+
+def in_container() -> bool:
+    return any(marker.exists() for marker in CONTAINER_MARKERS)
 
 
 def serve_command(settings: Settings, host: str | None, port: int, workers: int) -> int:
