@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
 
 from service.models import PersonalizedClass, as_utc
 
@@ -301,7 +301,7 @@ class ClassBundle(BaseModel):
 
     model_config = ConfigDict(title="ClassBundle", extra="forbid")
     format: Literal["liteembed.class"] = BUNDLE_FORMAT
-    version: Literal[1] = Field(BUNDLE_VERSION, description="bumped on incompatible changes")
+    version: int = Field(BUNDLE_VERSION, description="bumped on incompatible changes")
     name: str
     model: str = Field(description="the id of the model the word was learned on")
     hints: list[str] = Field(default_factory=list)
@@ -316,6 +316,15 @@ class ClassBundle(BaseModel):
     )
     negative_images: list[Base64Image] = Field(default_factory=list)
     exported_at: datetime | None = None
+
+    @field_validator("version")
+    @classmethod
+    def _known_version(cls, version: int) -> int:
+        if version != BUNDLE_VERSION:
+            raise ValueError(
+                f"bundle version {version} is not supported (this service reads {BUNDLE_VERSION})"
+            )
+        return version
 
 
 # Every request body the document declares, as components named by their titles.
