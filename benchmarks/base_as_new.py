@@ -18,13 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from benchmarks.data import (
-    WORLD_LOOKALIKES,
-    SupportDraw,
-    Task,
-    encode,
-    support_from_lists,
-)
+from benchmarks.data import WORLD_LOOKALIKES, Task, encode, world_draws
 from liteembed import ClipBackend, ReferenceBank
 
 # Disjoint from every other gallery and support seed of the benchmark (benchmarks.data).
@@ -79,20 +73,13 @@ def base_as_new_task(
     images = world.render(classes, n=test_per_class, seed=GALLERY_SEED)
     labels = torch.arange(len(classes)).repeat_interleave(test_per_class)
 
-    def make_draw(index: int) -> SupportDraw:
-        rendered = world.render(classes, n=max_shots, seed=SUPPORT_SEED + 97 * fold + index)
-        per_class = {
-            name: rendered[i * max_shots : (i + 1) * max_shots] for i, name in enumerate(classes)
-        }
-        return support_from_lists(backend, per_class)
-
     return Task(
         name=f"base-as-new-{fold}",
         base=base,
         heldout=heldout,
         test_features=encode(backend, images),
         test_labels=labels,
-        make_draw=make_draw,
+        make_draw=world_draws(backend, world, classes, max_shots, SUPPORT_SEED + 97 * fold),
         max_shots=max_shots,
         hints={name: (world[name].category,) for name in heldout},
         lookalikes=neighbours,

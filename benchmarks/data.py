@@ -13,6 +13,7 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
@@ -142,20 +143,13 @@ def world_task(
     features = encode(backend, images)
     labels = torch.arange(len(classes)).repeat_interleave(test_per_class)
 
-    def make_draw(index: int) -> SupportDraw:
-        rendered = world.render(classes, n=max_shots, seed=support_seed + index)
-        per_class = {
-            name: rendered[i * max_shots : (i + 1) * max_shots] for i, name in enumerate(classes)
-        }
-        return support_from_lists(backend, per_class)
-
     return Task(
         name=f"synthetic-{split}",
         base=base,
         heldout=heldout,
         test_features=features,
         test_labels=labels,
-        make_draw=make_draw,
+        make_draw=world_draws(backend, world, classes, max_shots, support_seed),
         max_shots=max_shots,
         hints={c.name: (c.category,) for c in heldout_classes},
         lookalikes={n: WORLD_LOOKALIKES[n] for n in heldout if n in WORLD_LOOKALIKES},
@@ -169,6 +163,22 @@ def world_task(
             "rare": [c.name for c in heldout_classes if c.rarity],
         },
     )
+
+
+def world_draws(
+    backend: ClipBackend, world: Any, classes: list[str], max_shots: int, seed: int
+) -> Callable[[int], SupportDraw]:
+    """Support draw `index` of the synthetic world: `max_shots` renders of every class from seed
+    `seed + index`."""
+
+    def make_draw(index: int) -> SupportDraw:
+        rendered = world.render(classes, n=max_shots, seed=seed + index)
+        per_class = {
+            name: rendered[i * max_shots : (i + 1) * max_shots] for i, name in enumerate(classes)
+        }
+        return support_from_lists(backend, per_class)
+
+    return make_draw
 
 
 # ------------------------------------------------------------------ an image folder
