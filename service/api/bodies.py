@@ -20,7 +20,7 @@ from fastapi import Depends, Request, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import FormData, UploadFile
+from starlette.datastructures import FormData, ImmutableMultiDict, UploadFile
 
 from service.api.deps import SettingsDep
 from service.api.json_reader import JsonRefused, TooManyItems, read_json
@@ -61,11 +61,13 @@ _READ_INLINE_BYTES = 64 * 1024
 
 @dataclass(frozen=True)
 class ImageInput:
-    """One image as sent: a multipart upload, or base64 text from a JSON body."""
+    """One image as sent: a multipart upload, base64 text from a JSON body, or the raw body."""
 
     field: str  # where it was: `images[2]`
     upload: UploadFile | None = None
     text: str | None = None
+    data: bytes | None = None  # the whole body was the image
+    content_type: str | None = None  # ...declared as this
 
 
 def load_image(
@@ -84,6 +86,11 @@ def load_image(
             field=source.field,
             budget=budget,
             min_side=min_side,
+        )
+    if source.data is not None:
+        check_declared_type(source.content_type, source.field)
+        return check_image_bytes(
+            source.data, settings, label=source.field, budget=budget, min_side=min_side
         )
     assert source.text is not None
     text, declared = source.text, None
@@ -164,7 +171,11 @@ async def register_body(request: Request, settings: SettingsDep) -> AsyncIterato
 
 async def classify_body(request: Request, settings: SettingsDep) -> AsyncIterator[ClassifyBody]:
     limits = {"images": settings.max_classify_images, "labels": settings.max_labels}
-    async with _Parsed(request, limits) as (form, document):
+    kind = _media_type(request)
+    if raw_image_body(kind):
+        yield await _raw_classify_body(request, kind, limits)
+        return
+    async with _Parsed(request, limits, raw_images=True) as (form, document):
         if form is not None:
             fields = _validate(ClassifyFields, _text_fields(form, ClassifyFields, limits))
             single, many = _files(form, "image"), _files(form, "images")
@@ -189,6 +200,32 @@ async def classify_body(request: Request, settings: SettingsDep) -> AsyncIterato
                 f"at most {settings.max_classify_images} images are allowed, got {len(many)}",
             )
         yield ClassifyBody(fields, single or many, batch=bool(many))
+
+
+def raw_image_body(kind: str) -> bool:
+    """Whether a body of this media type is one image, sent as is (no form, no base64)."""
+    return kind.startswith("image/") or kind == "application/octet-stream"
+
+
+async def _raw_classify_body(
+    request: Request, kind: str, limits: Mapping[str, int]
+) -> ClassifyBody:
+    """The body is the image itself (`Content-Type: image/jpeg`, ...): the lean way to send one
+    image, no multipart to build or parse. The other fields come from the query string
+    (`?top_k=3&labels=cat&labels=dog&abstain=true`), checked as the form's are."""
+    values = _text_fields(request.query_params, ClassifyFields, limits)
+    try:
+        fields = ClassifyFields.model_validate(values)
+    except ValidationError as exc:
+        raise RequestValidationError(
+            [{**e, "loc": ("query", *e["loc"])} for e in exc.errors(include_url=False)]
+        ) from None
+    image = ImageInput("image", data=await request.body(), content_type=kind)
+    return ClassifyBody(fields, [image], batch=False)
+
+
+def _media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
 async def embeddings_body(request: Request, settings: SettingsDep) -> AsyncIterator[EmbeddingsBody]:
@@ -290,11 +327,17 @@ class _Parsed:
     is refused at the first item past its field's limit, before the rest is read."""
 
     def __init__(
-        self, request: Request, limits: Mapping[str, int], *, json_only: bool = False
+        self,
+        request: Request,
+        limits: Mapping[str, int],
+        *,
+        json_only: bool = False,
+        raw_images: bool = False,
     ) -> None:
         self._request = request
         self._limits = limits
         self._json_only = json_only
+        self._raw_images = raw_images  # the route also takes an image as the body (415 says so)
         self._form: FormData | None = None
 
     async def __aenter__(self) -> tuple[FormData | None, Any]:
@@ -313,6 +356,8 @@ class _Parsed:
             self._form = await self._request.form()
             return self._form, None
         accepted = "application/json" if self._json_only else "multipart/form-data or JSON"
+        if self._raw_images:
+            accepted = "multipart/form-data, JSON or an image"
         raise error(
             status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
             f"the request body must be {accepted}, not {kind or 'missing'}",
@@ -335,11 +380,11 @@ class _Parsed:
 
 
 def _text_fields(
-    form: FormData, model: type[BaseModel], limits: Mapping[str, int]
+    form: ImmutableMultiDict[str, Any], model: type[BaseModel], limits: Mapping[str, int]
 ) -> dict[str, Any]:
-    """The model's fields from the form, as FastAPI would read them: an empty value is absent,
-    a list field takes every part of its name (at most its limit, counted as sent); a scalar
-    sent twice is refused, not guessed."""
+    """The model's fields from the form (or the query string), as FastAPI would read them: an
+    empty value is absent, a list field takes every part of its name (at most its limit,
+    counted as sent); a scalar sent twice is refused, not guessed."""
     values: dict[str, Any] = {}
     for name, info in model.model_fields.items():
         parts = form.getlist(name)

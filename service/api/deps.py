@@ -118,6 +118,31 @@ async def get_background_checks(request: Request) -> dict[str, bool]:
     return request.app.state.background_checks()  # type: ignore[no-any-return]
 
 
+@dataclass(frozen=True)
+class ImageModel:
+    """What /classify uses besides its body, its settings and its caller."""
+
+    runtime: Runtime
+    classifier: ClassMatrixCache
+    runner: ModelRunner
+    pool: Executor
+    text_features: TextFeatureCache
+
+
+async def get_image_model(request: Request) -> ImageModel:
+    """The loaded model (503 until it is) with the class matrix, the model thread, the
+    preprocessing pool and the text features, as one dependency: FastAPI's resolution of each
+    dependency costs tens of microseconds per request, a visible share of a fast /classify."""
+    state = request.app.state
+    return ImageModel(
+        runtime=await get_runtime(state.runtime),
+        classifier=state.classifier,
+        runner=state.model_runner,
+        pool=state.preprocess_pool,
+        text_features=state.text_features,
+    )
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionDep = Annotated[Session, Depends(get_session)]
 RuntimeHolderDep = Annotated[RuntimeHolder, Depends(get_runtime_holder)]
@@ -133,6 +158,7 @@ MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 BackgroundChecksDep = Annotated[dict[str, bool], Depends(get_background_checks)]
 WorkerPresenceDep = Annotated[WorkerPresence | None, Depends(get_worker_presence)]
 SchemaCheckDep = Annotated[SchemaCheck, Depends(get_schema_check)]
+ImageModelDep = Annotated[ImageModel, Depends(get_image_model)]
 
 
 class Role(IntEnum):

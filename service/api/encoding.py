@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from concurrent.futures import Executor
 from typing import TYPE_CHECKING
 
@@ -35,6 +36,7 @@ async def encode_images(
     runner: ModelRunner,
     pool: Executor,
     tenant: str | None = None,
+    before_scoring: Awaitable[object] | None = None,
 ) -> list[Encoded]:
     """Each image's feature (scored against the class matrix when `top_k` is set, against
     `tenant`'s classes only when that is set too), in order.
@@ -42,6 +44,10 @@ async def encode_images(
     Every image is decoded and checked before any is submitted, so a bad one fails the request
     before model work, and the runner finds them all waiting: a request of N images is one
     batch of N (two when the runner was mid-gather), not N batches.
+
+    `before_scoring` (the class matrix catching up with the database) runs while the images
+    decode, and is awaited before any is submitted: its error answers first, as if it had run
+    before the decoding.
     """
     loop = asyncio.get_running_loop()
     budget = request_budget(settings)
@@ -53,6 +59,8 @@ async def encode_images(
             ),
             return_exceptions=True,
         )
+        if before_scoring is not None:
+            await before_scoring
         for outcome in outcomes:  # the first bad image in order answers, whatever finished first
             if isinstance(outcome, BaseException):
                 raise outcome
