@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 
+from benchmarks.perf import lean_http
 from benchmarks.perf.harness import summarize
 from liteembed.images import decode_image
 
@@ -126,8 +127,10 @@ def classify_concurrent(
 
 
 def bare_encode(backend: Any, image: bytes, *, batch: int, count: int) -> dict[str, float]:
-    """Preprocess + encode in this process: the floor the service is measured against."""
-    pil = decode_image(image)
+    """Preprocess + encode in this process: the floor the service is measured against. The
+    image is decoded once beforehand, as the service decodes it (reduced to the model's decode
+    side), so both preprocess the same pixels."""
+    pil = decode_image(image, min_side=backend.decode_side)
     images = [pil] * batch
     backend.encode_image_batch(backend.preprocess_images(images))  # warm-up
     latencies = []
@@ -140,8 +143,52 @@ def bare_encode(backend: Any, image: bytes, *, batch: int, count: int) -> dict[s
     return summarize(latencies, wall, count * batch)
 
 
-def decode_ms(image: bytes, repeats: int = 50) -> float:
+def classify_request(url: str, image: bytes, *, raw: bool) -> lean_http.Request:
+    """POST /v1/classify of one JPEG: its bytes as the body (`raw`), or a multipart form."""
+    if raw:
+        return lean_http.Request.post(url, "/v1/classify", image, "image/jpeg", None)
+    body, content_type = lean_http.multipart("image", "q.jpg", image, "image/jpeg")
+    return lean_http.Request.post(url, "/v1/classify", body, content_type, None)
+
+
+def lean_sequential(url: str, image: bytes, *, count: int, raw: bool) -> dict[str, float]:
+    """/classify at concurrency 1 from the lean client (`benchmarks/perf/lean_http.py`)."""
+    latencies = lean_http.sequential(url, classify_request(url, image, raw=raw), count=count)
+    return summarize(latencies, sum(latencies), count)
+
+
+def lean_concurrent(
+    url: str, image: bytes, *, concurrency: int, count: int, raw: bool
+) -> dict[str, float]:
+    """/classify at a fixed concurrency from the lean client."""
+    latencies, wall = lean_http.concurrent(
+        url, classify_request(url, image, raw=raw), concurrency=concurrency, count=count
+    )
+    return summarize(latencies, wall, count)
+
+
+def bare_pipeline(backend: Any, image: bytes, *, batch: int, count: int) -> dict[str, float]:
+    """Decode + preprocess + encode in this process, from the JPEG's bytes: the floor no server
+    goes below, since every server has to decode what it is sent. Decoded as the service
+    decodes (`decode_image`, reduced to the model's decode side)."""
+
+    def once() -> None:
+        pils = [decode_image(image, min_side=backend.decode_side) for _ in range(batch)]
+        backend.encode_image_batch(backend.preprocess_images(pils))
+
+    once()  # warm-up
+    latencies = []
+    started = time.perf_counter()
+    for _ in range(count):
+        t = time.perf_counter()
+        once()
+        latencies.append(time.perf_counter() - t)
+    wall = time.perf_counter() - started
+    return summarize(latencies, wall, count * batch)
+
+
+def decode_ms(image: bytes, repeats: int = 50, min_side: int | None = None) -> float:
     t = time.perf_counter()
     for _ in range(repeats):
-        decode_image(image)
+        decode_image(image, min_side=min_side)
     return (time.perf_counter() - t) / repeats * 1000
