@@ -126,11 +126,14 @@ def classify_concurrent(
     return asyncio.run(run())
 
 
-def bare_encode(backend: Any, image: bytes, *, batch: int, count: int) -> dict[str, float]:
+def bare_encode(
+    backend: Any, image: bytes, *, batch: int, count: int, full_size: bool = False
+) -> dict[str, float]:
     """Preprocess + encode in this process: the floor the service is measured against. The
     image is decoded once beforehand, as the service decodes it (reduced to the model's decode
-    side), so both preprocess the same pixels."""
-    pil = decode_image(image, min_side=backend.decode_side)
+    side), so both preprocess the same pixels; with `full_size`, at full size, as this floor was
+    measured before the bare pipeline existed (preprocessing then costs more)."""
+    pil = decode_image(image, min_side=None if full_size else backend.decode_side)
     images = [pil] * batch
     backend.encode_image_batch(backend.preprocess_images(images))  # warm-up
     latencies = []
