@@ -19,6 +19,7 @@ from service.api.limits import BodySizeLimit
 from service.api.rate_limit import RateLimiter, RateLimitHeaders
 from service.api.request_id import RequestIdMiddleware
 from service.api.routes import (
+    bank,
     classes,
     classify,
     embeddings,
@@ -28,6 +29,7 @@ from service.api.routes import (
     portability,
     vocabulary,
 )
+from service.bank.recorder import BankRecorder
 from service.core.config import Settings, get_settings
 from service.db import SchemaCheck, make_engine, make_session_factory, watch_outages
 from service.keys import KeyLookup, hash_secret
@@ -74,6 +76,7 @@ def create_app(
         with ExitStack() as stack:
             stack.enter_context(_warm_up(app))
             stack.enter_context(_webhook_deliveries(app))
+            stack.enter_context(_bank_recording(app))
             if background is not None:
                 stack.enter_context(background(app))
             yield
@@ -109,6 +112,17 @@ def create_app(
     app.state.thumbnails = ThumbnailCache(settings.thumbnail_cache_bytes)
     app.state.learned_words = LearnedWords()
     app.state.metrics = metrics
+    # Only when some tenant is opted in: otherwise /classify skips recording altogether.
+    app.state.bank_recorder = (
+        BankRecorder(
+            session_factory,
+            settings,
+            recorded=metrics.bank_recorded.inc,
+            dropped=metrics.bank_dropped.inc,
+        )
+        if settings.bank_from_traffic_tenants
+        else None
+    )
     app.state.rate_limiter = (
         RateLimiter(
             settings.rate_limit,
@@ -134,6 +148,7 @@ def create_app(
     app.include_router(classify.router)
     app.include_router(embeddings.router)
     app.include_router(keys.router)
+    app.include_router(bank.router)
     app.include_router(models.router)
     app.include_router(vocabulary.router)
     mount_admin(app)
@@ -208,6 +223,20 @@ def _webhook_deliveries(app: FastAPI) -> Iterator[None]:
         yield
     finally:
         dispatcher.stop()
+
+
+@contextmanager
+def _bank_recording(app: FastAPI) -> Iterator[None]:
+    """Write the features /classify hands the bank recorder, from this process's own thread."""
+    recorder: BankRecorder | None = app.state.bank_recorder
+    if recorder is None:
+        yield
+        return
+    recorder.start()
+    try:
+        yield
+    finally:
+        recorder.stop()
 
 
 # How each process's value combines across API processes (multiprocess metrics); the class

@@ -63,6 +63,17 @@ class Metrics:
             ["route"],
             registry=own,
         )
+        self.bank_recorded = Counter(
+            "liteembed_bank_features_recorded_total",
+            "Image features from /v1/classify traffic written to the reference bank",
+            registry=own,
+        )
+        self.bank_dropped = Counter(
+            "liteembed_bank_features_dropped_total",
+            "Image features from /v1/classify traffic the reference bank let go (its queue full "
+            "or the database unavailable)",
+            registry=own,
+        )
         self._published: list[tuple[GaugeRead, dict[str, Gauge]]] = []
 
     def add_state_collector(self, session_factory: Any, queue_depth: Callable[[], int]) -> None:

@@ -234,6 +234,30 @@ class WebhookDelivery(Base):
     delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
+class BankFeature(Base):
+    """An image feature from an opted-in tenant's /v1/classify traffic, labelled by the plain
+    vocabulary word the model answered confidently (service/bank/): images of the words a new
+    class is trained not to take. The feature only, never the image; at most BANK_PER_WORD per
+    (model, tenant, word), the newest kept."""
+
+    __tablename__ = "bank_features"
+    __table_args__ = (
+        # The per-word trim and the train job's lookup of one word, newest first.
+        Index("ix_bank_features_word", "model_id", "tenant", "word", "id"),
+        Index("ix_bank_features_tenant", "tenant"),
+    )
+
+    # Insertion order is "newest": one sequence for every API process, unlike their clocks.
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    model_id: Mapped[str] = mapped_column(String(200))
+    tenant: Mapped[str] = mapped_column(String(64))
+    word: Mapped[str] = mapped_column(String(200))
+    # (dim,) float32, L2-normalised: the feature the request computed.
+    feature: Mapped[bytes] = mapped_column(LargeBinary)
+    dim: Mapped[int] = mapped_column(Integer)
+    recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 GENERATION_ROW = 1
 
 

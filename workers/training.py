@@ -163,10 +163,11 @@ class Trainer:
         if not requests:
             return
         fill_exemplar_features(self.sessions, runtime.backend, settled)
-        learned = self._learn(runtime, requests, settled, leases, heartbeat)
+        bank = self._bank(runtime, tenants)
+        learned = self._learn(runtime, requests, settled, leases, heartbeat, bank)
         if not learned:
             return
-        kept = self._keep_the_others(runtime, requests, learned, settled, heartbeat)
+        kept = self._keep_the_others(runtime, requests, learned, settled, heartbeat, bank)
         if kept is None:
             return
         self._store(leases, kept, settled)
@@ -178,6 +179,7 @@ class Trainer:
         settled: list[SettledClass],
         leases: dict[str, str],
         heartbeat: _ClassProgressBeat,
+        bank: Any,
     ) -> dict[str, Any]:
         """The learned classes by id (empty: the run was abandoned). A class with an
         undecodable image (or another engine error) fails the batch, and then alone."""
@@ -185,7 +187,7 @@ class Trainer:
         from liteembed.errors import LiteEmbedError, OptimizationCancelled
 
         ids = list(requests)
-        common = self._engine_inputs(runtime, settled, heartbeat)
+        common = self._engine_inputs(runtime, settled, heartbeat, bank)
         try:
             learned = learn_classes(
                 runtime.backend, runtime.vocabulary, [requests[i] for i in ids], **common
@@ -224,6 +226,7 @@ class Trainer:
         learned: dict[str, Any],
         settled: list[SettledClass],
         heartbeat: _ClassProgressBeat,
+        bank: Any,
     ) -> _Kept | None:
         """Score every exemplar of the tenant's ready classes and of the new ones against all
         their features; ready classes that now lose exemplars to a new class (or take a new
@@ -256,7 +259,7 @@ class Trainer:
                         runtime.backend,
                         runtime.vocabulary,
                         [all_requests[i] for i in ids],
-                        **self._engine_inputs(runtime, rest, heartbeat),
+                        **self._engine_inputs(runtime, rest, heartbeat, bank),
                     ),
                     strict=True,
                 )
@@ -286,11 +289,29 @@ class Trainer:
             return _Kept(learned, {}, _impacts(learned, before, names, set(), None))
         return _Kept(new, old, _impacts(new, before, names, set(old), after))
 
+    def _bank(self, runtime: Runtime, tenants: set[str]) -> Any:
+        """The model's reference bank with the tenant's features recorded from its traffic
+        behind it (service/bank/), read word by word as the engine asks."""
+        from service.bank.layered import tenant_bank
+
+        return tenant_bank(
+            runtime.bank,
+            sessions=self.sessions,
+            model_id=runtime.model_id,
+            dim=int(runtime.backend.embed_dim),
+            tenants=tenants,
+            per_word=self.settings.bank_per_word,
+        )
+
     def _engine_inputs(
-        self, runtime: Runtime, settled: list[SettledClass], heartbeat: _ClassProgressBeat
+        self,
+        runtime: Runtime,
+        settled: list[SettledClass],
+        heartbeat: _ClassProgressBeat,
+        bank: Any,
     ) -> dict[str, Any]:
         """What `learn_classes` gets besides the requests: the ready classes as text-feature
-        negatives and as protected image evidence, the model's reference bank, the config."""
+        negatives and as protected image evidence, the reference bank, the config."""
         import torch
 
         from liteembed import ProtectedClass
@@ -303,7 +324,7 @@ class Trainer:
         return {
             "registered": {one.name: torch.from_numpy(one.feature) for one in settled},
             "protected": protected,
-            "bank": runtime.bank,
+            "bank": bank,
             "config": self.optimization_config(runtime.model_id),
             "seed": self.settings.seed,
             "progress": heartbeat.on_progress,

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from service.api.rate_limit import STATE_KEY as RATE_LIMIT_STATE_KEY
 from service.api.rate_limit import RateLimiter
+from service.bank.recorder import BankRecorder
 from service.core.config import Settings
 from service.db import SchemaCheck, close_quietly
 from service.keys import KEY_MARK, KeyLookup
@@ -127,6 +128,8 @@ class ImageModel:
     runner: ModelRunner
     pool: Executor
     text_features: TextFeatureCache
+    # Keeps confident plain-word answers' features (None: no tenant is opted in).
+    bank: BankRecorder | None = None
 
 
 async def get_image_model(request: Request) -> ImageModel:
@@ -140,6 +143,7 @@ async def get_image_model(request: Request) -> ImageModel:
         runner=state.model_runner,
         pool=state.preprocess_pool,
         text_features=state.text_features,
+        bank=getattr(state, "bank_recorder", None),
     )
 
 

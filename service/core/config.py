@@ -160,12 +160,39 @@ class Settings(BaseSettings):
     # How often each API process looks for deliveries that are due.
     webhook_poll_seconds: float = Field(default=1.0, gt=0)
 
-    @field_validator("cors_origins", "webhook_allowed_hosts", mode="before")
+    # The reference bank grown from traffic (service/bank/): for these tenants (comma-separated
+    # ids, "*" for every tenant; empty: nobody, the default), each /v1/classify image whose top
+    # label is a plain vocabulary word answered with a softmax score of at least BANK_MIN_SCORE
+    # and accepted by the plain-word threshold has its feature (never the image) kept under that
+    # word, at most BANK_PER_WORD per model, tenant and word (the newest), and training draws
+    # the images of a new class's nearest words from it.
+    bank_from_traffic_tenants: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    bank_min_score: float = Field(default=0.9, ge=0, le=1)
+    bank_per_word: int = Field(default=16, ge=1, le=1024)
+
+    @field_validator(
+        "cors_origins", "webhook_allowed_hosts", "bank_from_traffic_tenants", mode="before"
+    )
     @classmethod
     def _split_list(cls, value: object) -> object:
         if isinstance(value, str):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
+
+    @field_validator("bank_from_traffic_tenants")
+    @classmethod
+    def _valid_bank_tenants(cls, tenants: list[str]) -> list[str]:
+        import re
+
+        from service.models import TENANT_PATTERN
+
+        for tenant in tenants:
+            if tenant != "*" and not re.fullmatch(TENANT_PATTERN, tenant):
+                raise ValueError(
+                    f"LITEEMBED_BANK_FROM_TRAFFIC_TENANTS: {tenant!r} is not a tenant id "
+                    "(lower-case letters, digits, '-' and '_') nor '*'"
+                )
+        return tenants
 
     @field_validator("webhook_allowed_hosts")
     @classmethod
@@ -246,6 +273,11 @@ class Settings(BaseSettings):
                 "every delivery is signed"
             )
         return self
+
+    def bank_records(self, tenant: str) -> bool:
+        """Whether `tenant`'s /v1/classify traffic grows the reference bank."""
+        tenants = self.bank_from_traffic_tenants
+        return "*" in tenants or tenant in tenants
 
     @property
     def webhooks_enabled(self) -> bool:

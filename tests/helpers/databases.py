@@ -14,7 +14,7 @@ def truncate_postgres(url: str) -> None:
         conn.execute(
             text(
                 "TRUNCATE class_images, class_negative_images, classes, class_removals, api_keys, "
-                "webhook_deliveries"
+                "webhook_deliveries, bank_features"
             )
         )
         conn.execute(text("UPDATE class_generation SET value = 0, removals_floor = 0"))

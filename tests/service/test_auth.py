@@ -25,6 +25,8 @@ ROUTES: list[tuple[str, str, str]] = [  # method, path, who may call it
     ("POST", "/v1/classes:import", "client"),
     ("GET", "/v1/vocabulary", "client"),
     ("DELETE", "/v1/classes/{id}", "client"),
+    ("GET", "/v1/bank", "client"),
+    ("DELETE", "/v1/bank", "client"),
 ]
 
 

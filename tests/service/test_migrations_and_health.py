@@ -18,7 +18,7 @@ def test_upgrade_head_matches_the_models(database_url: str) -> None:
     with engine.connect() as conn:
         context = MigrationContext.configure(conn, opts={"compare_type": True})
         assert compare_metadata(context, Base.metadata) == []
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0006"
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0007"
         counter = conn.execute(text("SELECT value, removals_floor FROM class_generation")).all()
         assert [tuple(row) for row in counter] == [(0, 0)]
     engine.dispose()

@@ -96,6 +96,15 @@ async def classify(
             clean_labels, top_k, scope, runtime, classifier, model.runner, model.text_features
         )
         ranked = [score(one) for one in encoded]
+        if model.bank is not None:
+            # Before `abstain` filters: the top answer as scored. Queued, never waited for.
+            model.bank.observe(
+                model_id=runtime.model_id,
+                tenant=scope or DEFAULT_TENANT,
+                vocabulary=runtime.vocabulary,
+                features=[one.feature for one in encoded],
+                ranked=ranked,
+            )
     else:
         ranked = [_class_predictions(one, runtime.word_threshold) for one in encoded]
     if body.fields.abstain:
