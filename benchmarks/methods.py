@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from benchmarks.base_as_new import without_words
 from benchmarks.data import SupportDraw, Task
 from benchmarks.metrics import confusion_rate, harmonic_mean, mean_average_precision, top1
+from benchmarks.text_standins import text_standin_bank
 from liteembed import (
     ClassRequest,
     ClipBackend,
@@ -375,6 +376,9 @@ def evaluate(
     method = spec.build()
     if getattr(method, "bank", None) == "shipped":
         method.bank = find_bank(backend)
+    if getattr(method, "bank", None) == "text":
+        # Built per draw from the draw's own supports (_evaluate_per_class).
+        return _evaluate_per_class(method, spec, ctx, backend, vocabulary, draws, k)
     if isinstance(getattr(method, "bank", None), ReferenceBank):
         # A bank never holds images of the classes being learned (base-as-new learns base ones).
         method.bank = without_words(method.bank, list(ctx.task.heldout))
@@ -403,7 +407,15 @@ def _evaluate_per_class(
     hidden += tuple(name for name in task.heldout if name in task.aliases)
     per_draw = []
     started = time.perf_counter()
-    for _, draw in draws:
+    text_standins = getattr(method, "bank", None) == "text"
+    for index, draw in draws:
+        if text_standins:
+            method.bank = text_standin_bank(
+                vocabulary,
+                [draw.shot_features(name, k) for name in task.heldout],
+                model_id=backend.model_id,
+                seed=index,
+            )
         requests = []
         for name in task.heldout:
             hints: tuple[str, ...] = ()

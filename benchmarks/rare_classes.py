@@ -178,6 +178,14 @@ def _liteembed_rows(chosen: dict[str, Any]) -> list[MethodSpec]:
                 lookalike_images=4,
             ),
             MethodSpec(
+                "liteembed (defaults), text stand-ins",
+                "liteembed",
+                defaults,
+                hints,
+                note="stand-in images made from words (benchmarks/text_standins.py), no bank",
+                options=(("bank", "text"),),
+            ),
+            MethodSpec(
                 "liteembed (defaults) w/o image evidence",
                 "liteembed",
                 defaults.with_(lambda_img=0.0, holdout_evidence=False),

@@ -24,7 +24,7 @@ from liteembed.augment import as_rgb
 from liteembed.backend import CHECKPOINT_DIR, ClipBackend
 from liteembed.errors import CheckpointError
 from liteembed.requests import ImageData
-from liteembed.threshold import acceptance_threshold, noise_features
+from liteembed.threshold import acceptance_threshold, noise_ceiling, noise_features
 from liteembed.vocab import Vocabulary
 
 BANK_FORMAT = 1
@@ -161,7 +161,7 @@ def word_threshold(
         own = bank.labels == index
         negatives = torch.cat([bank.features[~own], noise]) @ feature
         rule = acceptance_threshold(bank.features[own] @ feature, negatives, beta)
-        values.append(max(rule, float((noise @ feature).max())))
+        values.append(max(rule, noise_ceiling(noise @ feature)))
     return float(torch.tensor(values).median()) if values else float("nan")
 
 

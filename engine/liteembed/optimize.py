@@ -44,7 +44,7 @@ from liteembed.requests import (
     ProtectedClass,
 )
 from liteembed.scale import word_scale
-from liteembed.threshold import acceptance_threshold, noise_features
+from liteembed.threshold import acceptance_threshold, noise_ceiling, noise_features
 from liteembed.vocab import Vocabulary
 
 log = logging.getLogger(__name__)
@@ -683,7 +683,7 @@ def _threshold(
             source = "in-sample"
         negatives = torch.cat([problem.evidence.features @ text, noise @ text]).cpu()
     beta = config.threshold_beta
-    noise_floor = float((noise @ text).max()) if len(noise) else -1.0
+    noise_floor = noise_ceiling(noise @ text)
     rule = acceptance_threshold(positives, negatives, beta) - config.threshold_offset
     threshold = max(rule, noise_floor)
     return threshold, {

@@ -56,6 +56,11 @@ def noise_features(backend: ClipBackend) -> torch.Tensor:
     return cached
 
 
+def noise_ceiling(similarities: torch.Tensor) -> float:
+    """The highest similarity of a noise image (-1 without any)."""
+    return float(similarities.max()) if similarities.numel() else -1.0
+
+
 def acceptance_threshold(positives: torch.Tensor, negatives: torch.Tensor, beta: float) -> float:
     """The rule of the module docstring; without positives, the top of the negatives."""
     top_negative = float(torch.quantile(negatives.float(), 0.9)) if negatives.numel() else -1.0
@@ -67,6 +72,7 @@ def acceptance_threshold(positives: torch.Tensor, negatives: torch.Tensor, beta:
 
 __all__ = [
     "NOISE_IMAGES",
+    "noise_ceiling",
     "acceptance_threshold",
     "noise_features",
     "noise_images",
