@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from liteembed.errors import ModelNotFoundError
+from liteembed.text_prefix import PrefixStates, supports_prefix_states
 
 PLACEHOLDER = "{}"
 
@@ -60,6 +61,12 @@ class TextTower:
             )
         self.context_length: int = int(self.positional_embedding.shape[0])
         self.is_causal: bool = _is_causal_mask(self.attn_mask, self.context_length)
+        # The template's words before the learned word, encoded once (liteembed.text_prefix).
+        self.prefix: PrefixStates | None = (
+            PrefixStates(self.transformer)
+            if self.is_causal and supports_prefix_states(self.transformer)
+            else None
+        )
 
     @property
     def dtype(self) -> torch.dtype:
@@ -91,12 +98,7 @@ class TextTower:
         x = self.transformer(x, attn_mask=mask)
         x = self.ln_final(x)
         x = x[torch.arange(x.shape[0], device=x.device), eot]
-        if self.text_projection is not None:
-            if isinstance(self.text_projection, nn.Linear):
-                x = self.text_projection(x)
-            else:
-                x = x @ self.text_projection
-        return x
+        return self._project(x)
 
     def encode_ids(self, ids: torch.Tensor, *, short_context: bool = True) -> torch.Tensor:
         """Normalised text features for token ids (N, L), like `encode_text(normalize=True)`."""
@@ -114,6 +116,8 @@ class TextTower:
     ) -> torch.Tensor:
         """Normalised features (B, T, embed_dim), `token_embedding[b]` in every template's slot."""
         ids = templates.ids.to(self.token_embedding.weight.device)
+        if short_context and self.prefix is not None:
+            return self._encode_after_prefix(templates, ids, token_embedding)
         slots = templates.slots.to(ids.device)
         n_words, n_templates, length = token_embedding.shape[0], ids.shape[0], ids.shape[1]
         base = self.token_embedding(ids)  # (T, L, d)
@@ -125,6 +129,33 @@ class TextTower:
         flat_ids = ids.repeat(n_words, 1)
         features = self.forward_embeddings(x, flat_ids, short_context=short_context)
         return F.normalize(features.float(), dim=-1).reshape(n_words, n_templates, -1)
+
+    def _encode_after_prefix(
+        self, templates: TokenizedTemplates, ids: torch.Tensor, token_embedding: torch.Tensor
+    ) -> torch.Tensor:
+        """`encode_with_token` over the slot and what follows it only, per template (causal
+        towers: the positions before the slot do not depend on the word)."""
+        assert self.prefix is not None
+        eots = self.eot_positions(ids).tolist()
+        vectors = token_embedding.to(self.dtype)[:, None, :]  # (B, 1, d)
+        features = []
+        for row, slot, eot in zip(ids, templates.slots.tolist(), eots, strict=True):
+            positions = self.positional_embedding.to(self.dtype)
+            embedded = self.token_embedding(row[: eot + 1]).to(self.dtype) + positions[: eot + 1]
+            key = (tuple(row[:slot].tolist()), embedded.device, embedded.dtype)
+            kept = self.prefix.states(embedded[:slot], key)
+            after = embedded[slot + 1 :].unsqueeze(0).expand(vectors.shape[0], -1, -1)
+            x = torch.cat([vectors + positions[slot], after], dim=1)
+            x = self.ln_final(self.prefix.run_suffix(x, kept))
+            features.append(self._project(x))
+        return F.normalize(torch.stack(features, dim=1).float(), dim=-1)
+
+    def _project(self, x: torch.Tensor) -> torch.Tensor:
+        if self.text_projection is None:
+            return x
+        if isinstance(self.text_projection, nn.Linear):
+            return self.text_projection(x)
+        return x @ self.text_projection
 
     def encode_with_slots(self, prompts: TokenizedPrompts, vectors: torch.Tensor) -> torch.Tensor:
         """Normalised features (N, embed_dim) of token ids whose slots hold `vectors` (M, d_tok),

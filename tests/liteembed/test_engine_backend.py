@@ -11,7 +11,7 @@ import torch
 
 import liteembed.backend as backend_module
 from liteembed import CheckpointError, ClipBackend, ModelNotFoundError, load_backend
-from liteembed.text_path import TextTower
+from liteembed.text_path import TextTower, tokenize_templates
 
 TEMPLATES = ["a photo of a {}.", "a blurry picture of the {} on a table", "{}"]
 
@@ -51,6 +51,35 @@ def test_short_context_equals_full_context(backend: ClipBackend) -> None:
     assert (short - full).abs().max().item() < 1e-5
     # The features must actually depend on the vector, or the equality above says nothing.
     assert (short[0] - short[1]).abs().max().item() > 1e-3
+
+
+def test_kept_template_prefix_gives_the_full_pass_and_its_gradient(backend: ClipBackend) -> None:
+    templates = [*TEMPLATES, "a sketch of a {} next to a dog"]
+    tokenized = tokenize_templates(backend.tokenizer, templates, backend.context_length)
+    full_pass = TextTower(backend.model)
+    full_pass.prefix = None  # every position recomputed, as without a kept prefix
+    assert backend.text.prefix is not None
+    results = []
+    for tower in (backend.text, full_pass, backend.text):  # the second call reads kept states
+        vectors = torch.randn(3, backend.token_dim, generator=torch.Generator().manual_seed(2))
+        vectors = (vectors * 0.05).requires_grad_(True)
+        features = tower.encode_with_token(tokenized, vectors)
+        (features * torch.linspace(-1, 1, features.shape[-1])).sum().backward()
+        results.append((features.detach(), vectors.grad))
+    for features, grad in (results[0], results[2]):
+        assert (features - results[1][0]).abs().max().item() < 1e-5
+        assert (grad - results[1][1]).abs().max().item() < 1e-4 * results[1][1].abs().max().item()
+
+
+def test_towers_with_other_blocks_run_the_full_pass(backend: ClipBackend) -> None:
+    model = copy.deepcopy(backend.model)
+
+    class Block(type(model.transformer.resblocks[0])):  # type: ignore[misc]
+        def forward(self, *args: object, **kwargs: object) -> torch.Tensor:
+            return super().forward(*args, **kwargs)
+
+    model.transformer.resblocks[0].__class__ = Block
+    assert TextTower(model).prefix is None
 
 
 def test_injecting_a_word_embedding_equals_the_ordinary_text_path(backend: ClipBackend) -> None:
