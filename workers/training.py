@@ -11,11 +11,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
 
 from service import crud
@@ -23,7 +21,16 @@ from service.core.config import Settings
 from service.db import session_scope
 from service.models import PersonalizedClass
 from service.runtime import Runtime, RuntimeHolder
-from workers.impact import ScoredClass, Taking, impact_of, takings, to_relearn
+from workers.impact import takings, to_relearn
+from workers.progress import ClassProgressBeat
+from workers.results import (
+    KeptResults,
+    as_vector,
+    at_stake,
+    impacts,
+    learned_values,
+    scored_classes,
+)
 from workers.settled import SettledClass, fill_exemplar_features, load_settled, stored_request
 
 log = logging.getLogger(__name__)
@@ -74,13 +81,13 @@ class Trainer:
         if lease is None:
             return []
         leases = {class_id: lease}
-        heartbeat: _ClassProgressBeat | None = None
+        heartbeat: ClassProgressBeat | None = None
         try:
             # Other queued classes of the same model ride along: one batched optimisation costs
             # far less than running them one after another. Their own messages find them ready
             # (or training under a fresh heartbeat) later and do nothing.
             self._claim_companions(class_id, leases)
-            heartbeat = _ClassProgressBeat(self, leases)
+            heartbeat = ClassProgressBeat(self, leases)
             heartbeat.start()
             self._run_batch(leases, heartbeat)
         except WorkerStopping:
@@ -128,7 +135,7 @@ class Trainer:
                 max_attempts=self.settings.max_attempts,
             )
 
-    def _run_batch(self, leases: dict[str, str], heartbeat: _ClassProgressBeat) -> None:
+    def _run_batch(self, leases: dict[str, str], heartbeat: ClassProgressBeat) -> None:
         """Learn the leased classes, keep the tenant's other classes whole (re-learning one
         that a new class takes images from, beside it), and store everything in one
         transaction: nothing is written until all of it is learned, so a run that dies half-way
@@ -178,7 +185,7 @@ class Trainer:
         requests: dict[str, Any],
         settled: list[SettledClass],
         leases: dict[str, str],
-        heartbeat: _ClassProgressBeat,
+        heartbeat: ClassProgressBeat,
         bank: Any,
     ) -> dict[str, Any]:
         """The learned classes by id (empty: the run was abandoned). A class with an
@@ -225,9 +232,9 @@ class Trainer:
         requests: dict[str, Any],
         learned: dict[str, Any],
         settled: list[SettledClass],
-        heartbeat: _ClassProgressBeat,
+        heartbeat: ClassProgressBeat,
         bank: Any,
-    ) -> _Kept | None:
+    ) -> KeptResults | None:
         """Score every exemplar of the tenant's ready classes and of the new ones against all
         their features; ready classes that now lose exemplars to a new class (or take a new
         class's) are learned again together with the new classes, once (no loop). None: the
@@ -236,10 +243,10 @@ class Trainer:
         from liteembed.errors import LiteEmbedError, OptimizationCancelled
 
         names = {one.class_id: one.name for one in settled}
-        before = takings(_scored(settled, learned))
+        before = takings(scored_classes(settled, learned))
         chosen = to_relearn(before, set(learned), limit=self.settings.train_batch_max)
         if not chosen:
-            return _Kept(learned, {}, _impacts(learned, before, names, set(), None))
+            return KeptResults(learned, {}, impacts(learned, before, names, set(), None))
         with self.sessions() as session:
             again = {i: r for i in chosen if (r := stored_request(session, i)) is not None}
         rest = [one for one in settled if one.class_id not in again]
@@ -273,21 +280,21 @@ class Trainer:
             log.warning(
                 "re-learning %s failed (%s); the new classes are stored as learned", ids, exc
             )
-            return _Kept(learned, {}, _impacts(learned, before, names, set(), None))
+            return KeptResults(learned, {}, impacts(learned, before, names, set(), None))
         new = {i: relearned[i] for i in learned}
         old = {i: relearned[i] for i in again}
         updated = [
-            dataclasses.replace(one, feature=_vector(old[one.class_id].text_feature))
+            dataclasses.replace(one, feature=as_vector(old[one.class_id].text_feature))
             if one.class_id in old
             else one
             for one in settled
         ]
-        after = takings(_scored(updated, new))
-        if _at_stake(after, set(new), set(old)) > _at_stake(before, set(learned), set(old)):
+        after = takings(scored_classes(updated, new))
+        if at_stake(after, set(new), set(old)) > at_stake(before, set(learned), set(old)):
             # Worse than before: keep what was learned first, and the others as they were.
             log.info("re-learning %s did not help; kept as first learned", ids)
-            return _Kept(learned, {}, _impacts(learned, before, names, set(), None))
-        return _Kept(new, old, _impacts(new, before, names, set(old), after))
+            return KeptResults(learned, {}, impacts(learned, before, names, set(), None))
+        return KeptResults(new, old, impacts(new, before, names, set(old), after))
 
     def _bank(self, runtime: Runtime, tenants: set[str]) -> Any:
         """The model's reference bank with the tenant's features recorded from its traffic
@@ -307,7 +314,7 @@ class Trainer:
         self,
         runtime: Runtime,
         settled: list[SettledClass],
-        heartbeat: _ClassProgressBeat,
+        heartbeat: ClassProgressBeat,
         bank: Any,
     ) -> dict[str, Any]:
         """What `learn_classes` gets besides the requests: the ready classes as text-feature
@@ -343,7 +350,9 @@ class Trainer:
         base = recorded_defaults(model_id) or OptimizationConfig()
         return dataclasses.replace(base, **changes)
 
-    def _store(self, leases: dict[str, str], kept: _Kept, settled: list[SettledClass]) -> None:
+    def _store(
+        self, leases: dict[str, str], kept: KeptResults, settled: list[SettledClass]
+    ) -> None:
         """The new classes ready and the re-learned ones rewritten, in one transaction: a class
         is never left re-learned for a new class that was not stored, nor the reverse. Each new
         class only if this run still holds it; each re-learned class only if unchanged since
@@ -357,7 +366,7 @@ class Trainer:
                     session=session,
                     class_id=class_id,
                     lease=leases[class_id],
-                    **_learned_values(result),
+                    **learned_values(result),
                     impact=kept.impact.get(class_id, []),
                 )
             ]
@@ -368,7 +377,7 @@ class Trainer:
                         session=session,
                         class_id=class_id,
                         read_at=read_at[class_id],
-                        **_learned_values(result),
+                        **learned_values(result),
                     ):
                         rewritten.append(class_id)
         for class_id in kept.new:
@@ -408,140 +417,3 @@ class Trainer:
             return crud.record_heartbeat(
                 session=session, class_id=class_id, lease=lease, progress=progress
             )
-
-
-class _ClassProgressBeat:
-    """Writes progress and heartbeat_at of every class of the run every `heartbeat_seconds`,
-    from its own thread.
-
-    A thread rather than the progress callback: the heartbeat must keep beating while the model
-    loads or images are encoded, and the callback must stay cheap. A class whose conditional
-    write finds its lease gone (deleted, replaced, taken over) is dropped from the beats; when
-    none is left, the optimisation is asked to stop at the next step. (A lost class in a batch
-    with live ones keeps training; its result is simply not written.)
-    """
-
-    def __init__(self, trainer: Trainer, leases: dict[str, str]) -> None:
-        self._trainer = trainer
-        self._leases = dict(leases)
-        self._lost: set[str] = set()
-        self._progress = 0.0
-        # A later optimisation of the same run (a re-learn) moves progress on from where the
-        # first left it, instead of starting again from zero.
-        self._phase_start = 0.0
-        self._cancelled = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="liteembed-heartbeat", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-
-    def all_lost(self) -> bool:
-        return self._cancelled.is_set()
-
-    def next_phase(self) -> None:
-        self._phase_start = self._progress
-
-    def on_progress(self, event: Any) -> bool:
-        total = max(int(getattr(event, "total", 0) or 0), 1)
-        fraction = min(max(float(event.step) / total, 0.0), 1.0)
-        start = self._phase_start
-        self._progress = min(start + (0.99 - start) * fraction, 0.99)
-        return self._cancelled.is_set() or self._trainer.stopping
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._trainer.settings.heartbeat_seconds):
-            for class_id, lease in self._leases.items():
-                if class_id in self._lost:
-                    continue
-                try:
-                    alive = self._trainer.beat(class_id, lease, self._progress)
-                except Exception:
-                    log.exception("class %s: heartbeat write failed", class_id)
-                    continue
-                if not alive:
-                    self._lost.add(class_id)
-            if len(self._lost) == len(self._leases):
-                self._cancelled.set()
-                return
-
-
-@dataclass(frozen=True)
-class _Kept:
-    """What a run stores: the new classes, the ready classes re-learned beside them, and each
-    new class's impact on the others."""
-
-    new: dict[str, Any]  # class id -> LearnedClass
-    relearned: dict[str, Any]  # class id -> LearnedClass
-    impact: dict[str, list[dict[str, Any]]]
-
-
-def _scored(settled: list[SettledClass], learned: dict[str, Any]) -> list[ScoredClass]:
-    classes = [
-        ScoredClass(one.class_id, one.name, one.feature, _exemplars(one.exemplars))
-        for one in settled
-    ]
-    for class_id, result in learned.items():
-        classes.append(
-            ScoredClass(
-                class_id,
-                result.name,
-                _vector(result.text_feature),
-                _exemplars(result.exemplar_features),
-            )
-        )
-    return classes
-
-
-def _at_stake(found: list[Taking], new: set[str], others: set[str]) -> int:
-    """Exemplars taken between a new class and one of `others`, either way."""
-    return sum(
-        t.taken
-        for t in found
-        if (t.taker in new and t.victim in others) or (t.victim in new and t.taker in others)
-    )
-
-
-def _impacts(
-    learned: dict[str, Any],
-    before: list[Taking],
-    names: dict[str, str],
-    relearned: set[str],
-    after: list[Taking] | None,
-) -> dict[str, list[dict[str, Any]]]:
-    return {i: impact_of(i, before, names, relearned, after) for i in learned}
-
-
-def _learned_values(learned: Any) -> dict[str, Any]:
-    """A LearnedClass as the columns of its row."""
-    exemplars = learned.exemplar_features
-    return {
-        "text_feature": _as_float32(learned.text_feature),
-        "token_embedding": _as_float32(learned.token_embedding),
-        "templates": learned.templates,
-        "diagnostics": learned.diagnostics,
-        "threshold": learned.threshold,
-        "exemplar_features": None if exemplars is None else _exemplars(exemplars),
-    }
-
-
-def _vector(value: Any) -> np.ndarray:
-    return _as_float32(value)
-
-
-def _exemplars(value: Any) -> np.ndarray:
-    if value is None:
-        return np.zeros((0, 0), dtype=np.float32)
-    if hasattr(value, "detach"):
-        value = value.detach().float().cpu().numpy()
-    return np.ascontiguousarray(value, dtype=np.float32)
-
-
-def _as_float32(value: Any) -> np.ndarray:
-    if hasattr(value, "detach"):
-        value = value.detach().float().cpu().numpy()
-    return np.ascontiguousarray(np.asarray(value, dtype=np.float32).reshape(-1))
