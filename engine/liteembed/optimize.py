@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -104,6 +104,8 @@ class _RunResult:
     # the share of evidence images the word leaves to something else.
     holdout_similarity: list[list[float]]
     evidence_kept: list[list[float]]
+    # With `_Batch.final_from`: the final rows' parameters after each step (index t - 1 after t).
+    snapshots: list[torch.Tensor] = field(default_factory=list)
 
 
 @dataclass
@@ -120,6 +122,9 @@ class _Batch:
     total_steps: int  # over all phases, for progress events
     lr: float  # the absolute Adam step
     peers: list[list[int]]  # per class: the other classes of the batch that are its negatives
+    # The step search's batch may carry the final run along: rows from this index on are the
+    # classes themselves, trained on all their images and never scored (None: no such rows).
+    final_from: int | None = None
 
     def negatives(self, i: int, current: torch.Tensor) -> torch.Tensor:
         """Class i's negatives: its mined ones, then its peers' current features."""
@@ -235,6 +240,9 @@ def learn_classes(
         use_holdout, search_steps = all(has_holdout), config.steps
     else:
         use_holdout, search_steps = False, config.steps
+    # The pooled rule's final run rides along with its search (`_carry_final`); early stopping
+    # on the exemplars can end a final run before its budget, so it keeps a run of its own.
+    carried = use_holdout and config.step_rule == "holdout" and not config.early_stopping
     batch = _Batch(
         backend=backend,
         vocabulary=vocabulary,
@@ -243,7 +251,7 @@ def learn_classes(
         config=config,
         init=param.clamp(torch.stack([param.from_token(p.init_vector) for p in problems])),
         progress=progress,
-        total_steps=2 * search_steps if use_holdout else config.steps,
+        total_steps=search_steps * (1 if carried else 2) if use_holdout else config.steps,
         lr=scale.lr(config),
         peers=_peers(names) if config.batch_negatives else [[] for _ in names],
     )
@@ -252,11 +260,15 @@ def learn_classes(
     # Each class's unseen-image similarities (from the step search), for its threshold.
     positives: list[torch.Tensor | None] = [None] * len(problems)
     offset = 0
+    carried_result: _RunResult | None = None
     if use_holdout:
         # Phase 1: exemplars left out of training pick the step count; no test data involved.
         if config.step_rule == "holdout":
             search, owners = _folds(batch)
-            phase1 = _run(search, [search_steps] * len(owners), offset=0, holdout=True)
+            # The final run rides along: its trajectory does not depend on the budget, so its
+            # state after the chosen step is what a second run of that many steps would return.
+            search = _carry_final(search, batch) if carried else search
+            phase1 = _run(search, [search_steps] * len(search.problems), offset=0, holdout=True)
             pooled, pooled_margin, pooled_kept = _search_curves(
                 search, phase1.holdout_accuracy, phase1.holdout_margins, phase1.evidence_kept
             )
@@ -264,13 +276,17 @@ def learn_classes(
             best = max(range(len(pooled)), key=rank) if pooled else 0
             budgets = [max(best, 1)] * len(problems)
             positives = _held_out_similarities(search, owners, phase1, best)
+            if search.final_from is not None:
+                carried_result = _carried_result(search, phase1, budgets)
             for i, problem in enumerate(problems):
                 holdout_info[i] = {
                     "rule": "pooled held-out accuracy",
                     "ties": config.holdout_ties,
                     "held_out_image": problem.holdout,
                     "held_out_images": [
-                        q.holdout for q, o in zip(search.problems, owners, strict=True) if o == i
+                        q.holdout
+                        for q, o in zip(search.problems[: len(owners)], owners, strict=True)
+                        if o == i
                     ],
                     "best_step": best,
                     "pooled_accuracy": _subsample(pooled, config.loss_curve_points),
@@ -289,7 +305,7 @@ def learn_classes(
                     "held_out_margins": _subsample(margins, config.loss_curve_points),
                 }
         offset = search_steps
-    result = _run(batch, budgets, offset=offset, holdout=False)
+    result = carried_result or _run(batch, budgets, offset=offset, holdout=False)
     return _finish(batch, result, holdout_info, positives, time.perf_counter() - started)
 
 
@@ -327,6 +343,36 @@ def _folds(batch: _Batch) -> tuple[_Batch, list[int]]:
     peers = [[first[j] for j in batch.peers[owner]] for owner in owners]
     search = replace(batch, problems=rows, init=batch.init[owners], peers=peers)
     return search, owners
+
+
+def _carry_final(search: _Batch, batch: _Batch) -> _Batch:
+    """The search batch with one more row per class: the class itself on all its images, its
+    peers the other classes' such rows, exactly as the final run would train it."""
+    start = len(search.problems)
+    return replace(
+        search,
+        problems=[*search.problems, *(replace(p, holdout=None) for p in batch.problems)],
+        init=torch.cat([search.init, batch.init]),
+        peers=[*search.peers, *([start + j for j in peers] for peers in batch.peers)],
+        final_from=start,
+    )
+
+
+def _carried_result(search: _Batch, run: _RunResult, budgets: list[int]) -> _RunResult:
+    """The final run read off the search's carried rows: each class's state after its budget
+    (every budget is one the search ran past: the chosen step is at most its last)."""
+    assert search.final_from is not None
+    start = search.final_from
+    count = len(search.problems) - start
+    steps = [min(b, len(run.snapshots)) for b in budgets]
+    params = torch.stack([run.snapshots[t - 1][i] for i, t in enumerate(steps)])
+    return _RunResult(
+        params,
+        [run.curves[start + i][: steps[i]] for i in range(count)],
+        steps,
+        ["max_steps"] * count,
+        *([[] for _ in range(count)] for _ in range(4)),
+    )
 
 
 def _peers(names: Sequence[str]) -> list[list[int]]:
@@ -446,6 +492,7 @@ def _run(batch: _Batch, budgets: list[int], *, offset: int, holdout: bool) -> _R
     holdout_accuracy: list[list[float]] = [[] for _ in problems]
     holdout_similarity: list[list[float]] = [[] for _ in problems]
     evidence_kept: list[list[float]] = [[] for _ in problems]
+    snapshots: list[torch.Tensor] = []
     steps_run = [0] * count
     reasons = ["max_steps"] * count
     active = [budgets[i] > 0 for i in range(count)]
@@ -490,7 +537,7 @@ def _run(batch: _Batch, budgets: list[int], *, offset: int, holdout: bool) -> _R
                 holdout_margins[i].append(float(margin.mean().item()))
                 holdout_accuracy[i].append(float((margin > 0).float().mean().item()))
                 holdout_similarity[i].append(float(similarity.mean().item()))
-            if holdout:
+            if holdout and not _carried(batch, i):
                 kept = _evidence_kept(inputs)
                 if kept is not None:
                     evidence_kept[i].append(kept)
@@ -513,6 +560,8 @@ def _run(batch: _Batch, budgets: list[int], *, offset: int, holdout: bool) -> _R
                 m_hat = first_moment[i] / (1 - beta1**t)
                 v_hat = second_moment[i] / (1 - beta2**t)
                 params[i] = param.clamp(params[i] - batch.lr * m_hat / (v_hat.sqrt() + _ADAM_EPS))
+            if batch.final_from is not None:
+                snapshots.append(params[batch.final_from :].clone())
         if batch.progress is not None:
             event = ProgressEvent(
                 step=offset + step + 1,
@@ -537,7 +586,12 @@ def _run(batch: _Batch, budgets: list[int], *, offset: int, holdout: bool) -> _R
         holdout_accuracy,
         holdout_similarity,
         evidence_kept,
+        snapshots,
     )
+
+
+def _carried(batch: _Batch, row: int) -> bool:
+    return batch.final_from is not None and row >= batch.final_from
 
 
 def _stop_holdout_search(

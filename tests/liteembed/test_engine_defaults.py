@@ -8,7 +8,14 @@ import logging
 import pytest
 import torch
 
-from liteembed import ClassRequest, ClipBackend, OptimizationConfig, Vocabulary, learn_classes
+from liteembed import (
+    ClassRequest,
+    ClipBackend,
+    OptimizationConfig,
+    Vocabulary,
+    learn_classes,
+    optimize,
+)
 from liteembed.config import RECORDED_DEFAULTS, from_recorded, recorded_defaults
 from liteembed.problem import local_subspace
 from liteembed.scale import word_scale
@@ -52,6 +59,29 @@ def test_defaults_batch_negatives_norm_bound_and_pooled_steps(
         assert d["steps_run"] == max(d["holdout"]["best_step"], 1)
         assert d["exemplar_accuracy"] == 1.0  # against its mined negatives and its peers
     assert _accuracy_among(backend, learned) == 1.0
+
+
+def test_final_run_carried_in_the_search_equals_a_run_of_its_own(
+    backend: ClipBackend, vocabulary: Vocabulary, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A class of one image holds nothing out; it still gets a carried row of its own.
+    requests = [*REQUESTS, ClassRequest("onething", solid_images(RED, count=1))]
+    config = OptimizationConfig(max_steps=30)
+    events: list[int] = []
+    carried = learn_classes(
+        backend, vocabulary, requests, config=config, progress=lambda e: events.append(e.total)
+    )
+    monkeypatch.setattr(optimize, "_carry_final", lambda search, batch: search)
+    separate = learn_classes(backend, vocabulary, requests, config=config)
+    for one, other in zip(carried, separate, strict=True):
+        assert (one.token_embedding - other.token_embedding).abs().max().item() < 1e-4
+        assert one.threshold == pytest.approx(other.threshold, abs=1e-4)
+        for key in ("steps_run", "stop_reason", "exemplar_accuracy"):
+            assert one.diagnostics[key] == other.diagnostics[key]
+        # Equal up to float rounding (the rows are batched differently).
+        for key in ("loss_curve", "holdout"):
+            assert one.diagnostics[key] == pytest.approx(other.diagnostics[key], abs=1e-4)
+    assert set(events) == {config.max_steps}  # one run: the search is all the steps there are
 
 
 def test_margin_breaks_ties_of_pooled_accuracy(
