@@ -105,6 +105,7 @@ def load_runtime(settings: Settings, progress: LoadProgress | None = None) -> Ru
     its reference bank and its plain-word acceptance threshold."""
     from liteembed.backend import load_backend
     from liteembed.bank import find_bank, plain_word_threshold
+    from liteembed.threshold import noise_features
     from liteembed.vocab import load_vocabulary
 
     progress = progress or LoadProgress()
@@ -129,6 +130,9 @@ def load_runtime(settings: Settings, progress: LoadProgress | None = None) -> Ru
     progress.enter("reference bank")
     bank = find_bank(backend, settings.cache_dir)
     word_threshold = plain_word_threshold(backend, vocabulary, bank)
+    # Every learned class's threshold scores the noise images: encoded here (a second or two on
+    # CPU), not by the first registration. A bank with its own word threshold skips them above.
+    noise_features(backend)
     progress.enter("ready")
     log.info(
         "model %s ready (dim %d, %d words, %s, plain-word threshold %.4f)",
