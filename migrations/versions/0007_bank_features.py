@@ -1,8 +1,10 @@
-"""The reference bank grown from traffic: image features of opted-in tenants' /v1/classify
-requests, labelled by the plain vocabulary word answered confidently.
+"""The reference bank grown from traffic.
 
 Revision ID: 0007
 Revises: 0006
+
+Image features of opted-in tenants' /v1/classify requests, labelled by the plain vocabulary word
+answered confidently.
 """
 
 from __future__ import annotations
