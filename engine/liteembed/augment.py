@@ -12,6 +12,7 @@ from liteembed.backend import ClipBackend
 from liteembed.config import OptimizationConfig
 from liteembed.images import decode_image, to_rgb
 from liteembed.requests import ImageData
+from liteembed.view_cache import view_cache
 
 
 def as_rgb(image: ImageData, min_side: int | None = None) -> Image.Image:
@@ -48,7 +49,8 @@ def first_views(groups: list[int], device: torch.device) -> torch.Tensor:
 
 class ViewEncoder:
     """Preprocesses views as they come and encodes them every `CHUNK`, so only features (and
-    one chunk of pixel tensors) are held, however many views a batch of classes has."""
+    one chunk of pixel tensors) are held, however many views a batch of classes has; views the
+    model encoded before come from its cache (liteembed.view_cache)."""
 
     CHUNK = 64
 
@@ -64,7 +66,8 @@ class ViewEncoder:
 
     def _flush(self) -> None:
         if self._pending:
-            self._features.append(self._backend.encode_image_batch(torch.cat(self._pending)))
+            pixels = torch.cat(self._pending)
+            self._features.append(view_cache(self._backend).encode(self._backend, pixels))
             self._pending = []
 
     def features(self) -> torch.Tensor:
