@@ -18,11 +18,13 @@ model, the same rule applied to the reference bank's images of each word (`litee
 from __future__ import annotations
 
 import weakref
+from typing import Any
 
 import torch
 from PIL import Image
 
 from liteembed.backend import ClipBackend
+from liteembed.config import OptimizationConfig
 
 # Noise images drawn for the negatives of every threshold (fixed, so a class's threshold does not
 # depend on when it was learned).
@@ -70,8 +72,43 @@ def acceptance_threshold(positives: torch.Tensor, negatives: torch.Tensor, beta:
     return mean - beta * (mean - top_negative)
 
 
+def class_threshold(
+    *,
+    text: torch.Tensor,
+    originals: torch.Tensor,
+    evidence: torch.Tensor,
+    held_out: torch.Tensor | None,
+    noise: torch.Tensor,
+    config: OptimizationConfig,
+) -> tuple[float, dict[str, Any]]:
+    """A learned class's acceptance threshold and what it rests on: its held-out similarities
+    (its own images' in-sample ones when it held nothing out, which run higher) against its
+    evidence images and the noise images, less the model's offset, never below the noise."""
+    with torch.no_grad():
+        source = "held-out"
+        positives = held_out
+        if positives is None or not positives.numel():
+            positives = (originals @ text).cpu()
+            source = "in-sample"
+        negatives = torch.cat([evidence @ text, noise @ text]).cpu()
+        noise_floor = noise_ceiling(noise @ text)
+    beta = config.threshold_beta
+    rule = acceptance_threshold(positives, negatives, beta) - config.threshold_offset
+    threshold = max(rule, noise_floor)
+    return threshold, {
+        "noise_floor": round(noise_floor, 6),
+        "value": round(threshold, 6),
+        "positives": source,
+        "positive_mean": round(float(positives.mean()), 6),
+        "negatives": int(negatives.numel()),
+        "beta": beta,
+        "offset": config.threshold_offset,
+    }
+
+
 __all__ = [
     "NOISE_IMAGES",
+    "class_threshold",
     "noise_ceiling",
     "acceptance_threshold",
     "noise_features",

@@ -71,7 +71,7 @@ def test_final_run_carried_in_the_search_equals_a_run_of_its_own(
     carried = learn_classes(
         backend, vocabulary, requests, config=config, progress=lambda e: events.append(e.total)
     )
-    monkeypatch.setattr(optimize, "_carry_final", lambda search, batch: search)
+    monkeypatch.setattr(optimize, "carry_final", lambda search, batch: search)
     separate = learn_classes(backend, vocabulary, requests, config=config)
     for one, other in zip(carried, separate, strict=True):
         assert (one.token_embedding - other.token_embedding).abs().max().item() < 1e-4
