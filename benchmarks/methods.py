@@ -376,9 +376,6 @@ def evaluate(
     method = spec.build()
     if getattr(method, "bank", None) == "shipped":
         method.bank = find_bank(backend)
-    if getattr(method, "bank", None) == "text":
-        # Built per draw from the draw's own supports (_evaluate_per_class).
-        return _evaluate_per_class(method, spec, ctx, backend, vocabulary, draws, k)
     if isinstance(getattr(method, "bank", None), ReferenceBank):
         # A bank never holds images of the classes being learned (base-as-new learns base ones).
         method.bank = without_words(method.bank, list(ctx.task.heldout))

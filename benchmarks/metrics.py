@@ -75,6 +75,12 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return mean, math.sqrt(var)
 
 
+def mean_se(values: Sequence[float]) -> dict[str, float]:
+    """{"mean", "se"}: the mean and its standard error over draws."""
+    mean, std = mean_std(values)
+    return {"mean": mean, "se": std / math.sqrt(len(values)) if values else math.nan}
+
+
 def paired_difference(a: Sequence[float], b: Sequence[float]) -> dict[str, float]:
     """a - b over the same draws: mean, std and standard error of the per-draw differences, and
     how many draws a won and lost (ties count as neither).

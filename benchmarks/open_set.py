@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from benchmarks.data import encode, world_task
 from benchmarks.methods import Context, MethodSpec
-from benchmarks.metrics import mean_std
+from benchmarks.metrics import mean_se
 from liteembed import (
     ClassRequest,
     OptimizationConfig,
@@ -183,11 +183,7 @@ def fmt(row: dict[str, float]) -> str:
 
 
 def summarise(rows: list[dict[str, float]]) -> dict[str, dict[str, float]]:
-    out = {}
-    for key in rows[0]:
-        mean, std = mean_std([r[key] for r in rows])
-        out[key] = {"mean": mean, "se": std / len(rows) ** 0.5}
-    return out
+    return {key: mean_se([r[key] for r in rows]) for key in rows[0]}
 
 
 LABELS = {

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from benchmarks.data import world_task
 from benchmarks.methods import Context
-from benchmarks.metrics import harmonic_mean, mean_std, paired_difference
+from benchmarks.metrics import harmonic_mean, mean_se, paired_difference
 from liteembed import (
     ClassRequest,
     OptimizationConfig,
@@ -156,10 +156,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key in ("hm", "heldout", "base_after", "min_kept"):
-        mean, std = mean_std([r[key] for r in rows])
-        out[key] = {"mean": mean, "se": std / len(rows) ** 0.5}
+    out: dict[str, Any] = {
+        key: mean_se([r[key] for r in rows]) for key in ("hm", "heldout", "base_after", "min_kept")
+    }
     kept = [v for r in rows for v in r["kept"].values()]
     out["classes_keeping_95"] = sum(v >= 0.95 for v in kept) / len(kept)
     out["mean_kept"] = sum(kept) / len(kept)

@@ -31,7 +31,7 @@ def scored_classes(settled: list[SettledClass], learned: dict[str, Any]) -> list
             ScoredClass(
                 class_id,
                 result.name,
-                as_vector(result.text_feature),
+                as_float32(result.text_feature),
                 as_exemplars(result.exemplar_features),
             )
         )
@@ -68,10 +68,6 @@ def learned_values(learned: Any) -> dict[str, Any]:
         "threshold": learned.threshold,
         "exemplar_features": None if exemplars is None else as_exemplars(exemplars),
     }
-
-
-def as_vector(value: Any) -> np.ndarray:
-    return as_float32(value)
 
 
 def as_exemplars(value: Any) -> np.ndarray:

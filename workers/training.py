@@ -25,7 +25,7 @@ from workers.impact import takings, to_relearn
 from workers.progress import ClassProgressBeat
 from workers.results import (
     KeptResults,
-    as_vector,
+    as_float32,
     at_stake,
     impacts,
     learned_values,
@@ -284,7 +284,7 @@ class Trainer:
         new = {i: relearned[i] for i in learned}
         old = {i: relearned[i] for i in again}
         updated = [
-            dataclasses.replace(one, feature=as_vector(old[one.class_id].text_feature))
+            dataclasses.replace(one, feature=as_float32(old[one.class_id].text_feature))
             if one.class_id in old
             else one
             for one in settled

@@ -6,31 +6,14 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from tests.helpers.images import COLOURS, class_images, image_bytes
 
 pytestmark = pytest.mark.postgres
-
-
-@pytest.fixture
-def empty_database(postgres_server_url: str) -> Iterator[str]:
-    name = f"liteembed_restore_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(postgres_server_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(postgres_server_url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def _libpq(url: str) -> str:
@@ -48,7 +31,7 @@ def _scores(client: Any) -> list[tuple[str, float]]:
 @pytest.mark.skipif(shutil.which("pg_dump") is None, reason="pg_dump is not installed")
 def test_a_pg_dump_restored_elsewhere_answers_as_the_original(
     postgres_database: str,
-    empty_database: str,
+    empty_postgres: str,
     make_settings: Any,
     make_client: Any,
     wait_status: Any,
@@ -71,12 +54,12 @@ def test_a_pg_dump_restored_elsewhere_answers_as_the_original(
             "--if-exists",
             "--no-owner",
             "-d",
-            _libpq(empty_database),
+            _libpq(empty_postgres),
             str(dump),
         ],
         check=True,
     )
-    restored = make_client(make_settings(empty_database))
+    restored = make_client(make_settings(empty_postgres))
     assert _scores(restored) == _scores(original)
     listed = restored.get("/v1/classes").json()
     assert sorted(item["name"] for item in listed["items"]) == ["plax", "zorb"]
