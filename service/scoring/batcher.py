@@ -107,13 +107,27 @@ class ModelRunner:
     def incoming(self) -> Iterator[None]:
         """Announce a request that will submit soon (it is still decoding), so the runner
         waits for it instead of encoding a batch that is about to be one short."""
+        self.expect()
+        with self.arriving():
+            yield
+
+    def expect(self) -> None:
+        """`incoming` in two halves, for a request announced on one thread that submits from
+        another: this half announces it; `arriving` (or `arrived`) ends the announcement."""
         with self._incoming_lock:
             self._incoming += 1
+
+    def arrived(self) -> None:
+        with self._incoming_lock:
+            self._incoming -= 1
+
+    @contextmanager
+    def arriving(self) -> Iterator[None]:
+        """Ends an `expect`ed announcement when the block exits, submitted or failed."""
         try:
             yield
         finally:
-            with self._incoming_lock:
-                self._incoming -= 1
+            self.arrived()
 
     def encode(
         self, pixels: torch.Tensor, *, top_k: int | None = None, tenant: str | None = None

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import functools
 from collections.abc import Callable
 
 import numpy as np
@@ -70,26 +68,20 @@ async def classify(
     runtime, classifier = model.runtime, model.classifier
     labels, top_k = body.fields.labels, body.fields.top_k
     clean_labels = validate_words(labels, field="labels", limit=settings.max_labels)
-    # The class generation is read while the images decode (two threads at once): the matrix
-    # is still caught up before anything is scored, at the cost of the slower of the two.
-    current = asyncio.ensure_future(_classes_current(settings, runtime, classifier))
-    try:
-        encoded = await encode_images(
-            body.images,
-            top_k=None if clean_labels else top_k,
-            tenant=scope,
-            settings=settings,
-            runtime=runtime,
-            runner=model.runner,
-            pool=model.pool,
-            before_scoring=current,
-        )
-    finally:
-        if not current.done():
-            current.cancel()
-        elif not current.cancelled():
-            current.exception()  # retrieved: raised above if it mattered
-    if not current.result():
+    # The class generation is read on the preprocessing thread, just before the image decodes:
+    # the matrix is caught up before anything is scored, its error answering first.
+    caught_up = _CaughtUp(settings, runtime, classifier)
+    encoded = await encode_images(
+        body.images,
+        top_k=None if clean_labels else top_k,
+        tenant=scope,
+        settings=settings,
+        runtime=runtime,
+        runner=model.runner,
+        pool=model.pool,
+        before_scoring=caught_up if settings.classify_checks_generation else None,
+    )
+    if not caught_up.current:
         response.headers[STALE_HEADER] = "true"
     if clean_labels:
         score = await _label_scorer(
@@ -118,25 +110,28 @@ async def classify(
     )
 
 
-async def _classes_current(
-    settings: Settings, runtime: Runtime, classifier: ClassMatrixCache
-) -> bool:
-    """Have the class matrix hold every class change committed before this request started
-    (`ready` answered by any API process means classifiable), before any image is scored.
+class _CaughtUp:
+    """Has the class matrix hold every class change committed before this request started
+    (`ready` answered by any API process means classifiable), before any image is scored; a
+    blocking call, made on the preprocessing pool.
 
-    False when the database cannot be reached: the request is answered from the matrix this
-    process holds, which misses only what changed since its last sync (the caller marks the
-    answer stale). With CLASSIFY_DURING_DATABASE_OUTAGE=false, or before any matrix is held,
-    that is a 503 (the app's database handler) instead."""
-    if not settings.classify_checks_generation:
-        return True
-    catch_up = functools.partial(
-        classifier.catch_up,
-        runtime.model_id,
-        int(runtime.backend.embed_dim),
-        stale_ok=settings.classify_during_database_outage,
-    )
-    return await asyncio.get_running_loop().run_in_executor(None, catch_up)
+    `current` is False when the database cannot be reached: the request is answered from the
+    matrix this process holds, which misses only what changed since its last sync (the caller
+    marks the answer stale). With CLASSIFY_DURING_DATABASE_OUTAGE=false, or before any matrix
+    is held, that is a 503 (the app's database handler) instead."""
+
+    def __init__(self, settings: Settings, runtime: Runtime, classifier: ClassMatrixCache) -> None:
+        self._settings = settings
+        self._runtime = runtime
+        self._classifier = classifier
+        self.current = True
+
+    def __call__(self) -> None:
+        self.current = self._classifier.catch_up(
+            self._runtime.model_id,
+            int(self._runtime.backend.embed_dim),
+            stale_ok=self._settings.classify_during_database_outage,
+        )
 
 
 def _class_predictions(encoded: Encoded, default_threshold: float) -> list[Prediction]:
