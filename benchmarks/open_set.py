@@ -7,7 +7,8 @@ its acceptance threshold (liteembed.threshold). Then, in two settings:
 - registered: the classifier holds only the learned classes (what a tenant of the service has);
   known = their test images; unknown = images of classes never registered: the validation
   held-out classes and the base classes (the model knows them, nobody registered them);
-- joint: the learned classes join the base classes' own words (plain words: the bank's threshold);
+- joint: the learned classes join the base classes' own words (plain words: the bank's threshold,
+  raised to each word's noise ceiling, as the service scores a plain label);
   known = every test image; unknown = the validation held-out classes' images.
 
 and noise images (uniform and smooth colour noise, seeds the engine's threshold never used).
@@ -42,7 +43,7 @@ from liteembed import (
     plain_word_threshold,
 )
 from liteembed.config import from_recorded, recorded_defaults
-from liteembed.threshold import noise_images
+from liteembed.threshold import noise_features, noise_images, word_thresholds
 
 RESULTS_DIR = Path(__file__).parent / "results"
 UNKNOWN_SEED = 8_901  # renders of the never-registered classes: no other gallery uses it
@@ -122,6 +123,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     base_sample = encode(backend, world.render(task.base, n=10, seed=UNKNOWN_SEED + 1))
     noise = encode(backend, noise_images(64, args.noise, seed=NOISE_SEED))
     word_threshold = plain_word_threshold(backend, vocabulary, bank)
+    # As the service scores a plain label: the model's threshold raised to the word's noise ceiling.
+    base_thresholds = word_thresholds(ctx.base_text, noise_features(backend), word_threshold)
     spec = MethodSpec("liteembed", "liteembed", config, True, options=(("bank", bank),))
     held = ~task.base_mask
     draws: list[dict[str, Any]] = []
@@ -152,9 +155,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         row: dict[str, Any] = {"draw": index, "registered": registered}
         if len(unknown_val):
             joint_weights = torch.cat([ctx.base_text, weights])
-            joint_thresholds = torch.cat(
-                [torch.full((len(task.base),), word_threshold), thresholds]
-            )
+            joint_thresholds = torch.cat([base_thresholds, thresholds])
             row["joint"] = evaluate_setting(
                 task.test_features, unknown_val, noise, joint_weights, joint_thresholds, scale
             )
@@ -228,9 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, default=None, help="a settings file (tune.py)")
     parser.add_argument("--changes", default="", help="JSON of OptimizationConfig changes")
     parser.add_argument("--shots", type=int, default=4)
-    parser.add_argument(
-        "--split", default="test_heldout", choices=["test_heldout", "val_heldout"]
-    )
+    parser.add_argument("--split", default="test_heldout", choices=["test_heldout", "val_heldout"])
     parser.add_argument("--draws", type=int, default=10)
     parser.add_argument("--per-class", type=int, default=50)
     parser.add_argument("--noise", type=int, default=100)

@@ -9,8 +9,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from service.core.config import Settings
 
@@ -35,6 +37,9 @@ class Runtime:
     # Raw cosine at or above which an image is accepted as a plain word (and as a registered
     # class that has no threshold of its own).
     word_threshold: float = float("nan")
+    # (N, E) float32 features of the engine's noise images: a plain word's threshold is raised to
+    # its own noise ceiling (liteembed.threshold.word_thresholds). Empty: no raise.
+    noise: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.float32))
 
     @property
     def model_id(self) -> str:
@@ -130,9 +135,9 @@ def load_runtime(settings: Settings, progress: LoadProgress | None = None) -> Ru
     progress.enter("reference bank")
     bank = find_bank(backend, settings.cache_dir)
     word_threshold = plain_word_threshold(backend, vocabulary, bank)
-    # Every learned class's threshold scores the noise images: encoded here (a second or two on
-    # CPU), not by the first registration. A bank with its own word threshold skips them above.
-    noise_features(backend)
+    # Every learned class's threshold and every plain label's scores the noise images: encoded
+    # here (a second or two on CPU), not by the first registration or request.
+    noise = noise_features(backend).float().cpu().numpy()
     progress.enter("ready")
     log.info(
         "model %s ready (dim %d, %d words, %s, plain-word threshold %.4f)",
@@ -148,4 +153,5 @@ def load_runtime(settings: Settings, progress: LoadProgress | None = None) -> Ru
         vocabulary_words=words,
         bank=bank,
         word_threshold=word_threshold,
+        noise=noise,
     )

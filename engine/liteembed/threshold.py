@@ -12,11 +12,13 @@ beta = 0 accepts only images as similar as the class's own; beta = 1 accepts any
 top decile of the negatives. A model-level offset (`threshold_offset`, chosen on validation) is
 subtracted, and the result is never below the highest similarity of a noise image: an image
 accepted as a class is at least more like it than noise is. Plain words get one threshold per
-model, the same rule applied to the reference bank's images of each word (`liteembed.bank`).
+model, the same rule applied to the reference bank's images of each word (`liteembed.bank`),
+raised for each word to its own noise ceiling.
 """
 
 from __future__ import annotations
 
+import math
 import weakref
 from typing import Any
 
@@ -61,6 +63,18 @@ def noise_features(backend: ClipBackend) -> torch.Tensor:
 def noise_ceiling(similarities: torch.Tensor) -> float:
     """The highest similarity of a noise image (-1 without any)."""
     return float(similarities.max()) if similarities.numel() else -1.0
+
+
+def word_thresholds(words: torch.Tensor, noise: torch.Tensor, default: float) -> torch.Tensor:
+    """(W,) acceptance thresholds of plain words (rows of `words`): the model's plain-word
+    threshold, raised for a word to the highest similarity of any noise image to it. A word
+    that lies close to noise (a texture, a plain colour) would otherwise accept noise. With no
+    model threshold (NaN), the noise ceilings alone; without noise, the model's threshold."""
+    if not noise.numel():
+        return torch.full((words.shape[0],), default)
+    with torch.no_grad():
+        ceilings = (noise.float() @ words.float().T).max(dim=0).values.cpu()
+    return ceilings if math.isnan(default) else torch.clamp(ceilings, min=default)
 
 
 def acceptance_threshold(positives: torch.Tensor, negatives: torch.Tensor, beta: float) -> float:
@@ -113,4 +127,5 @@ __all__ = [
     "acceptance_threshold",
     "noise_features",
     "noise_images",
+    "word_thresholds",
 ]

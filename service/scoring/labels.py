@@ -9,8 +9,10 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from liteembed.names import name_key
+from liteembed.threshold import word_thresholds
 from liteembed.vocab import WORD_TEMPLATE
 from service.runtime import Runtime
 from service.scoring.batcher import ModelRunner
@@ -57,7 +59,7 @@ class LabelMatrix:
     class_ids: list[str | None]
     matrix: np.ndarray  # (labels, embed_dim), float32
     # (labels,) float64 acceptance thresholds: a registered class's own (NaN where it has none),
-    # the model's plain-word threshold for a plain word.
+    # for a plain word the model's plain-word threshold raised to the word's noise ceiling.
     thresholds: np.ndarray
 
 
@@ -82,7 +84,7 @@ async def label_matrix(
         if index is None:
             vectors.append(None)
             class_ids.append(None)
-            thresholds.append(runtime.word_threshold)
+            thresholds.append(float("nan"))  # set below, from the word's feature
             plain.append(label)
         else:
             vectors.append(snapshot.vector(index))
@@ -100,9 +102,16 @@ async def label_matrix(
         plain_features |= text_features.add(runtime.model_id, missing, features)
     rows = zip(vectors, labels, strict=True)
     matrix = np.stack([v if v is not None else plain_features[label] for v, label in rows])
+    limits = np.asarray(thresholds, dtype=np.float64)
+    words = np.array([v is None for v in vectors])
+    if words.any():
+        # As the engine scores a plain word: the model's threshold, raised to its noise ceiling.
+        noise = torch.from_numpy(runtime.noise)
+        raised = word_thresholds(torch.from_numpy(matrix[words]), noise, runtime.word_threshold)
+        limits[words] = raised.double().numpy()
     return LabelMatrix(
         labels=list(labels),
         class_ids=class_ids,
         matrix=matrix,
-        thresholds=np.asarray(thresholds, dtype=np.float64),
+        thresholds=limits,
     )
