@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, ExitStack, asynccontextmanager, contextmanager
 from typing import Any
 
@@ -36,7 +35,7 @@ from service.keys import KeyLookup, hash_secret
 from service.metrics import Metrics, MetricsMiddleware
 from service.queue import make_producer
 from service.runtime import RuntimeHolder
-from service.scoring.batcher import ModelRunner, single_threaded_torch
+from service.scoring.batcher import ModelRunner, preprocess_pool
 from service.scoring.labels import TextFeatureCache
 from service.scoring.learned_words import LearnedWords
 from service.scoring.scorer import scorer_for
@@ -195,11 +194,7 @@ def _warm_up(app: FastAPI) -> Iterator[None]:
     runner: ModelRunner = app.state.model_runner
     runner.start()
     settings: Settings = app.state.settings
-    app.state.preprocess_pool = ThreadPoolExecutor(
-        settings.classify_preprocess_threads,
-        thread_name_prefix="liteembed-preprocess",
-        initializer=single_threaded_torch,
-    )
+    app.state.preprocess_pool = preprocess_pool(settings.classify_preprocess_threads)
     try:
         yield
     finally:

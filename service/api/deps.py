@@ -17,6 +17,7 @@ from fastapi import Depends, HTTPException, Query, Request, Security, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
+from starlette.datastructures import State
 
 from service.api.rate_limit import STATE_KEY as RATE_LIMIT_STATE_KEY
 from service.api.rate_limit import RateLimiter
@@ -28,7 +29,7 @@ from service.metrics import Metrics
 from service.models import DEFAULT_TENANT, TENANT_PATTERN
 from service.queue import Producer
 from service.runtime import Runtime, RuntimeHolder
-from service.scoring.batcher import ModelRunner
+from service.scoring.batcher import ModelRunner, preprocess_pool
 from service.scoring.labels import TextFeatureCache
 from service.scoring.learned_words import LearnedWords
 from service.scoring.sync import ClassMatrixCache
@@ -78,7 +79,15 @@ async def get_model_runner(request: Request) -> ModelRunner:
 
 async def get_preprocess_pool(request: Request) -> Executor:
     """Threads that decode and preprocess uploads, off the event loop."""
-    return request.app.state.preprocess_pool  # type: ignore[no-any-return]
+    return _preprocess_pool(request.app.state)
+
+
+def _preprocess_pool(state: State) -> Executor:
+    # Made by the lifespan; made here when the app runs without one (tests, tools), as the
+    # model thread starts itself on first use.
+    if state.preprocess_pool is None:
+        state.preprocess_pool = preprocess_pool(state.settings.classify_preprocess_threads)
+    return state.preprocess_pool  # type: ignore[no-any-return]
 
 
 async def get_text_features(request: Request) -> TextFeatureCache:
@@ -141,7 +150,7 @@ async def get_image_model(request: Request) -> ImageModel:
         runtime=await get_runtime(state.runtime),
         classifier=state.classifier,
         runner=state.model_runner,
-        pool=state.preprocess_pool,
+        pool=_preprocess_pool(state),
         text_features=state.text_features,
         bank=getattr(state, "bank_recorder", None),
     )

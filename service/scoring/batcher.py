@@ -22,7 +22,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -286,6 +286,13 @@ def _run_call(job: _Job) -> None:
         job.future.set_result(job.call())
     except BaseException as exc:
         job.future.set_exception(exc)
+
+
+def preprocess_pool(threads: int) -> ThreadPoolExecutor:
+    """The threads that decode and preprocess images before they reach the model thread."""
+    return ThreadPoolExecutor(
+        threads, thread_name_prefix="liteembed-preprocess", initializer=single_threaded_torch
+    )
 
 
 def single_threaded_torch() -> None:

@@ -29,7 +29,7 @@ import numpy as np
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.db import is_unavailable
+from service.db import is_unavailable, raw_scalar
 from service.models import (
     GENERATION_ROW,
     ClassRemoval,
@@ -197,6 +197,12 @@ class ClassMatrixCache:
             )
         self._factory = session_factory
         self._engine: Engine = session_factory.kw["bind"]
+        # The per-request read, as the dialect's SQL text (its one parameter is a constant).
+        self._generation_sql = str(
+            _GENERATION.compile(
+                dialect=self._engine.dialect, compile_kwargs={"literal_binds": True}
+            )
+        )
         self._refresh_seconds = refresh_seconds
         self._dtype = dtype
         self._snapshot: ClassMatrix | None = None
@@ -276,15 +282,16 @@ class ClassMatrixCache:
         return snap is not None and snap.model_id == model_id
 
     def _catch_up(self, model_id: str) -> None:
-        # A Core read on a pooled connection: about a third of an ORM session's cost, per request.
-        with self._engine.connect() as connection:
-            target = int(connection.execute(_GENERATION).scalar() or 0)
+        target = self._read_generation()
         if self._covers(model_id, target):
             return
         with self._lock:
             if self._covers(model_id, target):  # synced by a concurrent caller meanwhile
                 return
             self._sync(force=False)
+
+    def _read_generation(self) -> int:
+        return int(raw_scalar(self._engine, self._generation_sql) or 0)
 
     def _covers(self, model_id: str, generation: int) -> bool:
         snap = self._snapshot

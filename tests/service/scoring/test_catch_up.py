@@ -4,9 +4,6 @@ before it is scored, and concurrent requests behind the same change share one sy
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -58,15 +55,14 @@ def test_concurrent_catch_ups_behind_one_change_share_one_sync(
     # Each request's generation read, once done, waits until all 16 have read: the worst case
     # for sharing, where every request finds the snapshot behind.
     all_read = threading.Barrier(requests)
-    generation_read = cache._engine.connect
+    generation_read = cache._read_generation
 
-    @contextmanager
-    def connect() -> Iterator[Any]:
-        with generation_read() as connection:
-            yield connection
+    def read() -> int:
+        generation = generation_read()
         all_read.wait(timeout=30)
+        return generation
 
-    cache._engine = SimpleNamespace(connect=connect)  # type: ignore[assignment]
+    cache._read_generation = read  # type: ignore[method-assign]
     errors: list[BaseException] = []
 
     def request() -> None:
@@ -116,3 +112,28 @@ def test_an_unreachable_database_is_one_log_line_per_outage(
         cache.refresh_now()
         assert "reachable again" in caplog.text
         engine.dispose()
+
+
+def test_the_raw_generation_read_raises_as_a_core_read(database_url: str, factory: Any) -> None:
+    """The per-request read runs on a raw DB-API cursor; its value and its errors are what a
+    Core read gives (a driver error as SQLAlchemy's DBAPIError, which the outage handling and
+    the app's 503 handler recognise), and the connection goes back to the pool either way."""
+    from sqlalchemy import exc as sa_exc
+    from sqlalchemy import select
+
+    from service.db import raw_scalar
+    from service.models import GENERATION_ROW, Generation
+
+    engine = factory.kw["bind"]
+    insert_ready(database_url, "m@1", random_matrix(2, 16))
+    with engine.connect() as connection:
+        expected = connection.execute(
+            select(Generation.value).where(Generation.id == GENERATION_ROW)
+        ).scalar()
+    assert (
+        expected and raw_scalar(engine, ClassMatrixCache(factory, 60)._generation_sql) == expected
+    )
+    with pytest.raises(sa_exc.DBAPIError) as raised:
+        raw_scalar(engine, "SELECT value FROM no_such_table")
+    assert isinstance(raised.value.orig, engine.dialect.loaded_dbapi.Error)
+    assert engine.pool.checkedout() == 0
