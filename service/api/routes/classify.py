@@ -8,7 +8,7 @@ import numpy as np
 from fastapi import APIRouter, Response
 
 from service.api.bodies import ClassifyBodyDep
-from service.api.deps import ClientDep, ImageModelDep, SettingsDep, TenantScopeDep
+from service.api.deps import ImageModelDep, SettingsDep, TenantScopeDep
 from service.api.encoding import encode_images
 from service.api.errors import responses
 from service.api.openapi import request_body
@@ -25,7 +25,7 @@ from service.core.config import Settings
 from service.metrics import STALE_HEADER
 from service.models import DEFAULT_TENANT
 from service.runtime import Runtime
-from service.scoring.acceptance import accepted
+from service.scoring.acceptance import accepted, looks_like_noise
 from service.scoring.batcher import Encoded, ModelRunner
 from service.scoring.labels import TextFeatureCache, label_matrix
 from service.scoring.scorer import top_k_softmax
@@ -37,7 +37,6 @@ router = APIRouter(tags=["classify"])
 @router.post(
     "/v1/classify",
     response_model=ClassifyOut | ClassifyBatchOut,
-    dependencies=[ClientDep],
     summary="Score one image, or several, against the personalized classes or the given labels",
     description="Multipart. The same body as JSON (base64 images) is `classify_json`; this path "
     "accepts it too. One image may also be the body itself (`Content-Type: image/jpeg`, "
@@ -51,16 +50,16 @@ router = APIRouter(tags=["classify"])
     "/v1/classify:json",
     name="classify_json",
     response_model=ClassifyOut | ClassifyBatchOut,
-    dependencies=[ClientDep],
     summary="`classify` with a JSON body: images base64-encoded",
     responses=responses(400, 401, 403, 413, 415, 422, 503),
     openapi_extra=request_body(ClassifyJson, "application/json"),
 )
 async def classify(
     response: Response,
+    # First: it authenticates the caller (and counts its rate limit) before anything else.
+    scope: TenantScopeDep,
     settings: SettingsDep,
     model: ImageModelDep,
-    scope: TenantScopeDep,
     body: ClassifyBodyDep,
 ) -> ClassifyOut | ClassifyBatchOut:
     # async, so the event loop does only the cheap parts: decoding goes to the preprocessing
@@ -98,7 +97,7 @@ async def classify(
                 ranked=ranked,
             )
     else:
-        ranked = [_class_predictions(one, runtime.word_threshold) for one in encoded]
+        ranked = [_class_predictions(one, runtime) for one in encoded]
     if body.fields.abstain:
         # After the top-k: an image of none of the labels is answered with no prediction.
         ranked = [[p for p in predictions if p.accepted] for predictions in ranked]
@@ -134,14 +133,19 @@ class _CaughtUp:
         )
 
 
-def _class_predictions(encoded: Encoded, default_threshold: float) -> list[Prediction]:
+def _class_predictions(encoded: Encoded, runtime: Runtime) -> list[Prediction]:
     """The top classes of the class matrix, as the runner scored them, each accepted or not by
-    its class's threshold (`default_threshold` for a class without one)."""
+    its class's threshold (the plain-word threshold for a class without one) and the noise gate."""
     snapshot = encoded.snapshot
     indices, scores, similarities = encoded.indices, encoded.scores, encoded.similarities
     assert snapshot is not None and indices is not None
     assert scores is not None and similarities is not None
-    verdicts = accepted(similarities, snapshot.thresholds_of(indices), default_threshold)
+    verdicts = accepted(
+        similarities,
+        snapshot.thresholds_of(indices),
+        runtime.word_threshold,
+        noise=looks_like_noise(encoded.feature, runtime),
+    )
     return [
         Prediction(
             label=snapshot.names[int(i)],
@@ -182,7 +186,12 @@ async def _label_scorer(
         cosines = labels.matrix @ encoded.feature
         indices, scores = top_k_softmax(cosines, scale, top_k)
         similarities = cosines[indices].astype(np.float64)
-        verdicts = accepted(similarities, labels.thresholds[indices], runtime.word_threshold)
+        verdicts = accepted(
+            similarities,
+            labels.thresholds[indices],
+            runtime.word_threshold,
+            noise=looks_like_noise(encoded.feature, runtime),
+        )
         return [
             Prediction(
                 label=labels.labels[int(i)],
