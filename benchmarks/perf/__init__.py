@@ -3,7 +3,7 @@
     python -m benchmarks.perf --model liteembed-tiny
     python -m benchmarks.perf --model ViT-B-32          # random weights: speed only
 
-Five parts, each printed as a markdown table and written to benchmarks/results/perf-<model>.json:
+Six parts, each printed as a markdown table and written to benchmarks/results/perf-<model>.json:
 
 1. classify: the bare model (preprocess + encode, in this process, same torch threads) at batch 1
    and batch 32, against POST /v1/classify on a real `liteembed serve` subprocess (uvicorn) over
@@ -33,6 +33,10 @@ Five parts, each printed as a markdown table and written to benchmarks/results/p
 5. tenants: /classify within one tenant when the matrix's classes (100,000 by default) are split
    over 1,000 tenants, against the same count all in one tenant: two servers, alternating
    requests as in part 3 (the ratio of p50s from the same window, and the median per-pair ratio).
+6. peer: Infinity serving a random-weight CLIP of the same shapes (its own environment,
+   `.venv-peer/`, from `bash benchmarks/perf/peer_setup.sh`), against our /v1/embeddings and
+   /v1/classify, one lean client for all, in interleaved rounds (`benchmarks/perf/peer.py`).
+   Not in the default parts; without the peer's environment it reports the peer unavailable.
 
 This is a measurement, not a test: nothing asserts on time. The client runs on the same CPU as
 the server, so on a small machine the HTTP numbers include the client's own cost.
@@ -41,4 +45,5 @@ the server, so on a small machine the HTTP numbers include the client's own cost
 # Modules, by job: cli (arguments, --render) and run (the parts in order, the output files);
 # harness (the server under test, measurement helpers) and rows (ready classes written into a
 # server's database); load (the request generators and the bare model's encode); one module per
-# part (classify, training, scale, freshness, tenants); report (the markdown tables).
+# part (classify, training, scale, freshness, tenants, peer; peer_model.py runs in the peer's
+# environment); report (the markdown tables).

@@ -42,6 +42,10 @@ class Request:
         ]
         return cls(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
 
+    @property
+    def body(self) -> bytes:
+        return self.raw.partition(b"\r\n\r\n")[2]
+
 
 def multipart(field: str, filename: str, data: bytes, content_type: str) -> tuple[bytes, str]:
     """A multipart/form-data body of one file part, and its Content-Type."""

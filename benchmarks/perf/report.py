@@ -52,9 +52,56 @@ def markdown(result: dict[str, Any]) -> str:
     tenants = result.get("tenants")
     if tenants:
         lines += tenants_markdown(tenants)
+    peer = result.get("peer")
+    if peer:
+        lines += peer_markdown(peer)
     if result.get("note"):
         lines += [result["note"], ""]
     return "\n".join(lines)
+
+
+def peer_markdown(p: dict[str, Any]) -> list[str]:
+    if not p["available"]:
+        return [f"**Peer**: not measured: {p['reason']}.", ""]
+    rounds = p["rounds"]
+
+    def med(part: str, key: str) -> float:
+        return statistics.median(r[part][key] for r in rounds)
+
+    lines = [
+        f"**Peer, side by side** ({p['peer']}; the same random-weight CLIP shapes, the same "
+        "256x256 JPEG, one lean client for every server; medians of "
+        f"{len(rounds)} interleaved rounds, the server order rotating)",
+        "",
+        "| path | c=1 p50 ms | c=1 p99 ms | c=16 images/s |",
+        "|---|---:|---:|---:|",
+    ]
+    for part, label in (
+        ("peer_embeddings", "peer `POST /embeddings` (image data URI)"),
+        ("ours_embeddings", "ours `POST /v1/embeddings` (the same OpenAI-shaped body)"),
+        ("ours_classify", "ours `POST /v1/classify` (raw JPEG body, 10 classes)"),
+    ):
+        lines.append(
+            f"| {label} | {med(part + '_c1', 'p50_ms'):.2f} | {med(part + '_c1', 'p99_ms'):.2f} "
+            f"| {med(part + '_c16', 'throughput_per_s'):.0f} |"
+        )
+    lines += [
+        f"| our bare encode (batch 1 p50; batch 32 images/s) | {med('bare_b1', 'p50_ms'):.2f} | "
+        f"| {med('bare_b32', 'throughput_per_s'):.0f} |",
+        "",
+        "Throughput at c=16 against the peer's (median of per-round ratios): our embeddings "
+        f"**x{p['ours_embeddings_vs_peer_c16']:.2f}**, our classify "
+        f"**x{p['ours_classify_vs_peer_c16']:.2f}**; p50 at c=1 against the peer's: "
+        f"x{p['ours_embeddings_vs_peer_c1_p50']:.2f} and x{p['ours_classify_vs_peer_c1_p50']:.2f}. "
+        "Per round (c=16, embeddings / classify vs peer): "
+        + ", ".join(
+            f"x{r['ours_embeddings_vs_peer_c16']:.2f} / x{r['ours_classify_vs_peer_c16']:.2f}"
+            for r in rounds
+        )
+        + ".",
+        "",
+    ]
+    return lines
 
 
 def classify_markdown(c: dict[str, Any]) -> list[str]:

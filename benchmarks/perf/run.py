@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.perf import classify, freshness, scale, tenants, training
+from benchmarks.perf import classify, freshness, peer, scale, tenants, training
 from benchmarks.perf.harness import machine, running
 from benchmarks.perf.report import markdown
 from liteembed.backend import load_backend
@@ -49,12 +49,15 @@ def measure(args: argparse.Namespace, argv: list[str] | None) -> dict[str, Any]:
     dim = int(backend.embed_dim)
     with tempfile.TemporaryDirectory(prefix="liteembed-perf-") as tmp:
         workdir = Path(tmp)
-        if parts & {"classify", "scale", "training"}:
+        if parts & {"classify", "scale", "training", "peer"}:
             print(f"[{args.model}] server (default settings)", flush=True)
             with running(args, workdir) as server:
                 if "classify" in parts:
                     print("classify:", flush=True)
                     result["classify"] = classify.part_classify(args, server, backend)
+                if "peer" in parts:
+                    print("peer (Infinity on a matched encoder, side by side):", flush=True)
+                    result["peer"] = peer.part_peer(args, server, backend, workdir)
                 if "training" in parts:
                     print("training (short context, via the service):", flush=True)
                     result["training"] = training.via_service(server)
