@@ -40,6 +40,9 @@ class Runtime:
     # (N, E) float32 features of the engine's noise images: a plain word's threshold is raised to
     # its own noise ceiling (liteembed.threshold.word_thresholds). Empty: no raise.
     noise: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.float32))
+    # Noise-likeness above which an image is taken for noise (liteembed.threshold.noise_gate,
+    # from the reference bank's real images); NaN: no gate.
+    noise_gate: float = float("nan")
 
     @property
     def model_id(self) -> str:
@@ -110,7 +113,7 @@ def load_runtime(settings: Settings, progress: LoadProgress | None = None) -> Ru
     its reference bank and its plain-word acceptance threshold."""
     from liteembed.backend import load_backend
     from liteembed.bank import find_bank, plain_word_threshold
-    from liteembed.threshold import noise_features
+    from liteembed.threshold import noise_features, noise_gate
     from liteembed.vocab import load_vocabulary
 
     progress = progress or LoadProgress()
@@ -137,7 +140,8 @@ def load_runtime(settings: Settings, progress: LoadProgress | None = None) -> Ru
     word_threshold = plain_word_threshold(backend, vocabulary, bank)
     # Every learned class's threshold and every plain label's scores the noise images: encoded
     # here (a second or two on CPU), not by the first registration or request.
-    noise = noise_features(backend).float().cpu().numpy()
+    noise_tensor = noise_features(backend).float().cpu()
+    gate = noise_gate(bank.features, noise_tensor) if bank is not None else float("nan")
     progress.enter("ready")
     log.info(
         "model %s ready (dim %d, %d words, %s, plain-word threshold %.4f)",
@@ -153,5 +157,6 @@ def load_runtime(settings: Settings, progress: LoadProgress | None = None) -> Ru
         vocabulary_words=words,
         bank=bank,
         word_threshold=word_threshold,
-        noise=noise,
+        noise=noise_tensor.numpy(),
+        noise_gate=gate,
     )

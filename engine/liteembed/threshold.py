@@ -14,6 +14,9 @@ subtracted, and the result is never below the highest similarity of a noise imag
 accepted as a class is at least more like it than noise is. Plain words get one threshold per
 model, the same rule applied to the reference bank's images of each word (`liteembed.bank`),
 raised for each word to its own noise ceiling.
+
+Noise has one more check, by image rather than by class: an image nearer to a noise image than
+any of the reference bank's real images is (`noise_gate`) is accepted as nothing.
 """
 
 from __future__ import annotations
@@ -77,6 +80,24 @@ def word_thresholds(words: torch.Tensor, noise: torch.Tensor, default: float) ->
     return ceilings if math.isnan(default) else torch.clamp(ceilings, min=default)
 
 
+def noise_likeness(features: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """(N,) each image's similarity to its nearest noise image (-1 without noise)."""
+    if not noise.numel() or not features.numel():
+        return torch.full((features.shape[0],), -1.0)
+    with torch.no_grad():
+        return (features.float() @ noise.float().T).max(dim=1).values.cpu()
+
+
+def noise_gate(real: torch.Tensor, noise: torch.Tensor) -> float:
+    """The highest noise-likeness of any real image (the reference bank's): an image more like a
+    noise image than every real image is, is taken for noise and accepted as no class, whatever
+    its similarity to a word (a word's threshold alone lets the noise distribution's far tail
+    through). NaN without real images: no gate."""
+    if not real.numel():
+        return math.nan
+    return float(noise_likeness(real, noise).max())
+
+
 def acceptance_threshold(positives: torch.Tensor, negatives: torch.Tensor, beta: float) -> float:
     """The rule of the module docstring; without positives, the top of the negatives."""
     top_negative = float(torch.quantile(negatives.float(), 0.9)) if negatives.numel() else -1.0
@@ -126,6 +147,8 @@ __all__ = [
     "noise_ceiling",
     "acceptance_threshold",
     "noise_features",
+    "noise_gate",
     "noise_images",
+    "noise_likeness",
     "word_thresholds",
 ]

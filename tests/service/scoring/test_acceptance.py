@@ -1,5 +1,6 @@
-"""A plain label's threshold in /classify: the model's plain-word threshold, raised to the
-word's noise ceiling, so a word that lies close to noise does not accept noise."""
+"""Acceptance in /classify: a plain label's threshold is the model's plain-word threshold raised
+to the word's noise ceiling, so a word that lies close to noise does not accept noise; an image
+the noise gate takes for noise is accepted as nothing."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 
 from service.core.config import Settings
+from service.scoring.acceptance import accepted, looks_like_noise
 from service.scoring.batcher import ModelRunner
 from service.scoring.labels import TextFeatureCache, label_matrix
 from service.scoring.sync import ClassMatrixCache
@@ -59,3 +61,22 @@ def test_plain_labels_are_raised_to_their_noise_ceilings(
         assert np.all(high == pytest.approx(float(low.max()) + 0.1))
     finally:
         runner.stop()
+
+
+def test_an_image_taken_for_noise_is_accepted_as_nothing(
+    sqlite_url: str, make_settings: Callable[..., Settings]
+) -> None:
+    from service.runtime import load_runtime
+
+    loaded = load_runtime(make_settings(sqlite_url))
+    noise_image = loaded.noise[0]
+    others = loaded.noise[1:]
+    likeness = float((others @ noise_image).max())
+    # A gate between the noise image's likeness to the other noise images and 1 (its own).
+    gated = replace(loaded, noise_gate=(likeness + 1.0) / 2)
+    assert looks_like_noise(noise_image, gated)
+    assert not looks_like_noise(noise_image, replace(loaded, noise_gate=1.5))
+    assert not looks_like_noise(noise_image, replace(loaded, noise_gate=float("nan")))
+    sims, limits = np.array([0.9, 0.5]), np.array([0.1, np.nan])
+    assert accepted(sims, limits, 0.2) == [True, True]
+    assert accepted(sims, limits, 0.2, noise=True) == [False, False]
