@@ -143,6 +143,12 @@ def pooled_mean(curves: list[list[float]], include: list[bool]) -> list[float]:
     return [sum(c[s] for c in rows) / len(rows) for s in range(length)]
 
 
+def settled(pooled: list[float], config: OptimizationConfig) -> bool:
+    """With earliest ties, a step of perfect pooled accuracy is the choice whatever follows (no
+    later step can score higher, and a tie goes to the earlier): the search can stop there."""
+    return config.holdout_ties == "earliest" and max(pooled) >= 1.0
+
+
 def is_carried(batch: Batch, row: int) -> bool:
     return batch.final_from is not None and row >= batch.final_from
 
@@ -165,7 +171,9 @@ def stop_holdout_search(
 
     if config.step_rule == "holdout":
         pooled, pooled_margin, _ = search_curves(batch, accuracy, margins, kept)
-        if pooled and stale(pooled, holdout_rank(pooled, pooled_margin, config)):
+        if pooled and (
+            stale(pooled, holdout_rank(pooled, pooled_margin, config)) or settled(pooled, config)
+        ):
             for i in rows:
                 active[i] = False
                 reasons[i] = "holdout"
@@ -187,5 +195,6 @@ __all__ = [
     "pooled_mean",
     "read_carried",
     "search_curves",
+    "settled",
     "stop_holdout_search",
 ]

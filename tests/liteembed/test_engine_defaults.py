@@ -15,6 +15,7 @@ from liteembed import (
     Vocabulary,
     learn_classes,
     optimize,
+    step_search,
 )
 from liteembed.config import RECORDED_DEFAULTS, from_recorded, recorded_defaults
 from liteembed.problem import local_subspace
@@ -199,3 +200,20 @@ def test_configs_saved_before_the_scale_aware_switches_keep_their_meaning() -> N
     }
     config = from_recorded(before)
     assert (config.holdout_ties, config.holdout_folds) == ("earliest", 1)
+
+
+def test_earliest_ties_stop_the_search_at_the_first_perfect_step(
+    backend: ClipBackend, vocabulary: Vocabulary, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = OptimizationConfig(holdout_ties="earliest", holdout_folds=1, max_steps=40)
+    stopped = learn_classes(backend, vocabulary, REQUESTS, config=config)
+    pooled = stopped[0].diagnostics["holdout"]["pooled_accuracy"]
+    assert pooled[-1] == 1.0 and max(pooled[:-1]) < 1.0  # ran to the first perfect step only
+    monkeypatch.setattr(step_search, "settled", lambda pooled, config: False)
+    longer = learn_classes(backend, vocabulary, REQUESTS, config=config)
+    assert len(longer[0].diagnostics["holdout"]["pooled_accuracy"]) > len(pooled)
+    # Nothing after a perfect step is chosen under earliest ties: the same step, the same words.
+    for one, other in zip(stopped, longer, strict=True):
+        assert one.diagnostics["steps_run"] == other.diagnostics["steps_run"]
+        assert torch.equal(one.token_embedding, other.token_embedding)
+        assert one.threshold == other.threshold
