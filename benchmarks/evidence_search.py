@@ -7,17 +7,23 @@ that each see one side of the trade-off, never on the test classes:
   new, so they show the base images a new word takes).
 
 Each variant is scored by the mean of its HM on the two, over the same draws; paired differences
-are against plain textual inversion. Variants are `kind:lambda_img:holdout_evidence:bank_words:
+are against the first variant. Variants are `kind:lambda_img:holdout_evidence:bank_words:
 bank_images[:lambda_c]` with kind `ti` (textual inversion settings) or `le` (LiteEmbed's
-previous defaults: coarse alignment with the category hint).
+previous defaults: coarse alignment with the category hint), or `defaults[+name=value...]`: the
+current defaults (`benchmarks/results/configs/evidence_defaults.json`, no hints) with config
+changes, `lookalike_images=N` giving N images of each of a class's look-alikes as its negative
+images (only base-as-new classes have look-alikes).
 
     python -m benchmarks.evidence_search --draws 10
+    python -m benchmarks.evidence_search --draws 10 --variants defaults \
+        defaults+evidence_margin=0.02 --out benchmarks/results/evidence_margin_search.json
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -33,6 +39,7 @@ from liteembed.config import from_recorded
 
 RESULTS_DIR = Path(__file__).parent / "results"
 PREVIOUS_DEFAULTS = RESULTS_DIR / "configs" / "engine_defaults.json"
+CURRENT_DEFAULTS = RESULTS_DIR / "configs" / "evidence_defaults.json"
 GRID = (
     "ti:0:0:0:0",
     "ti:0.3:0:8:16",
@@ -45,8 +52,33 @@ GRID = (
 )
 
 
+def variant_spec(variant: str, previous: OptimizationConfig, bank: Any) -> MethodSpec:
+    """The benchmark row of a variant (module docstring)."""
+    if variant.split("+")[0] == "defaults":
+        config = from_recorded(json.loads(CURRENT_DEFAULTS.read_text())["defaults"])
+        changes = dict(item.split("=", 1) for item in variant.split("+")[1:])
+        lookalikes = int(changes.pop("lookalike_images", 0))
+        fields = OptimizationConfig.__dataclass_fields__
+        unknown = sorted(set(changes) - set(fields))
+        if unknown:
+            raise SystemExit(f"unknown config fields in {variant!r}: {unknown}")
+        config = config.with_(**{k: type(getattr(config, k))(v) for k, v in changes.items()})
+        return MethodSpec(
+            variant, "liteembed", config, False, (("bank", bank),), "", lookalikes
+        )
+    config, hints = variant_config(variant, previous)
+    uses_bank = config.lambda_img > 0 or config.holdout_evidence
+    return MethodSpec(
+        variant,
+        "liteembed" if hints else "textual-inversion",
+        config,
+        hints,
+        options=(("bank", bank),) if uses_bank else (),
+    )
+
+
 def variant_config(variant: str, previous: OptimizationConfig) -> tuple[OptimizationConfig, bool]:
-    """The config of a variant and whether it passes category hints."""
+    """The config of a `kind:...` variant and whether it passes category hints."""
     kind, lam, hold, words, images, *rest = variant.split(":")
     base = previous if kind == "le" else previous.with_(lambda_c=0.0, lambda_f=0.0)
     config = base.with_(
@@ -83,15 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     hms: dict[str, dict[str, list[float]]] = {v: {} for v in args.variants}
     detail: dict[str, dict[str, Any]] = {v: {} for v in args.variants}
     for variant in args.variants:
-        config, hints = variant_config(variant, previous)
-        uses_bank = config.lambda_img > 0 or config.holdout_evidence
-        spec = MethodSpec(
-            variant,
-            "liteembed" if hints else "textual-inversion",
-            config,
-            hints,
-            options=(("bank", bank),) if uses_bank else (),
-        )
+        spec = variant_spec(variant, previous, bank)
         for protocol, tasks in protocols.items():
             outcomes = []
             for task in tasks:
@@ -127,9 +151,11 @@ def main(argv: list[str] | None = None) -> int:
         "reference": reference,
         "rows": rows,
         "chosen": best["variant"],
-        "chosen_config": variant_config(best["variant"], previous)[0].to_dict(),
+        "chosen_config": variant_spec(best["variant"], previous, bank).config.to_dict(),
         "seconds": round(time.perf_counter() - started, 1),
-        "command": "python -m benchmarks.evidence_search " + " ".join(argv or []),
+        "command": " ".join(
+            ["python -m benchmarks.evidence_search", *(sys.argv[1:] if argv is None else argv)]
+        ),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))

@@ -78,6 +78,12 @@ class OptimizationConfig:
     m_protected: int = 8
     bank_words: int = 8
     bank_images: int = 16
+    # An evidence image counts as taken unless the word's cosine to it is this far below its
+    # best other match's (0: only when the word wins it).
+    evidence_margin: float = 0.0
+    # Weight of each of the request's own negative images ("not this") in the evidence term,
+    # against 1 for each registered-class or bank image.
+    user_negative_weight: float = 1.0
     # The hold-out step rule also scores the evidence: the step is chosen by the mean of the
     # held-out accuracy and the share of evidence images the word leaves to their own class.
     holdout_evidence: bool = False
@@ -128,6 +134,10 @@ class OptimizationConfig:
             (
                 min(self.m_protected, self.bank_words, self.bank_images) >= 0,
                 "m_protected, bank_words and bank_images must be >= 0",
+            ),
+            (
+                self.evidence_margin >= 0 and self.user_negative_weight > 0,
+                "evidence_margin must be >= 0 and user_negative_weight > 0",
             ),
             (0 <= self.threshold_beta <= 2, "threshold_beta must be in [0, 2]"),
             (self.m >= 0 and self.m_registered >= 0, "m must be >= 0"),
@@ -183,10 +193,10 @@ def recorded_defaults(model_id: str) -> OptimizationConfig | None:
 
 def from_recorded(values: dict[str, Any]) -> OptimizationConfig:
     """A config saved as a dict (`to_dict`); unknown keys are ignored, and a dict saved before a
-    switch existed keeps its meaning: before the scale-aware switches its lr is absolute, its step
-    count fixed (or per-class hold-out margin), no norm bound, no batch negatives; before the
-    hold-out tie-break and folds, one random image is held out and the earliest tie wins; before
-image evidence, none is used."""
+    switch existed keeps its meaning: before the scale-aware switches its lr is absolute, its
+    step count fixed (or per-class hold-out margin), no norm bound, no batch negatives; before
+    the hold-out tie-break and folds, one random image is held out and the earliest tie wins;
+    before image evidence, none is used."""
     known = OptimizationConfig.__dataclass_fields__
     data = {k: v for k, v in values.items() if k in known}
     # saved before the hold-out rule had tie-breaks and folds: one random image, earliest of ties

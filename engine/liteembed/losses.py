@@ -98,21 +98,31 @@ def evidence_logits(inputs: LossInputs) -> tuple[torch.Tensor, torch.Tensor] | N
     return word, others
 
 
-def evidence(inputs: LossInputs) -> torch.Tensor | None:
+def evidence(
+    inputs: LossInputs, *, margin: float = 0.0, user_weight: float = 1.0
+) -> torch.Tensor | None:
     """Mean of -log(1 - p_word) over the evidence images, p over {word, own word, negatives}:
     the gradient on the word's logit is p_word, as in a cross-entropy toward the image's own
-    class, and images with no own word ("not this") are handled alike. None without evidence
-    (or with nothing else an image could be)."""
+    class, and images with no own word ("not this") are handled alike. With `margin`, the
+    word's cosine counts `margin` higher (it must lose by that much to be left alone); images
+    with no own word weigh `user_weight` each in the mean. None without evidence (or with
+    nothing else an image could be)."""
     logits = evidence_logits(inputs)
     if logits is None:
         return None
     word, others = logits
+    word = word + inputs.scale * margin
     rest = torch.logsumexp(others, dim=1)
     valid = torch.isfinite(rest)
     if not bool(valid.any()):
         return None
     total = torch.logsumexp(torch.cat([word[:, None], others], dim=1), dim=1)
-    return (total - rest)[valid].mean()
+    terms = (total - rest)[valid]
+    if user_weight == 1.0:
+        return terms.mean()
+    assert inputs.evidence_has_own is not None
+    weights = torch.where(inputs.evidence_has_own[valid], 1.0, user_weight)
+    return (terms * weights).sum() / weights.sum()
 
 
 def class_loss(inputs: LossInputs, config: OptimizationConfig) -> tuple[torch.Tensor, torch.Tensor]:
@@ -132,7 +142,9 @@ def class_loss(inputs: LossInputs, config: OptimizationConfig) -> tuple[torch.Te
         if term is not None:
             loss = loss + config.lambda_f * term
     if config.lambda_img > 0:
-        term = evidence(inputs)
+        term = evidence(
+            inputs, margin=config.evidence_margin, user_weight=config.user_negative_weight
+        )
         if term is not None:
             loss = loss + config.lambda_img * term
     return loss, margins

@@ -88,3 +88,46 @@ def test_class_loss_is_the_weighted_sum_of_the_switched_on_terms() -> None:
     assert torch.equal(margins, expected_margins)
     off, _ = class_loss(inputs, config.with_(lambda_c=0.0, lambda_f=0.0))
     assert off.item() == pytest.approx(align.item())
+
+
+def _evidence_inputs() -> LossInputs:
+    """Two evidence images: one of a class with its own word, one "not this" image without."""
+    eye = torch.eye(4)
+    return _inputs(
+        evidence=torch.stack([eye[2], eye[3]]),
+        evidence_own=torch.stack([eye[2], torch.zeros(4)]),
+        evidence_has_own=torch.tensor([True, False]),
+    )
+
+
+def test_evidence_is_minus_log_of_the_word_losing_each_image() -> None:
+    from liteembed.losses import evidence
+
+    term = evidence(_evidence_inputs())
+    assert term is not None
+    # Image 0: word 0, own word 2 * 1, negative 0 -> -log(1 - 1 / (1 + e^2 + 1)).
+    first = -math.log(1 - 1 / (2 + math.exp(2.0)))
+    # Image 1: word 0, negative 0 (no own word) -> -log(1 - 1/2).
+    second = math.log(2.0)
+    assert term.item() == pytest.approx((first + second) / 2, rel=1e-5)
+    # A margin makes the word count `margin` higher: the word must lose by that much.
+    with_margin = evidence(_evidence_inputs(), margin=0.5)
+    assert with_margin is not None
+    shifted_first = -math.log(1 - math.exp(1.0) / (math.exp(1.0) + math.exp(2.0) + 1))
+    shifted_second = -math.log(1 - math.exp(1.0) / (math.exp(1.0) + 1))
+    assert with_margin.item() == pytest.approx((shifted_first + shifted_second) / 2, rel=1e-5)
+    # The "not this" image weighs 3 against the other's 1.
+    weighted = evidence(_evidence_inputs(), user_weight=3.0)
+    assert weighted is not None
+    assert weighted.item() == pytest.approx((first + 3 * second) / 4, rel=1e-5)
+
+
+def test_class_loss_passes_the_evidence_settings() -> None:
+    config = OptimizationConfig(lambda_img=1.0)
+    plain, _ = class_loss(_evidence_inputs(), config)
+    margin, _ = class_loss(_evidence_inputs(), config.with_(evidence_margin=0.5))
+    heavier, _ = class_loss(_evidence_inputs(), config.with_(user_negative_weight=3.0))
+    assert margin.item() > plain.item()
+    assert heavier.item() != pytest.approx(plain.item())
+    with pytest.raises(ValueError, match="evidence_margin"):
+        OptimizationConfig(evidence_margin=-0.1)
