@@ -3,7 +3,7 @@
     python -m benchmarks.perf --model liteembed-tiny
     python -m benchmarks.perf --model ViT-B-32          # random weights: speed only
 
-Six parts, each printed as a markdown table and written to benchmarks/results/perf-<model>.json:
+Seven parts, each printed as a markdown table and written to benchmarks/results/perf-<model>.json:
 
 1. classify: the bare model (preprocess + encode, in this process, same torch threads) at batch 1
    and batch 32, against POST /v1/classify on a real `liteembed serve` subprocess (uvicorn) over
@@ -37,6 +37,9 @@ Six parts, each printed as a markdown table and written to benchmarks/results/pe
    `.venv-peer/`, from `bash benchmarks/perf/peer_setup.sh`), against our /v1/embeddings and
    /v1/classify, one lean client for all, in interleaved rounds (`benchmarks/perf/peer.py`).
    Not in the default parts; without the peer's environment it reports the peer unavailable.
+7. versus: this checkout's server against another checkout's (`--baseline DIR`, e.g. a git
+   worktree of an earlier commit), side by side, to measure one change of the request path
+   (`benchmarks/perf/versus.py`). Not in the default parts.
 
 This is a measurement, not a test: nothing asserts on time. The client runs on the same CPU as
 the server, so on a small machine the HTTP numbers include the client's own cost.
@@ -45,5 +48,5 @@ the server, so on a small machine the HTTP numbers include the client's own cost
 # Modules, by job: cli (arguments, --render) and run (the parts in order, the output files);
 # harness (the server under test, measurement helpers) and rows (ready classes written into a
 # server's database); load (the request generators and the bare model's encode); one module per
-# part (classify, training, scale, freshness, tenants, peer; peer_model.py runs in the peer's
-# environment); report (the markdown tables).
+# part (classify, training, scale, freshness, tenants, peer, versus; peer_model.py runs in the
+# peer's environment); report (the markdown tables).

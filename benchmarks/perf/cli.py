@@ -49,6 +49,12 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="an empty database the freshness part's two servers share (default: a SQLite file)",
     )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        help="versus part: another checkout of this project (e.g. a git worktree of a commit)",
+    )
     parser.add_argument("--note", default="", help="what else ran on the machine")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--render", type=Path, default=None, help="re-print a result JSON")
@@ -57,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         print(markdown(json.loads(args.render.read_text())))
         return 0
     args.sizes = [int(s) for s in args.sizes.split(",")]
+    if "versus" in args.parts.split(",") and args.baseline is None:
+        parser.error("the versus part needs --baseline (another checkout of this project)")
     args.out = args.out or RESULTS / (
         f"perf-{args.model}{'-' + args.device if args.device != 'cpu' else ''}.json"
     )

@@ -95,9 +95,13 @@ class Server:
 
 
 @contextmanager
-def running(args: argparse.Namespace, workdir: Path, **settings: str) -> Iterator[Server]:
+def running(
+    args: argparse.Namespace, workdir: Path, *, code: Path | None = None, **settings: str
+) -> Iterator[Server]:
     """`liteembed serve` with the run's model settings, on a fresh SQLite file (or
-    `database_url`), embedded worker; each of `settings` becomes LITEEMBED_<KEY>."""
+    `database_url`), embedded worker; each of `settings` becomes LITEEMBED_<KEY>. `code`: run
+    the server of another checkout of this project (the `versus` part's baseline) instead of
+    this one's."""
     database_url = settings.get("database_url") or (
         f"sqlite:///{workdir / f'perf-{uuid.uuid4().hex[:8]}.db'}"
     )
@@ -115,10 +119,14 @@ def running(args: argparse.Namespace, workdir: Path, **settings: str) -> Iterato
         env["LITEEMBED_TORCH_THREADS"] = str(args.torch_threads)
     env.update({f"LITEEMBED_{k.upper()}": v for k, v in settings.items()})
     port = serve_process.free_port()
+    environment = serve_process.environment(env)
+    if code is not None:
+        environment["PYTHONPATH"] = str(code)
     with serve_process.serving(
-        env=serve_process.environment(env),
+        env=environment,
         log_path=workdir / f"server-{port}.log",
         port=port,
+        cwd=code,
         ready_timeout=args.start_timeout,
         grace_s=30,
     ) as process:

@@ -195,3 +195,32 @@ def decode_ms(image: bytes, repeats: int = 50, min_side: int | None = None) -> f
     for _ in range(repeats):
         decode_image(image, min_side=min_side)
     return (time.perf_counter() - t) / repeats * 1000
+
+
+def lean_alternating(
+    reference_url: str, other_url: str, image: bytes, *, count: int, warmup: int = 20
+) -> dict[str, Any]:
+    """`count` pairs of raw-body /classify requests from the lean client, reference, other,
+    reference, ... (one in flight at a time), as `classify_alternating` does with httpx: both
+    servers measured in the same window, the per-pair ratio cancelling drift within it."""
+    request = {url: classify_request(url, image, raw=True) for url in (reference_url, other_url)}
+    connections = {url: lean_http.Connection(url) for url in request}
+    latencies: dict[str, list[float]] = {url: [] for url in request}
+    try:
+        for i in range(warmup + count):
+            for url, connection in connections.items():
+                t = time.perf_counter()
+                connection.send(request[url])
+                if i >= warmup:
+                    latencies[url].append(time.perf_counter() - t)
+    finally:
+        for connection in connections.values():
+            connection.close()
+    reference, other = latencies[reference_url], latencies[other_url]
+    pair_ratios = [o / r for o, r in zip(other, reference, strict=True) if r > 0]
+    return {
+        "other": summarize(other, sum(other), count),
+        "reference": summarize(reference, sum(reference), count),
+        "pair_ratio_median": statistics.median(pair_ratios),
+        "pairs": count,
+    }

@@ -52,12 +52,45 @@ def markdown(result: dict[str, Any]) -> str:
     tenants = result.get("tenants")
     if tenants:
         lines += tenants_markdown(tenants)
+    v = result.get("versus")
+    if v:
+        lines += versus_markdown(v)
     peer = result.get("peer")
     if peer:
         lines += peer_markdown(peer)
     if result.get("note"):
         lines += [result["note"], ""]
     return "\n".join(lines)
+
+
+def versus_markdown(v: dict[str, Any]) -> list[str]:
+    rounds = v["rounds"]
+
+    def med(part: str, key: str) -> float:
+        return statistics.median(r[part][key] for r in rounds)
+
+    return [
+        f"**Versus** (this checkout against `{v['baseline']}` at {v['baseline_commit']}; raw-body "
+        f"/classify, lean client; c=1 alternating request by request, {v['pairs_c1']} pairs; "
+        f"c=16 in turn, the order flipping; medians of {len(rounds)} rounds)",
+        "",
+        "| | baseline | this checkout |",
+        "|---|---:|---:|",
+        f"| c=1 p50 ms | {med('c1_before', 'p50_ms'):.3f} | {med('c1_after', 'p50_ms'):.3f} |",
+        f"| c=16 images/s | {med('c16_before', 'throughput_per_s'):.0f} | "
+        f"{med('c16_after', 'throughput_per_s'):.0f} |",
+        "",
+        f"c=1 p50 difference **{v['c1_p50_diff_ms'] * 1000:+.0f} µs** (median per-pair ratio "
+        f"x{v['c1_pair_ratio_median']:.3f}); c=16 throughput **x{v['throughput_ratio_c16']:.2f}**. "
+        "Per round (µs / pair ratio / c=16): "
+        + ", ".join(
+            f"{r['c1_p50_diff_ms'] * 1000:+.0f} / x{r['c1_pair_ratio_median']:.3f} / "
+            f"x{r['throughput_ratio_c16']:.2f}"
+            for r in rounds
+        )
+        + ".",
+        "",
+    ]
 
 
 def peer_markdown(p: dict[str, Any]) -> list[str]:

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.perf import classify, freshness, peer, scale, tenants, training
+from benchmarks.perf import classify, freshness, peer, scale, tenants, training, versus
 from benchmarks.perf.harness import machine, running
 from benchmarks.perf.report import markdown
 from liteembed.backend import load_backend
@@ -77,6 +77,9 @@ def measure(args: argparse.Namespace, argv: list[str] | None) -> dict[str, Any]:
         if "freshness" in parts:
             print("freshness (with and without the per-request generation check):", flush=True)
             result["freshness"] = freshness.part_freshness(args, workdir, dim)
+        if "versus" in parts:
+            print(f"versus (this checkout against {args.baseline}):", flush=True)
+            result["versus"] = versus.part_versus(args, workdir, dim)
         if "tenants" in parts:
             print("tenants (one tenant among many against one tenant of every class):", flush=True)
             result["tenants"] = tenants.part_tenants(args, workdir, dim)
