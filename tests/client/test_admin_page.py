@@ -114,6 +114,15 @@ def test_register_watch_filter_delete_in_the_browser(
         # Register through the form by dropping images on it; the page follows it to ready.
         drop(page, world_pngs("tartan", 4))
         assert page.locator("#chosen li").count() == 4
+        # "Not this": two images of its look-alike, sent as the class's negative images.
+        page.set_input_files(
+            "#reg-negatives",
+            [
+                {"name": name, "mimeType": "image/png", "buffer": data}
+                for name, data in world_pngs("grille", 2, seed=5)
+            ],
+        )
+        assert page.locator("#chosen-negatives li").count() == 2
         page.fill("#reg-name", "tartan")
         # The hint comes from the model's vocabulary, offered on the page.
         page.click("#vocabulary summary")
@@ -124,6 +133,7 @@ def test_register_watch_filter_delete_in_the_browser(
         page.click("#reg-submit")
         expect(page.locator("#reg-message")).to_have_text("Registered tartan: queued.")
         assert page.locator("#chosen li").count() == 0
+        assert page.locator("#chosen-negatives li").count() == 0
         tartan = row(page, "tartan")
         tartan.wait_for()
         page.wait_for_function(
@@ -132,6 +142,11 @@ def test_register_watch_filter_delete_in_the_browser(
             timeout=120_000,
         )
         tartan_id = tartan.get_attribute("data-id")
+        # The worker trained it against the two negative images ("not this", source user).
+        with Client(live_server.url, live_server.admin_key) as client:
+            learned = client.get_class(tartan_id)
+        groups = (learned.diagnostics or {})["evidence"]["groups"]
+        assert {"name": "negative images", "source": "user", "images": 2} in groups
         assert "pattern" in tartan.inner_text()
         assert "liteembed-tiny" in tartan.inner_text()
 

@@ -12,6 +12,7 @@ const state = {
   offset: 0,
   status: "",
   files: [],
+  negatives: [], // "not this": images of look-alikes the class must not take
   thumbnails: new Map(), // class id -> Promise of an object URL (or null)
   timer: null,
   refreshes: 0,
@@ -334,22 +335,27 @@ function message(text, isError = false) {
   $("reg-message").className = isError ? "error" : "ok";
 }
 
-function addFiles(files) {
+function addFiles(files, list = state.files) {
   const refused = [];
   for (const file of files) {
     if (file.type && !file.type.startsWith("image/")) refused.push(file.name);
-    else state.files.push(file);
+    else list.push(file);
   }
   renderChosen();
   message(refused.length ? `Not images, left out: ${refused.join(", ")}` : "", refused.length > 0);
 }
 
 function renderChosen() {
-  for (const img of $("chosen").querySelectorAll("img")) URL.revokeObjectURL(img.src);
-  const items = state.files.map((file, index) => {
+  renderFiles(state.files, "chosen");
+  renderFiles(state.negatives, "chosen-negatives");
+}
+
+function renderFiles(files, listId) {
+  for (const img of $(listId).querySelectorAll("img")) URL.revokeObjectURL(img.src);
+  const items = files.map((file, index) => {
     const drop = element("button", { type: "button", className: "quiet small", title: "remove" }, "×");
     drop.addEventListener("click", () => {
-      state.files.splice(index, 1);
+      files.splice(index, 1);
       renderChosen();
     });
     return element(
@@ -360,7 +366,7 @@ function renderChosen() {
       drop,
     );
   });
-  $("chosen").replaceChildren(...items);
+  $(listId).replaceChildren(...items);
 }
 
 const dropZone = $("drop-zone");
@@ -387,10 +393,15 @@ $("reg-files").addEventListener("change", (event) => {
   addFiles(event.target.files);
   event.target.value = "";
 });
+$("reg-negatives").addEventListener("change", (event) => {
+  addFiles(event.target.files, state.negatives);
+  event.target.value = "";
+});
 
 function clearForm() {
   $("register-form").reset();
   state.files = [];
+  state.negatives = [];
   renderChosen();
 }
 
@@ -411,6 +422,7 @@ $("register-form").addEventListener("submit", async (event) => {
   for (const hint of words($("reg-hints").value)) form.append("hints", hint);
   for (const confuser of words($("reg-confusers").value)) form.append("confusers", confuser);
   for (const file of state.files) form.append("images", file, file.name);
+  for (const file of state.negatives) form.append("negative_images", file, file.name);
   $("reg-submit").disabled = true;
   message("Uploading…");
   try {
