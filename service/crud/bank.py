@@ -66,17 +66,20 @@ def record_features(
             session.execute(delete(BankFeature).where(BankFeature.id.in_(old)))
 
 
-def count_features(*, session: Session, tenant: str | None) -> list[WordCount]:
-    """Features per (model, tenant, word), of `tenant` (None: every tenant)."""
+def count_features(
+    *, session: Session, tenant: str | None, limit: int | None = None, offset: int = 0
+) -> tuple[list[WordCount], int]:
+    """Features per (model, tenant, word), of `tenant` (None: every tenant), in that order: the
+    page from `offset` (at most `limit` rows), and how many such rows there are in all."""
     query = select(
         BankFeature.model_id, BankFeature.tenant, BankFeature.word, func.count()
     ).group_by(BankFeature.model_id, BankFeature.tenant, BankFeature.word)
     if tenant is not None:
         query = query.where(BankFeature.tenant == tenant)
-    rows = session.execute(
-        query.order_by(BankFeature.model_id, BankFeature.tenant, BankFeature.word)
-    )
-    return [WordCount(m, t, w, int(n)) for m, t, w, n in rows]
+    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    page = query.order_by(BankFeature.model_id, BankFeature.tenant, BankFeature.word)
+    rows = session.execute(page.limit(limit).offset(offset))
+    return [WordCount(m, t, w, int(n)) for m, t, w, n in rows], int(total)
 
 
 def delete_features(*, session: Session, tenant: str | None) -> int:

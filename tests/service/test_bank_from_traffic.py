@@ -82,7 +82,7 @@ def test_each_word_keeps_only_its_newest_features(database_url: str) -> None:
         )
     with sessions() as session:
         counts = {
-            (c.tenant, c.word): c.features for c in count_features(session=session, tenant=None)
+            (c.tenant, c.word): c.features for c in count_features(session=session, tenant=None)[0]
         }
         kept = session.scalars(
             select(BankFeature.feature).where(
@@ -121,7 +121,7 @@ def test_only_opted_in_tenants_are_recorded(sqlite_url: str, make_settings: Any)
     recorder.stop()
     with sessions() as session:
         counts = [
-            (c.tenant, c.word, c.features) for c in count_features(session=session, tenant=None)
+            (c.tenant, c.word, c.features) for c in count_features(session=session, tenant=None)[0]
         ]
     assert counts == [("acme", "kang", 1)]
 
@@ -198,6 +198,11 @@ def test_list_and_delete_stay_within_the_callers_tenant(secured: Any, database_u
     assert refused.status_code == 403 and "detail" in refused.json()
     assert secured.get("/v1/bank?tenant=NOT%20A%20TENANT", headers=bearer(ADMIN)).status_code == 422
     assert listing(ADMIN) == [("acme", "cones", 1), ("default", "kang", 2)]
+    # Paged: `total` counts every row, `limit` and `offset` pick the page.
+    assert listing(ADMIN, "?limit=1&offset=1") == [("default", "kang", 2)]
+    assert secured.get("/v1/bank?limit=1", headers=bearer(ADMIN)).json()["total"] == 2
+    assert secured.get("/v1/bank", headers=bearer(CLIENT)).json()["total"] == 1
+    assert secured.get("/v1/bank?limit=0", headers=bearer(ADMIN)).status_code == 422
 
     deleted = secured.delete("/v1/bank", headers=bearer(CLIENT))
     assert deleted.status_code == 200 and deleted.json() == {"deleted": 2}

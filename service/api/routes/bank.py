@@ -3,11 +3,14 @@ deleting it. Client keys see and delete their own tenant's; admin keys any tenan
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
+
+from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
 from service.api.deps import ClientDep, SessionDep, SettingsDep, TenantScopeDep
 from service.api.errors import responses
+from service.api.routes.classes import MAX_OFFSET
 from service.crud.bank import count_features, delete_features
 
 router = APIRouter(prefix="/v1/bank", tags=["bank"], dependencies=[ClientDep])
@@ -27,6 +30,7 @@ class BankContents(BaseModel):
     )
     per_word: int = Field(description="features kept per model, tenant and word (the newest)")
     items: list[BankWord]
+    total: int = Field(description="(model, tenant, word) rows in all, over every page")
 
 
 class BankDeleted(BaseModel):
@@ -39,8 +43,14 @@ class BankDeleted(BaseModel):
     summary="Image features recorded from /v1/classify traffic, counted per word",
     responses=responses(401, 403, 422, 503),
 )
-def list_bank(session: SessionDep, settings: SettingsDep, scope: TenantScopeDep) -> BankContents:
-    counts = count_features(session=session, tenant=scope)
+def list_bank(
+    session: SessionDep,
+    settings: SettingsDep,
+    scope: TenantScopeDep,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+) -> BankContents:
+    counts, total = count_features(session=session, tenant=scope, limit=limit, offset=offset)
     return BankContents(
         recording=None if scope is None else settings.bank_records(scope),
         per_word=settings.bank_per_word,
@@ -48,6 +58,7 @@ def list_bank(session: SessionDep, settings: SettingsDep, scope: TenantScopeDep)
             BankWord(model=c.model_id, tenant=c.tenant, word=c.word, features=c.features)
             for c in counts
         ],
+        total=total,
     )
 
 
