@@ -24,8 +24,15 @@ log = logging.getLogger(__name__)
 _CONNECT_TIMEOUT_S = 10
 
 
-def make_engine(url: str) -> Engine:
-    kwargs: dict[str, Any] = {"pool_pre_ping": True}
+def make_engine(url: str, *, for_reads: bool = False) -> Engine:
+    """The engine of `url`. `for_reads`: for the one-statement read every request makes
+    (`raw_scalar`): autocommit (no transaction to end, on PostgreSQL no ROLLBACK round trip
+    when the connection goes back) and no pre-ping (another statement, and on PostgreSQL another
+    round trip, per read): a lost connection shows as the read failing, and `raw_scalar` tries
+    once more on a fresh one."""
+    kwargs: dict[str, Any] = {"pool_pre_ping": not for_reads}
+    if for_reads:
+        kwargs.update(isolation_level="AUTOCOMMIT", pool_reset_on_return=None)
     if url.startswith("sqlite"):
         # The API threads and the embedded worker thread share one file.
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
@@ -71,18 +78,24 @@ def is_unavailable(exc: BaseException) -> bool:
 def raw_scalar(engine: Engine, sql: str) -> Any:
     """The first column of the first row of `sql` (a statement without parameters), read on a
     raw pooled DB-API cursor: a third of a Core read's cost (no Connection, Result or Row
-    objects), for a read made on every request. The pool's pre-ping and checkout events apply
-    as for any connection; the driver's errors, connecting or reading, are raised as
-    SQLAlchemy's (`DBAPIError`, the connection invalidated when it was lost), as a Core read
-    raises them."""
+    objects), for a read made on every request. The driver's errors, connecting or reading,
+    are raised as SQLAlchemy's (`DBAPIError`, as a Core read raises them); a connection found
+    lost is dropped and the read tried once more on a fresh one (an engine `for_reads` does not
+    pre-ping)."""
+    try:
+        return _raw_scalar(engine, sql)
+    except sa_exc.DBAPIError as exc:
+        if not exc.connection_invalidated:
+            raise
+    return _raw_scalar(engine, sql)
+
+
+def _raw_scalar(engine: Engine, sql: str) -> Any:
     driver_error = engine.dialect.loaded_dbapi.Error
     try:
         connection = engine.raw_connection()
     except driver_error as exc:
-        lost = engine.dialect.is_disconnect(exc, None, None)
-        raise sa_exc.DBAPIError.instance(
-            None, None, exc, driver_error, connection_invalidated=lost
-        ) from exc
+        raise sa_exc.DBAPIError.instance(None, None, exc, driver_error) from exc
     try:
         cursor = connection.cursor()
         try:

@@ -29,7 +29,7 @@ import numpy as np
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.db import is_unavailable, raw_scalar
+from service.db import is_unavailable, make_engine, raw_scalar
 from service.models import (
     GENERATION_ROW,
     ClassRemoval,
@@ -197,6 +197,16 @@ class ClassMatrixCache:
             )
         self._factory = session_factory
         self._engine: Engine = session_factory.kw["bind"]
+        # The per-request generation read's own pool (`make_engine(for_reads=True)`); an
+        # in-memory SQLite database exists only in its own engine's connection, so it shares
+        # that one.
+        url = self._engine.url
+        in_memory = url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:")
+        self._read_engine = (
+            self._engine
+            if in_memory
+            else make_engine(url.render_as_string(hide_password=False), for_reads=True)
+        )
         # The per-request read, as the dialect's SQL text (its one parameter is a constant).
         self._generation_sql = str(
             _GENERATION.compile(
@@ -291,7 +301,7 @@ class ClassMatrixCache:
             self._sync(force=False)
 
     def _read_generation(self) -> int:
-        return int(raw_scalar(self._engine, self._generation_sql) or 0)
+        return int(raw_scalar(self._read_engine, self._generation_sql) or 0)
 
     def _covers(self, model_id: str, generation: int) -> bool:
         snap = self._snapshot
@@ -357,6 +367,8 @@ class ClassMatrixCache:
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
+        if self._read_engine is not self._engine:
+            self._read_engine.dispose()
 
     def _run(self) -> None:
         while not self._stop.is_set():

@@ -137,3 +137,39 @@ def test_the_raw_generation_read_raises_as_a_core_read(database_url: str, factor
         raw_scalar(engine, "SELECT value FROM no_such_table")
     assert isinstance(raised.value.orig, engine.dialect.loaded_dbapi.Error)
     assert engine.pool.checkedout() == 0
+
+
+@pytest.mark.parametrize("lost", [True, False])
+def test_the_generation_read_tries_once_more_only_after_a_lost_connection(
+    monkeypatch: pytest.MonkeyPatch, lost: bool
+) -> None:
+    """Its engine does not pre-ping: a connection that died since its last use shows as the read
+    failing, and one more read on a fresh connection answers; any other error is raised."""
+    import sqlite3
+
+    from sqlalchemy import exc as sa_exc
+
+    from service import db
+
+    calls: list[str] = []
+
+    def flaky(_engine: Any, sql: str) -> int:
+        calls.append(sql)
+        if len(calls) == 1:
+            raise sa_exc.DBAPIError.instance(
+                sql,
+                None,
+                sqlite3.OperationalError("gone"),
+                sqlite3.Error,
+                connection_invalidated=lost,
+            )
+        return 7
+
+    monkeypatch.setattr(db, "_raw_scalar", flaky)
+    if lost:
+        assert db.raw_scalar(None, "SELECT 7") == 7  # type: ignore[arg-type]
+        assert calls == ["SELECT 7", "SELECT 7"]
+    else:
+        with pytest.raises(sa_exc.OperationalError):
+            db.raw_scalar(None, "SELECT 7")  # type: ignore[arg-type]
+        assert calls == ["SELECT 7"]
