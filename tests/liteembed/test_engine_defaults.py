@@ -117,6 +117,10 @@ def test_folds_hold_out_each_image_in_turn(backend: ClipBackend, vocabulary: Voc
     config = OptimizationConfig(holdout_folds=1)
     one = learn_classes(backend, vocabulary, REQUESTS, config=config)[0].diagnostics["holdout"]
     assert one["held_out_images"] == [one["held_out_image"]]
+    # The default holds out two images of each class (level with every image on validation).
+    default = learn_classes(backend, vocabulary, REQUESTS)
+    for request, c in zip(REQUESTS, default, strict=True):
+        assert len(c.diagnostics["holdout"]["held_out_images"]) == min(2, len(request.images))
 
 
 def test_without_the_bound_the_word_leaves_the_vocabulary_range(
