@@ -178,8 +178,8 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         f"Command: `{result['command']}`. Chosen (best mean HM): `{result['chosen']}`.",
         "",
-        "| variant | mean HM | validation HM (held-out / base) | vs TI | base-as-new HM "
-        "(held-out / base) | vs TI |",
+        "| variant | mean HM | validation HM (held-out / base) | vs first | base-as-new HM "
+        "(held-out / base) | vs first |",
         "|---|---|---|---|---|---|",
     ]
     for r in result["rows"]:

@@ -83,8 +83,9 @@ class OptimizationConfig:
     # best other match's (0: only when the word wins it).
     evidence_margin: float = 0.0
     # Weight of each of the request's own negative images ("not this") in the evidence term,
-    # against 1 for each registered-class or bank image.
-    user_negative_weight: float = 1.0
+    # against 1 for each registered-class or bank image: as much as a bank word's 16 images
+    # (chosen on validation, the evidence search's base-as-new folds).
+    user_negative_weight: float = 16.0
     # The hold-out step rule also scores the evidence: the step is chosen by the mean of the
     # held-out accuracy and the share of evidence images the word leaves to their own class.
     holdout_evidence: bool = False
@@ -197,7 +198,7 @@ def from_recorded(values: dict[str, Any]) -> OptimizationConfig:
     switch existed keeps its meaning: before the scale-aware switches its lr is absolute, its
     step count fixed (or per-class hold-out margin), no norm bound, no batch negatives; before
     the hold-out tie-break and folds, one random image is held out and the earliest tie wins;
-    before image evidence, none is used."""
+    before image evidence, none is used; before the evidence weights, a negative image weighs 1."""
     known = OptimizationConfig.__dataclass_fields__
     data = {k: v for k, v in values.items() if k in known}
     # saved before the hold-out rule had tie-breaks and folds: one random image, earliest of ties
@@ -206,6 +207,9 @@ def from_recorded(values: dict[str, Any]) -> OptimizationConfig:
     # saved before image evidence: none in the loss or the step rule
     data.setdefault("lambda_img", 0.0)
     data.setdefault("holdout_evidence", False)
+    # saved before the evidence term's margin and the weight of the request's negative images
+    data.setdefault("evidence_margin", 0.0)
+    data.setdefault("user_negative_weight", 1.0)
     if "lr_scale" not in values:
         data["lr_scale"] = "absolute"
         data.setdefault("norm_bound", None)

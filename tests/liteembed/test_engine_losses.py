@@ -131,3 +131,15 @@ def test_class_loss_passes_the_evidence_settings() -> None:
     assert heavier.item() != pytest.approx(plain.item())
     with pytest.raises(ValueError, match="evidence_margin"):
         OptimizationConfig(evidence_margin=-0.1)
+
+
+def test_a_config_saved_before_the_evidence_weights_keeps_their_old_meaning() -> None:
+    from liteembed.config import from_recorded
+
+    saved = OptimizationConfig().to_dict()
+    assert saved["user_negative_weight"] == 16.0
+    for key in ("evidence_margin", "user_negative_weight"):
+        del saved[key]
+    old = from_recorded(saved)
+    assert (old.evidence_margin, old.user_negative_weight) == (0.0, 1.0)
+    assert from_recorded(OptimizationConfig().to_dict()).user_negative_weight == 16.0
