@@ -358,8 +358,11 @@ class ClassMatrixCache:
     def start(self) -> None:
         if self._thread is not None:
             return
-        self._thread = threading.Thread(target=self._run, name="liteembed-classifier", daemon=True)
-        self._thread.start()
+        # Published once started: `stop` (another thread, at shutdown) joins only a started
+        # thread, and one that starts after `stop` finds the stop flag set and ends at once.
+        thread = threading.Thread(target=self._run, name="liteembed-classifier", daemon=True)
+        thread.start()
+        self._thread = thread
 
     def stop(self) -> None:
         self._stop.set()
