@@ -72,27 +72,36 @@ def to_relearn(found: Sequence[Taking], new: set[str], limit: int) -> list[str]:
 
 
 def impact_of(
-    taker: str,
+    learned: str,
     found: Sequence[Taking],
     names: dict[str, str],
     relearned: set[str],
     after: Sequence[Taking] | None,
 ) -> list[dict[str, object]]:
-    """What `taker` did to the other classes when it was learned (`found`, measured before any
-    re-learn), whether each was re-learned, and what it still takes after (`after`)."""
+    """What happened between the class `learned` and each other class when it was learned
+    (`found`, measured before any re-learn): the exemplars it took of another ("took"), or that
+    another took of its own ("taken_by"), whether that class was re-learned with it, and what is
+    still taken after (`after`)."""
     remaining = {(t.victim, t.taker): t.taken for t in after or ()}
     items: list[dict[str, object]] = []
     for taking in found:
-        if taking.taker != taker or taking.victim not in names:
+        if taking.taker == learned:
+            other, direction = taking.victim, "took"
+        elif taking.victim == learned:
+            other, direction = taking.taker, "taken_by"
+        else:
+            continue
+        if other not in names:
             continue
         item: dict[str, object] = {
-            "class_id": taking.victim,
-            "name": names[taking.victim],
+            "class_id": other,
+            "name": names[other],
+            "direction": direction,
             "taken": taking.taken,
             "of": taking.of,
-            "relearned": taking.victim in relearned,
+            "relearned": other in relearned,
         }
         if after is not None:
-            item["remaining"] = remaining.get((taking.victim, taker), 0)
+            item["remaining"] = remaining.get((taking.victim, taking.taker), 0)
         items.append(item)
     return items

@@ -17,10 +17,12 @@ class _Result(BaseModel):
 
 class Impact(_Result):
     """`taken` of the `of` exemplars of another class were predicted as this one when it became
-    ready; `relearned`: that class was learned again beside it (`remaining`: still taken)."""
+    ready (`direction` "took"), or of this class's as the other ("taken_by"); `relearned`: that
+    class was learned again beside it (`remaining`: still taken)."""
 
     class_id: str
     name: str
+    direction: str = "took"
     taken: int
     of: int
     relearned: bool = False

@@ -12,16 +12,20 @@ from service.models import PersonalizedClass, as_utc
 
 
 class ImpactOut(BaseModel):
-    """One of the tenant's classes whose exemplars this class took when it became ready."""
+    """One of the tenant's classes that this class took exemplars of when it became ready, or
+    that took exemplars of this class (`direction`)."""
 
     class_id: str
     name: str
-    taken: int = Field(description="its exemplars predicted as this class, before any re-learn")
-    of: int = Field(description="its exemplars scored")
-    relearned: bool = Field(description="it was re-learned together with this class")
-    remaining: int | None = Field(
-        None, description="its exemplars still predicted as this class after the re-learn"
+    direction: Literal["took", "taken_by"] = Field(
+        "took",
+        description="took: this class took the other's exemplars; taken_by: the other took "
+        "this class's",
     )
+    taken: int = Field(description="exemplars taken, before any re-learn")
+    of: int = Field(description="exemplars scored of the class they belong to")
+    relearned: bool = Field(description="the other class was re-learned together with this one")
+    remaining: int | None = Field(None, description="exemplars still taken after the re-learn")
 
 
 class ClassOut(BaseModel):

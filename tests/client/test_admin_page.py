@@ -199,7 +199,8 @@ def test_register_watch_filter_delete_in_the_browser(
 
 def test_a_class_s_threshold_and_impact_are_shown(live_server: LiveServer) -> None:
     """A ready class's row says its threshold, and what it took from another class when it
-    became ready (written into its row here: which way exemplars go is the method's business)."""
+    became ready and what another took from it (written into its row here: which way exemplars
+    go is the method's business)."""
     import json
 
     from sqlalchemy import create_engine, text
@@ -215,7 +216,12 @@ def test_a_class_s_threshold_and_impact_are_shown(live_server: LiveServer) -> No
         conn.execute(
             text("UPDATE classes SET impact = :impact WHERE id = :id"),
             {
-                "impact": json.dumps([{**impact, "relearned": True, "remaining": 0}]),
+                "impact": json.dumps(
+                    [
+                        {**impact, "relearned": True, "remaining": 0},
+                        {**impact, "direction": "taken_by", "taken": 1, "relearned": False},
+                    ]
+                ),
                 "id": second.id,
             },
         )
@@ -228,9 +234,11 @@ def test_a_class_s_threshold_and_impact_are_shown(live_server: LiveServer) -> No
         page.click("#key-form button[type=submit]")
         taker = row(page, "admin-ramp")
         taker.wait_for()
-        line = taker.locator(".impact")
-        expect(line).to_have_text("took 2/4 of admin-coin · re-learned, 0 left")
-        assert line.get_attribute("title") == first.id
+        lines = taker.locator(".impact")
+        expect(lines).to_have_text(
+            ["took 2/4 of admin-coin · re-learned, 0 left", "admin-coin took 1/4 of its images"]
+        )
+        assert lines.first.get_attribute("title") == first.id
         assert second.threshold is not None
         expect(taker).to_contain_text(f"accepts ≥ {second.threshold:.3f}")
         assert row(page, "admin-coin").locator(".impact").count() == 0

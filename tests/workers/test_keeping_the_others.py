@@ -21,7 +21,7 @@ from service.models import (
 )
 from tests.helpers.images import COLOURS, image_bytes
 from workers import Trainer
-from workers.impact import ScoredClass, takings, to_relearn
+from workers.impact import ScoredClass, Taking, impact_of, takings, to_relearn
 
 
 @pytest.fixture
@@ -241,3 +241,14 @@ def test_takings_and_the_classes_to_relearn() -> None:
     assert to_relearn(found, {"a"}, limit=8) == ["b", "c"]
     assert to_relearn(found, {"a"}, limit=0) == []
     assert to_relearn(found, {"a", "b", "c"}, limit=8) == []
+    # The new class a's impact lists both ways: what it took (c's) and what took its own (b).
+    names = {"b": "bee", "c": "sea"}
+    after = [Taking("a", "b", 0, 2), Taking("c", "a", 1, 2)]
+    items = impact_of("a", found, names, {"b", "c"}, after)
+    assert sorted(items, key=lambda i: str(i["class_id"])) == [
+        {"class_id": "b", "name": "bee", "direction": "taken_by", "taken": 1, "of": 2,
+         "relearned": True, "remaining": 0},
+        {"class_id": "c", "name": "sea", "direction": "took", "taken": 1, "of": 2,
+         "relearned": True, "remaining": 1},
+    ]  # fmt: skip
+    assert impact_of("a", found, {}, set(), None) == []

@@ -259,10 +259,14 @@ function statusCell(c) {
   return cell;
 }
 
-// What this class did to another when it became ready: took some of its exemplars, and whether
-// that class was re-learned beside it (and how many it still takes).
+// What happened between this class and another when it became ready: it took some of the other's
+// exemplars, or the other took some of its own; whether the other was re-learned beside it (and
+// how many are still taken).
 function impactLine(item) {
-  let text = `took ${item.taken}/${item.of} of ${item.name}`;
+  let text =
+    item.direction === "taken_by"
+      ? `${item.name} took ${item.taken}/${item.of} of its images`
+      : `took ${item.taken}/${item.of} of ${item.name}`;
   if (item.relearned) {
     const known = item.remaining !== null && item.remaining !== undefined;
     text += ` · re-learned${known ? `, ${item.remaining} left` : ""}`;
