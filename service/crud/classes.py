@@ -2,7 +2,6 @@
 removal log, and insert ready rows in bulk (benchmarks and tests). Keyword arguments only; a
 function given a `session` leaves the commit to its caller."""
 
-
 from __future__ import annotations
 
 import hashlib
@@ -261,7 +260,6 @@ def remove_class(*, session: Session, row: PersonalizedClass) -> None:
         )
     )
     session.delete(row)
-
 
 
 def prune_removals(*, session: Session, older_than: datetime) -> int:

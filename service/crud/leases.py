@@ -2,7 +2,6 @@
 heartbeat, store the result, fail, release, and the reconciler's re-sends. Every write after the
 claim is conditional on the run's lease, so a run that lost its row writes nothing."""
 
-
 from __future__ import annotations
 
 import json
