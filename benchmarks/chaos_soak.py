@@ -262,9 +262,7 @@ def run_soak(options: SoakOptions) -> dict[str, Any]:
             lambda: _unfinished(direct_url, log.accepted) == 0, options.drain_seconds, poll=1.0
         )
         settings = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(options).items()}
-        report = soak_report(
-            _rows(direct_url), log, settings, time.monotonic() - started, drained
-        )
+        report = soak_report(_rows(direct_url), log, settings, time.monotonic() - started, drained)
         report["logs"] = str(workdir)
     return report
 

@@ -63,9 +63,7 @@ def variant_spec(variant: str, previous: OptimizationConfig, bank: Any) -> Metho
         if unknown:
             raise SystemExit(f"unknown config fields in {variant!r}: {unknown}")
         config = config.with_(**{k: type(getattr(config, k))(v) for k, v in changes.items()})
-        return MethodSpec(
-            variant, "liteembed", config, False, (("bank", bank),), "", lookalikes
-        )
+        return MethodSpec(variant, "liteembed", config, False, (("bank", bank),), "", lookalikes)
     config, hints = variant_config(variant, previous)
     uses_bank = config.lambda_img > 0 or config.holdout_evidence
     return MethodSpec(

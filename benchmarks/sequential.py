@@ -80,7 +80,7 @@ def run_draw(
         registered[name] = feature
         assert learned.exemplar_features is not None
         protected.append(ProtectedClass(name, feature, learned.exemplar_features))
-        predictions = (task.test_features @ torch.cat([ctx.base_text, torch.stack(features)]).T)
+        predictions = task.test_features @ torch.cat([ctx.base_text, torch.stack(features)]).T
         own = task.test_labels == base_count + j
         at_join[name] = float((predictions.argmax(dim=1)[own] == base_count + j).float().mean())
     logits = task.test_features @ torch.cat([ctx.base_text, torch.stack(features)]).T
