@@ -62,7 +62,8 @@ def variant_spec(variant: str, previous: OptimizationConfig, bank: Any) -> Metho
         unknown = sorted(set(changes) - set(fields))
         if unknown:
             raise SystemExit(f"unknown config fields in {variant!r}: {unknown}")
-        config = config.with_(**{k: type(getattr(config, k))(v) for k, v in changes.items()})
+        # Values as JSON (0.02, 16, false, ["a"]); `bool("0")` would be True.
+        config = config.with_(**{k: json.loads(v) for k, v in changes.items()})
         return MethodSpec(variant, "liteembed", config, False, (("bank", bank),), "", lookalikes)
     config, hints = variant_config(variant, previous)
     uses_bank = config.lambda_img > 0 or config.holdout_evidence

@@ -53,8 +53,8 @@ def environment(settings: Mapping[str, str], *, keep_settings: bool = False) -> 
 
 
 class Child(subprocess.Popen[bytes]):
-    """A `liteembed` command's process; its output (stdout and stderr) is appended to
-    `log_path`."""
+    """A `liteembed` command's process (another program's with `program`: its argv before
+    `args`); its output (stdout and stderr) is appended to `log_path`."""
 
     def __init__(
         self,
@@ -63,11 +63,13 @@ class Child(subprocess.Popen[bytes]):
         env: Mapping[str, str],
         log_path: Path,
         cwd: Path | None = None,
+        program: Sequence[str] | None = None,
     ) -> None:
         self.log_path = log_path
+        argv = command(*args) if program is None else [*program, *args]
         with open(log_path, "ab") as log:  # the child holds its own copy of the descriptor
             super().__init__(
-                command(*args),
+                argv,
                 env=dict(env),
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -82,8 +84,8 @@ class Child(subprocess.Popen[bytes]):
 
 
 class NotReady(RuntimeError):
-    """The server exited or did not answer /readyz with 200 in time; the message ends with the
-    tail of its log."""
+    """The server exited or did not answer its readiness path with 200 in time; the message ends
+    with the tail of its log."""
 
 
 def stop(*children: subprocess.Popen[bytes], grace_s: float = 20.0) -> None:
@@ -102,8 +104,11 @@ def stop(*children: subprocess.Popen[bytes], grace_s: float = 20.0) -> None:
             child.wait()
 
 
-def wait_ready(child: Child, url: str, *, timeout: float, poll_s: float = 0.2) -> None:
-    """Until `url`/readyz answers 200; raises NotReady when the child exits or `timeout` passes."""
+def wait_ready(
+    child: Child, url: str, *, timeout: float, poll_s: float = 0.2, path: str = "/readyz"
+) -> None:
+    """Until `url` + `path` answers 200; raises NotReady when the child exits or `timeout`
+    passes."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if child.poll() is not None:
@@ -112,7 +117,7 @@ def wait_ready(child: Child, url: str, *, timeout: float, poll_s: float = 0.2) -
                 f"{child.log_tail()}"
             )
         try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+            if httpx.get(f"{url}{path}", timeout=2).status_code == 200:
                 return
         except httpx.HTTPError:
             pass  # not listening yet

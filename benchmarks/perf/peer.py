@@ -24,7 +24,6 @@ import json
 import os
 import statistics
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -134,37 +133,20 @@ def _peer_environment(threads: int) -> dict[str, str]:
     return env
 
 
-def start_peer(model_dir: Path, port: int, threads: int, log_path: Path) -> subprocess.Popen[bytes]:
+def start_peer(model_dir: Path, port: int, threads: int, log_path: Path) -> serve_process.Child:
     # The compiled graph, the BetterTransformer rewrite and the vector disk cache stay off: the
     # first two change the forward pass, the last answers repeated identical requests from disk.
     args = [
-        str(PEER_ENV / "bin" / "infinity_emb"),
         *("v2", "--model-id", str(model_dir), "--served-model-name", PEER_NAME),
         *("--engine", "torch", "--device", "cpu", "--batch-size", "32", "--port", str(port)),
         *("--no-compile", "--no-vector-disk-cache", "--no-bettertransformer"),
     ]
-    with log_path.open("ab") as log:
-        return subprocess.Popen(
-            args, stdout=log, stderr=subprocess.STDOUT, env=_peer_environment(threads)
-        )
-
-
-def wait_for_peer(
-    child: subprocess.Popen[bytes], url: str, log_path: Path, timeout: float = 300
-) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if child.poll() is not None:
-            raise RuntimeError(
-                f"the peer exited ({child.returncode}): {log_path.read_text()[-2000:]}"
-            )
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"the peer was not ready in {timeout:.0f} s: {log_path.read_text()[-2000:]}")
+    return serve_process.Child(
+        args,
+        env=_peer_environment(threads),
+        log_path=log_path,
+        program=[str(PEER_ENV / "bin" / "infinity_emb")],
+    )
 
 
 def _check_widths(peer_url: str, our_url: str, image: bytes, dim: int) -> None:
@@ -217,7 +199,7 @@ def part_peer(
     log_path = workdir / "peer.log"
     child = start_peer(model_dir, port, threads, log_path)
     try:
-        wait_for_peer(child, peer_url, log_path)
+        serve_process.wait_ready(child, peer_url, timeout=300, poll_s=0.5, path="/health")
         targets = {
             "peer_embeddings": (peer_url, peer_request(peer_url, image)),
             "ours_embeddings": (server.url, our_embeddings_request(server.url, image)),

@@ -3,8 +3,14 @@ written by earlier versions of the benchmark, as the committed ones are)."""
 
 from __future__ import annotations
 
+import functools
 import statistics
 from typing import Any
+
+
+def _median(rounds: list[dict[str, Any]], part: str, key: str) -> float:
+    """The median over the rounds of `round[part][key]`."""
+    return statistics.median(r[part][key] for r in rounds)
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -66,8 +72,7 @@ def markdown(result: dict[str, Any]) -> str:
 def versus_markdown(v: dict[str, Any]) -> list[str]:
     rounds = v["rounds"]
 
-    def med(part: str, key: str) -> float:
-        return statistics.median(r[part][key] for r in rounds)
+    med = functools.partial(_median, rounds)
 
     return [
         f"**Versus** (this checkout against `{v['baseline']}` at {v['baseline_commit']}; raw-body "
@@ -98,8 +103,7 @@ def peer_markdown(p: dict[str, Any]) -> list[str]:
         return [f"**Peer**: not measured: {p['reason']}.", ""]
     rounds = p["rounds"]
 
-    def med(part: str, key: str) -> float:
-        return statistics.median(r[part][key] for r in rounds)
+    med = functools.partial(_median, rounds)
 
     lines = [
         f"**Peer, side by side** ({p['peer']}; the same random-weight CLIP shapes, the same "
@@ -140,8 +144,7 @@ def peer_markdown(p: dict[str, Any]) -> list[str]:
 def classify_markdown(c: dict[str, Any]) -> list[str]:
     rounds = c["rounds"]
 
-    def med(part: str, key: str) -> float:
-        return statistics.median(r[part][key] for r in rounds)
+    med = functools.partial(_median, rounds)
 
     lines = [
         "**Classify** (256x256 JPEG; bare encode = preprocess + encode in-process of an image "
@@ -199,8 +202,7 @@ def old_classify(c: dict[str, Any]) -> list[str]:
     """Results from before the bare pipeline and the lean client, as they were printed."""
     rounds = c["rounds"]
 
-    def med(part: str, key: str) -> float:
-        return statistics.median(r[part][key] for r in rounds)
+    med = functools.partial(_median, rounds)
 
     lines = [
         "**Classify** (256x256 JPEG; bare = preprocess + encode in-process; service = "
@@ -314,8 +316,7 @@ def scale_markdown(s: dict[str, Any], classifier_dtype: str) -> list[str]:
 def freshness_markdown(f: dict[str, Any]) -> list[str]:
     rounds = f["rounds"]
 
-    def med(part: str, key: str) -> float:
-        return statistics.median(r[part][key] for r in rounds)
+    med = functools.partial(_median, rounds)
 
     return [
         f"**Freshness** (/classify reads the class generation from the database before scoring, "

@@ -117,12 +117,9 @@ def evidence(
     if not bool(valid.any()):
         return None
     total = torch.logsumexp(torch.cat([word[:, None], others], dim=1), dim=1)
-    terms = (total - rest)[valid]
-    if user_weight == 1.0:
-        return terms.mean()
     assert inputs.evidence_has_own is not None
     weights = torch.where(inputs.evidence_has_own[valid], 1.0, user_weight)
-    return (terms * weights).sum() / weights.sum()
+    return ((total - rest)[valid] * weights).sum() / weights.sum()
 
 
 def class_loss(inputs: LossInputs, config: OptimizationConfig) -> tuple[torch.Tensor, torch.Tensor]:
