@@ -29,6 +29,9 @@ TEST_GALLERY_SEED = 7_001
 VAL_GALLERY_SEED = 8_001
 TEST_SUPPORT_SEED = 10_000
 VAL_SUPPORT_SEED = 20_000
+LOOKALIKE_GALLERY_SEED = 8_601
+LOOKALIKE_SUPPORT_SEED = 30_000
+SPLITS = ("test_heldout", "val_heldout", "val_lookalike")
 
 # The synthetic world's look-alikes of its test held-out classes: the base classes built the same
 # way with one part more or fewer (7-gon: 6- and 8-gon), completed with every base class that
@@ -47,6 +50,15 @@ WORLD_LOOKALIKES: dict[str, tuple[str, ...]] = {
     "domino": ("waffle", "pips", "pearls"),
     "ramp": ("diamond",),
     "leaf": ("oval",),
+    # The look-alike validation classes: the base classes each was built from.
+    "wedge": ("triangle",),
+    "flare": ("sun", "burst"),
+    "spur": ("starfish", "spike"),
+    "fern": ("shamrock", "clover"),
+    "brace": ("elbow", "hammer"),
+    "ripple": ("halo", "target"),
+    "moth": ("ellipsis",),
+    "sickle": ("moon",),
 }
 
 
@@ -130,15 +142,18 @@ def world_task(
     or "val_heldout"); each held-out class gets its category word as its coarse hint."""
     from testbed import default_world
 
-    if split not in ("test_heldout", "val_heldout"):
-        raise ValueError("split must be test_heldout or val_heldout")
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}")
     world = default_world()
     base = [c.name for c in world.split("base")]
     heldout_classes = world.split(split)
     heldout = [c.name for c in heldout_classes]
     classes = base + heldout
-    gallery_seed = TEST_GALLERY_SEED if split == "test_heldout" else VAL_GALLERY_SEED
-    support_seed = TEST_SUPPORT_SEED if split == "test_heldout" else VAL_SUPPORT_SEED
+    gallery_seed, support_seed = {
+        "test_heldout": (TEST_GALLERY_SEED, TEST_SUPPORT_SEED),
+        "val_heldout": (VAL_GALLERY_SEED, VAL_SUPPORT_SEED),
+        "val_lookalike": (LOOKALIKE_GALLERY_SEED, LOOKALIKE_SUPPORT_SEED),
+    }[split]
     images = world.render(classes, n=test_per_class, seed=gallery_seed)
     features = encode(backend, images)
     labels = torch.arange(len(classes)).repeat_interleave(test_per_class)

@@ -1,18 +1,23 @@
-"""The validation search of the image-evidence settings (liteembed.evidence), on two protocols
-that each see one side of the trade-off, never on the test classes:
+"""The validation search of the image-evidence settings (liteembed.evidence), on three protocols
+that each see a side of the trade-off, never on the test classes:
 
-- the validation held-out classes (they have no base look-alikes, so they show what evidence
+- the validation held-out classes (most have no base look-alikes, so they show what evidence
   costs the new classes' own images);
 - base-as-new folds (benchmarks/base_as_new.py: base classes with base look-alikes learned as
-  new, so they show the base images a new word takes).
+  new, so they show the base images a new word takes; the model was pretrained on them, so its
+  images of them are well apart and few are taken);
+- the look-alike validation classes (testbed world split `val_lookalike`: never-seen classes each
+  built from base classes with one part changed, as the test classes are, none next to a test
+  class; textual inversion takes most images of four of their base neighbours there).
 
-Each variant is scored by the mean of its HM on the two, over the same draws; paired differences
-are against the first variant. Variants are `kind:lambda_img:holdout_evidence:bank_words:
-bank_images[:lambda_c]` with kind `ti` (textual inversion settings) or `le` (LiteEmbed's
-previous defaults: coarse alignment with the category hint), or `defaults[+name=value...]`: the
+Each variant is scored by the mean of its HM on the three, over the same draws; paired
+differences are against the first variant. Variants are
+`kind:lambda_img:holdout_evidence:bank_words:bank_images[:lambda_c]` with kind `ti` (textual
+inversion settings) or `le` (LiteEmbed's previous defaults: coarse alignment with the category
+hint), or `defaults[+name=value...]`: the
 current defaults (`benchmarks/results/configs/evidence_defaults.json`, no hints) with config
 changes, `lookalike_images=N` giving N images of each of a class's look-alikes as its negative
-images (only base-as-new classes have look-alikes).
+images (the base-as-new and look-alike validation classes have look-alikes).
 
     python -m benchmarks.evidence_search --draws 10
     python -m benchmarks.evidence_search --draws 10 --variants defaults \
@@ -109,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     protocols: dict[str, list[Task]] = {
         "validation": [world_task(backend, "val_heldout")],
         "base-as-new": [base_as_new_task(backend, bank, fold) for fold in range(2)],
+        "look-alike": [world_task(backend, "val_lookalike")],
     }
     started = time.perf_counter()
     hms: dict[str, dict[str, list[float]]] = {v: {} for v in args.variants}
@@ -177,13 +183,13 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         f"Command: `{result['command']}`. Chosen (best mean HM): `{result['chosen']}`.",
         "",
-        "| variant | mean HM | validation HM (held-out / base) | vs first | base-as-new HM "
-        "(held-out / base) | vs first |",
-        "|---|---|---|---|---|---|",
     ]
+    protocols = [p for p in ("validation", "base-as-new", "look-alike") if p in result["rows"][0]]
+    header = "".join(f" {p} HM (held-out / base) | vs first |" for p in protocols)
+    lines += ["| variant | mean HM |" + header, "|---|---|" + "---|---|" * len(protocols)]
     for r in result["rows"]:
         cells = [r["variant"], f"{100 * r['score']:.2f}"]
-        for p in ("validation", "base-as-new"):
+        for p in protocols:
             d, diff = r[p], r[f"vs_reference_{p}"]
             cells.append(
                 f"{100 * d['hm']:.2f} ({100 * d['heldout']:.1f} / {100 * d['base_after']:.1f})"

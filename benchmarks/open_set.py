@@ -34,7 +34,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from benchmarks.data import encode, world_task
+from benchmarks.data import SPLITS, encode, world_task
 from benchmarks.methods import Context, MethodSpec
 from benchmarks.metrics import mean_se
 from liteembed import (
@@ -258,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, default=None, help="a settings file (tune.py)")
     parser.add_argument("--changes", default="", help="JSON of OptimizationConfig changes")
     parser.add_argument("--shots", type=int, default=4)
-    parser.add_argument("--split", default="test_heldout", choices=["test_heldout", "val_heldout"])
+    parser.add_argument("--split", default="test_heldout", choices=list(SPLITS))
     parser.add_argument("--draws", type=int, default=10)
     parser.add_argument("--per-class", type=int, default=50)
     parser.add_argument("--noise", type=int, default=100)

@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.data import Task, folder_task, world_task
+from benchmarks.data import SPLITS, Task, folder_task, world_task
 from benchmarks.methods import LINEAR_PROBE_C, Context, MethodSpec, evaluate
 from benchmarks.metrics import mean_std
 from benchmarks.rare_classes_report import (
@@ -336,7 +336,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--split",
         default="test_heldout",
-        choices=["test_heldout", "val_heldout"],
+        choices=list(SPLITS),
         help="synthetic world: which held-out classes (test by default)",
     )
     p.add_argument("--shots", type=int, nargs="+", default=list(DEFAULT_SHOTS))

@@ -269,6 +269,44 @@ _SPEC: dict[str, list[tuple[str, str, S.ShapeFn, tuple[str, float | None]]]] = {
     ],
 }
 
+# The look-alike validation split: never-seen classes each built like one or two base classes with
+# one part changed (how the test held-out classes are built, so validation sees a new word take
+# its neighbours' images), but none next to a test class or its look-alikes
+# (benchmarks.data.WORLD_LOOKALIKES). Listed after the families so no earlier class's index moves.
+_LOOKALIKE_VALIDATION: list[tuple[str, str, str, S.ShapeFn]] = [
+    ("polygon", "wedge", "right triangle", S.convex([(-1, -0.8), (1, -0.8), (-1, 0.8)])),
+    ("star", "flare", "12-point star", S.star(12, 0.66)),
+    ("star", "spur", "thin 5-point star", S.star(5, 0.25)),
+    (
+        "flower",
+        "fern",
+        "5 overlapping discs",
+        S.dots(
+            [(0.5 * math.sin(a), 0.5 * math.cos(a)) for a in (0, 1.2566, 2.5133, 3.7699, 5.0265)],
+            0.44,
+        ),
+    ),
+    (
+        "cross",
+        "brace",
+        "U shape",
+        S.union(S.box(-0.6, 0, 0.2, 0.9), S.box(0.6, 0, 0.2, 0.9), S.box(0, -0.75, 0.8, 0.18)),
+    ),
+    (
+        "ring",
+        "ripple",
+        "three concentric rings",
+        S.union(S.annulus(0.84, 1.0), S.annulus(0.56, 0.7), S.annulus(0.28, 0.42)),
+    ),
+    (
+        "cluster",
+        "moth",
+        "4 dots in a line",
+        S.dots([(-0.75, 0), (-0.25, 0), (0.25, 0), (0.75, 0)], 0.22),
+    ),
+    ("blob", "sickle", "thin crescent", S.minus(S.disc(0, 0, 1.0), S.disc(0.3, 0.1, 0.88))),
+]
+
 COLOURS: dict[str, tuple[float, float, float]] = {
     "red": (0.86, 0.1, 0.1),
     "orange": (1.0, 0.55, 0.05),
@@ -328,6 +366,11 @@ class World:
                     WorldClass(len(self.classes), name, category, split, rarity, desc)
                 )
                 self._fns.append(fn)
+        for category, name, desc, fn in _LOOKALIKE_VALIDATION:
+            self.classes.append(
+                WorldClass(len(self.classes), name, category, "val_lookalike", _NEVER, desc)
+            )
+            self._fns.append(fn)
         self.categories: list[str] = list(_SPEC)
         self.class_names: list[str] = [c.name for c in self.classes]
         self._by_name = {c.name: c for c in self.classes}

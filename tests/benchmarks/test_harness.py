@@ -11,8 +11,8 @@ import pytest
 import torch.nn.functional as F
 from PIL import Image
 
-from benchmarks import rare_classes, rare_classes_report
-from benchmarks.data import folder_task, world_task
+from benchmarks import base_as_new, rare_classes, rare_classes_report
+from benchmarks.data import VAL_GALLERY_SEED, VAL_SUPPORT_SEED, folder_task, world_task
 from benchmarks.methods import Context, MethodSpec, evaluate, score_logits
 from liteembed import ClipBackend, OptimizationConfig, Vocabulary, load_backend, load_vocabulary
 
@@ -167,3 +167,23 @@ def test_lookalike_confusion_is_scored_and_reported(backend: ClipBackend) -> Non
     assert row["delta_lookalike_vs_ti"]["lost"] == 1  # one draw, with fewer confusions
     table = rare_classes_report.lookalike_table(report, 4)
     assert table is not None and "| liteembed | 0.0 ± 0.0 | -100.0 ± " in table
+
+
+def test_lookalike_validation_split_is_built_like_test_but_apart_from_it(
+    backend: ClipBackend,
+) -> None:
+    """The look-alike validation classes each have base look-alikes (as the test classes do),
+    none of them a test class's look-alike, and their galleries and supports are their own."""
+    task = world_task(backend, "val_lookalike", test_per_class=2, max_shots=1)
+    test = world_task(backend, "test_heldout", test_per_class=2, max_shots=1)
+    assert len(task.heldout) == 8 and set(task.lookalikes) == set(task.heldout)
+    assert all(set(bases) <= set(task.base) for bases in task.lookalikes.values())
+    taken_by_test = {b for bases in test.lookalikes.values() for b in bases}
+    assert not taken_by_test & {b for bases in task.lookalikes.values() for b in bases}
+    assert not set(task.heldout) & set(test.heldout)
+    galleries = {test.info["gallery_seed"], VAL_GALLERY_SEED, base_as_new.GALLERY_SEED}
+    supports = {test.info["support_seed"], VAL_SUPPORT_SEED, base_as_new.SUPPORT_SEED}
+    assert task.info["gallery_seed"] not in galleries
+    assert task.info["support_seed"] not in supports
+    with pytest.raises(ValueError, match="split must be one of"):
+        world_task(backend, "train", test_per_class=2, max_shots=1)

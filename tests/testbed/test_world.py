@@ -71,7 +71,15 @@ def test_structure(world: World) -> None:
     assert min(base_per_cat.values()) >= 8
     assert len(world.split("test_heldout")) >= 12
     assert len(world.split("val_heldout")) >= 6
-    assert {c.split for c in world.classes} == {"base", "val_heldout", "test_heldout"}
+    assert {c.split for c in world.classes} == {
+        "base",
+        "val_heldout",
+        "test_heldout",
+        "val_lookalike",
+    }
+    # the look-alike validation classes are never seen, like most test classes
+    assert len(world.split("val_lookalike")) >= 6
+    assert all(c.rarity == 0.0 for c in world.split("val_lookalike"))
     names = world.class_names
     assert len(set(names)) == len(names)
     assert all(re.fullmatch(r"[a-z]+", n) for n in names)
