@@ -55,6 +55,12 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="versus part: another checkout of this project (e.g. a git worktree of a commit)",
     )
+    parser.add_argument(
+        "--versus-request",
+        default="classify",
+        choices=["classify", "embeddings"],
+        help="versus part: raw-body /v1/classify, or /v1/embeddings with an OpenAI-shaped body",
+    )
     parser.add_argument("--note", default="", help="what else ran on the machine")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--render", type=Path, default=None, help="re-print a result JSON")

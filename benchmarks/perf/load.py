@@ -161,12 +161,17 @@ def lean_sequential(url: str, image: bytes, *, count: int, raw: bool) -> dict[st
 
 
 def lean_concurrent(
-    url: str, image: bytes, *, concurrency: int, count: int, raw: bool
+    url: str,
+    image: bytes,
+    *,
+    concurrency: int,
+    count: int,
+    raw: bool,
+    build: Callable[[str, bytes], lean_http.Request] | None = None,
 ) -> dict[str, float]:
-    """/classify at a fixed concurrency from the lean client."""
-    latencies, wall = lean_http.concurrent(
-        url, classify_request(url, image, raw=raw), concurrency=concurrency, count=count
-    )
+    """/classify at a fixed concurrency from the lean client (or the request `build` makes)."""
+    request = build(url, image) if build is not None else classify_request(url, image, raw=raw)
+    latencies, wall = lean_http.concurrent(url, request, concurrency=concurrency, count=count)
     return summarize(latencies, wall, count)
 
 
@@ -198,12 +203,20 @@ def decode_ms(image: bytes, repeats: int = 50, min_side: int | None = None) -> f
 
 
 def lean_alternating(
-    reference_url: str, other_url: str, image: bytes, *, count: int, warmup: int = 20
+    reference_url: str,
+    other_url: str,
+    image: bytes,
+    *,
+    count: int,
+    warmup: int = 20,
+    build: Callable[[str, bytes], lean_http.Request] | None = None,
 ) -> dict[str, Any]:
-    """`count` pairs of raw-body /classify requests from the lean client, reference, other,
-    reference, ... (one in flight at a time), as `classify_alternating` does with httpx: both
-    servers measured in the same window, the per-pair ratio cancelling drift within it."""
-    request = {url: classify_request(url, image, raw=True) for url in (reference_url, other_url)}
+    """`count` pairs of raw-body /classify requests (or the request `build` makes) from the lean
+    client, reference, other, reference, ... (one in flight at a time), as
+    `classify_alternating` does with httpx: both servers measured in the same window, the
+    per-pair ratio cancelling drift within it."""
+    make = build or (lambda url, image: classify_request(url, image, raw=True))
+    request = {url: make(url, image) for url in (reference_url, other_url)}
     connections = {url: lean_http.Connection(url) for url in request}
     latencies: dict[str, list[float]] = {url: [] for url in request}
     try:

@@ -73,10 +73,14 @@ def versus_markdown(v: dict[str, Any]) -> list[str]:
     rounds = v["rounds"]
 
     med = functools.partial(_median, rounds)
-
+    sent = (
+        "/v1/embeddings with an OpenAI-shaped body (the image a data URI)"
+        if v.get("request") == "embeddings"
+        else "raw-body /classify"
+    )
     return [
-        f"**Versus** (this checkout against `{v['baseline']}` at {v['baseline_commit']}; raw-body "
-        f"/classify, lean client; c=1 alternating request by request, {v['pairs_c1']} pairs; "
+        f"**Versus** (this checkout against `{v['baseline']}` at {v['baseline_commit']}; {sent}, "
+        f"lean client; c=1 alternating request by request, {v['pairs_c1']} pairs; "
         f"c=16 in turn, the order flipping; medians of {len(rounds)} rounds)",
         "",
         "| | baseline | this checkout |",

@@ -6,7 +6,9 @@ by side, to measure one change of the request path:
         --baseline /tmp/baseline
 
 Two servers with the same settings, each on its own SQLite file with 10 ready classes. At
-concurrency 1 the lean client alternates raw-body /classify requests between them (the p50s come
+concurrency 1 the lean client alternates raw-body /classify requests (`--versus-request
+embeddings`: /v1/embeddings with the peer part's OpenAI-shaped body, the image a data URI)
+between them (the p50s come
 from the same window; the median per-pair ratio is given too); at concurrency 16 the two are
 loaded in turn, the order flipping each round. Ratios are this checkout's over the baseline's."""
 
@@ -20,12 +22,15 @@ from typing import Any
 
 from benchmarks.perf.harness import running, test_image
 from benchmarks.perf.load import lean_alternating, lean_concurrent
+from benchmarks.perf.peer import our_embeddings_request
 from benchmarks.perf.rows import replace_ready_classes, wait_for_size
 
 
 def part_versus(args: argparse.Namespace, workdir: Path, dim: int) -> dict[str, Any]:
     baseline: Path = args.baseline.resolve()
     image = test_image()
+    kind = getattr(args, "versus_request", "classify")
+    build = our_embeddings_request if kind == "embeddings" else None
     pairs = max(int(args.seconds * 400), 100)
     n16 = max(int(args.seconds * 600), 200)
     with running(args, workdir, code=baseline) as before, running(args, workdir) as after:
@@ -34,11 +39,13 @@ def part_versus(args: argparse.Namespace, workdir: Path, dim: int) -> dict[str, 
             wait_for_size(server, 10, "base")
         rounds = []
         for r in range(args.rounds):
-            c1 = lean_alternating(before.url, after.url, image, count=pairs)
+            c1 = lean_alternating(before.url, after.url, image, count=pairs, build=build)
             c16: dict[str, dict[str, float]] = {}
             order = [("before", before), ("after", after)]
             for key, server in order if r % 2 == 0 else order[::-1]:
-                c16[key] = lean_concurrent(server.url, image, concurrency=16, count=n16, raw=True)
+                c16[key] = lean_concurrent(
+                    server.url, image, concurrency=16, count=n16, raw=True, build=build
+                )
             row = {
                 "c1_before": c1["reference"],
                 "c1_after": c1["other"],
@@ -62,6 +69,7 @@ def part_versus(args: argparse.Namespace, workdir: Path, dim: int) -> dict[str, 
     return {
         "baseline": str(baseline),
         "baseline_commit": _commit(baseline),
+        "request": kind,
         "pairs_c1": pairs,
         "requests_c16": n16,
         "rounds": rounds,

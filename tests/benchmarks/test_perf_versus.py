@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from benchmarks.perf import cli, load, report
+from benchmarks.perf import cli, load, peer, report
 
 ARRIVALS: list[tuple[str, str]] = []
 
@@ -56,6 +56,15 @@ def test_lean_alternating_sends_one_request_to_each_server_in_turn() -> None:
     assert outcome["pair_ratio_median"] > 0
 
 
+def test_lean_alternating_sends_the_request_it_is_given() -> None:
+    ARRIVALS.clear()
+    with recording("before") as before, recording("after") as after:
+        load.lean_alternating(
+            before, after, b"jpeg bytes", count=2, warmup=1, build=peer.our_embeddings_request
+        )
+    assert {path for _, path in ARRIVALS} == {"/v1/embeddings"}
+
+
 def test_the_versus_part_needs_a_baseline() -> None:
     with pytest.raises(SystemExit):
         cli.main(["--parts", "versus"])
@@ -91,3 +100,6 @@ def test_the_versus_table_gives_both_sides_and_the_difference() -> None:
     assert "| c=16 images/s | 500 | 650 |" in text
     assert "**-500 µs**" in text and "x0.760" in text and "**x1.30**" in text
     assert "abc1234" in text
+    assert "raw-body /classify" in text
+    versus["request"] = "embeddings"
+    assert "/v1/embeddings" in "\n".join(report.versus_markdown(versus))
