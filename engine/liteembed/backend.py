@@ -177,6 +177,8 @@ class ClipBackend:
             probe = self.text.encode_ids(self.tokenize(["a"]))
         self.embed_dim: int = int(probe.shape[-1])
         self._template_cache: dict[tuple[str, ...], Any] = {}
+        self._step_towers: dict[torch.dtype, TextTower] = {}
+        self._step_lock = threading.Lock()
 
     @property
     def dtype(self) -> torch.dtype:
@@ -233,17 +235,41 @@ class ClipBackend:
                 progress(min(start + _ENCODE_BATCH, len(texts)), len(texts))
         return torch.cat(outputs).cpu()
 
+    def step_dtype(self, precision: str) -> torch.dtype:
+        """The text tower's dtype for optimisation steps at `precision` (OptimizationConfig's
+        `step_precision`): "auto" is bfloat16 on a CPU where oneDNN has a bfloat16 matrix
+        product (elsewhere bfloat16 products are emulated, slower than float32)."""
+        if precision == "bfloat16":
+            return torch.bfloat16
+        if precision == "auto" and self.device.type == "cpu" and _cpu_has_bfloat16():
+            return torch.bfloat16
+        if precision not in ("model", "auto"):
+            raise ValueError(f"unknown step precision {precision!r}")
+        return self.dtype
+
+    def _tower(self, dtype: torch.dtype) -> TextTower:
+        """The text tower in `dtype`: the model's own, or a copy made on first use."""
+        if dtype == self.dtype:
+            return self.text
+        with self._step_lock:
+            tower = self._step_towers.get(dtype)
+            if tower is None:
+                tower = self._step_towers[dtype] = self.text.cast(dtype)
+            return tower
+
     def encode_with_token(
         self,
         templates: Sequence[str],
         token_embedding: torch.Tensor,
         *,
         short_context: bool = True,
+        precision: str = "model",
     ) -> torch.Tensor:
         """Features of `templates` with `token_embedding` in the placeholder slot (differentiable).
 
         (d_tok,) -> (T, embed_dim); (B, d_tok) -> (B, T, embed_dim). Float32 on the model's device,
-        so the result can feed a loss without a copy.
+        so the result can feed a loss without a copy. `precision`: the text tower's, as
+        `step_dtype` reads it.
         """
         key = tuple(templates)
         tokenized = self._template_cache.get(key)
@@ -252,7 +278,8 @@ class ClipBackend:
             self._template_cache[key] = tokenized
         single = token_embedding.ndim == 1
         vectors = token_embedding.reshape(-1, self.token_dim).to(self.device)
-        features = self.text.encode_with_token(tokenized, vectors, short_context=short_context)
+        tower = self._tower(self.step_dtype(precision))
+        features = tower.encode_with_token(tokenized, vectors, short_context=short_context)
         return features[0] if single else features
 
     def encode_prompts(self, prompts: Sequence[Sequence[str | torch.Tensor]]) -> torch.Tensor:
@@ -285,6 +312,11 @@ class ClipBackend:
             )
             outputs.append(self.text.encode_with_slots(chunk, stacked[in_chunk]))
         return torch.cat(outputs).cpu()
+
+
+def _cpu_has_bfloat16() -> bool:
+    mkldnn = torch.backends.mkldnn
+    return bool(mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 class _RandomInitWarningFilter(logging.Filter):

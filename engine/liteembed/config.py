@@ -115,6 +115,11 @@ class OptimizationConfig:
     patience: int = 5
     flat_tolerance: float = 0.01  # relative loss change over `patience` steps counted as flat
     short_context: bool = True
+    # The text tower's precision during the optimisation steps (the stored feature is always
+    # computed at the model's own): "model" as loaded; "bfloat16" a bfloat16 copy of the tower,
+    # half the weight traffic of a float32 step; "auto" bfloat16 on a CPU with a bfloat16 matrix
+    # product path (oneDNN: AVX-512 or AMX), else the model's.
+    step_precision: Literal["model", "bfloat16", "auto"] = "model"
     loss_curve_points: int = 100  # the diagnostics' loss curve is subsampled to at most this
 
     def __post_init__(self) -> None:
@@ -152,6 +157,10 @@ class OptimizationConfig:
             (self.augment_views >= 0, "augment_views must be >= 0"),
             (0 < self.augment_min_scale <= 1, "augment_min_scale in (0, 1]"),
             (self.patience >= 1 and self.min_steps >= 0, "patience >= 1, min_steps >= 0"),
+            (
+                self.step_precision in ("model", "bfloat16", "auto"),
+                "step_precision: model, bfloat16 or auto",
+            ),
             (
                 set(self.negative_sources) <= {"vocabulary", "confusers", "registered"},
                 "negative_sources: vocabulary, confusers, registered",
@@ -198,7 +207,8 @@ def from_recorded(values: dict[str, Any]) -> OptimizationConfig:
     switch existed keeps its meaning: before the scale-aware switches its lr is absolute, its
     step count fixed (or per-class hold-out margin), no norm bound, no batch negatives; before
     the hold-out tie-break and folds, one random image is held out and the earliest tie wins;
-    before image evidence, none is used; before the evidence weights, a negative image weighs 1."""
+    before image evidence, none is used; before the evidence weights, a negative image weighs 1;
+    before the step precision, the steps run at the model's."""
     known = OptimizationConfig.__dataclass_fields__
     data = {k: v for k, v in values.items() if k in known}
     # saved before the hold-out rule had tie-breaks and folds: one random image, earliest of ties
@@ -210,6 +220,8 @@ def from_recorded(values: dict[str, Any]) -> OptimizationConfig:
     # saved before the evidence term's margin and the weight of the request's negative images
     data.setdefault("evidence_margin", 0.0)
     data.setdefault("user_negative_weight", 1.0)
+    # saved before the step precision: the model's own
+    data.setdefault("step_precision", "model")
     if "lr_scale" not in values:
         data["lr_scale"] = "absolute"
         data.setdefault("norm_bound", None)

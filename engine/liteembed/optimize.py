@@ -267,7 +267,10 @@ def _run(batch: Batch, budgets: list[int], *, offset: int, holdout: bool) -> Run
             break
         leaf = params[rows].clone().requires_grad_(True)
         features = backend.encode_with_token(
-            templates, param.to_token(leaf), short_context=config.short_context
+            templates,
+            param.to_token(leaf),
+            short_context=config.short_context,
+            precision=config.step_precision,
         )
         text = F.normalize(features.mean(dim=1), dim=-1)  # (b, E)
         current[rows] = text.detach().to(current.dtype)

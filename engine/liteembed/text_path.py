@@ -9,6 +9,7 @@ the last end-of-text token: nothing after it can influence the pooled position.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -61,6 +62,7 @@ class TextTower:
             )
         self.context_length: int = int(self.positional_embedding.shape[0])
         self.is_causal: bool = _is_causal_mask(self.attn_mask, self.context_length)
+        self._dtype: torch.dtype | None = None  # set on a copy in another precision (`cast`)
         # The template's words before the learned word, encoded once (liteembed.text_prefix).
         self.prefix: PrefixStates | None = (
             PrefixStates(self.transformer)
@@ -70,7 +72,24 @@ class TextTower:
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.token_embedding.weight.dtype
+        return self._dtype or self.token_embedding.weight.dtype
+
+    def cast(self, dtype: torch.dtype) -> TextTower:
+        """This tower computing in `dtype`: its transformer, final norm and projection copied
+        in that precision; the token table is shared (the few rows looked up are cast)."""
+        other = copy.copy(self)
+        other._dtype = dtype
+        other.transformer = copy.deepcopy(self.transformer).to(dtype)
+        other.ln_final = copy.deepcopy(self.ln_final).to(dtype)
+        projection = self.text_projection
+        if isinstance(projection, nn.Module):
+            other.text_projection = copy.deepcopy(projection).to(dtype)
+        elif projection is not None:
+            other.text_projection = projection.detach().to(dtype)
+        if self.attn_mask is not None and self.attn_mask.is_floating_point():
+            other.attn_mask = self.attn_mask.to(dtype)
+        other.prefix = PrefixStates(other.transformer) if self.prefix is not None else None
+        return other
 
     @property
     def token_dim(self) -> int:

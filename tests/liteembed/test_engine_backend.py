@@ -224,6 +224,25 @@ def test_half_precision_text_path_returns_float32() -> None:
     assert (features.detach() - reference).abs().max().item() < 2e-2
 
 
+def test_bfloat16_steps_run_on_a_copy_of_the_tower(backend: ClipBackend) -> None:
+    vectors = torch.randn(3, backend.token_dim, generator=torch.Generator().manual_seed(4)) * 0.05
+    exact = backend.encode_with_token(TEMPLATES, vectors)
+    leaf = vectors.clone().requires_grad_(True)
+    fast = backend.encode_with_token(TEMPLATES, leaf, precision="bfloat16")
+    assert fast.dtype == torch.float32
+    assert (fast.detach() - exact).abs().max().item() < 2e-2
+    assert (fast.detach() - exact).abs().max().item() > 0  # it did run in bfloat16
+    fast.sum().backward()
+    assert leaf.grad is not None and leaf.grad.dtype == torch.float32
+    # The model itself stays float32: its own features are unchanged after the copy was made.
+    assert backend.dtype == torch.float32
+    assert torch.equal(backend.encode_with_token(TEMPLATES, vectors), exact)
+    assert backend.step_dtype("model") == torch.float32
+    assert backend.step_dtype("auto") in (torch.float32, torch.bfloat16)
+    with pytest.raises(ValueError, match="precision"):
+        backend.step_dtype("fp8")
+
+
 def test_prompts_with_word_slots_equal_the_ordinary_text_path(backend: ClipBackend) -> None:
     dog, cat = (backend.token_table[_single_token_word(backend, w)] for w in ("dog", "cat"))
     features = backend.encode_prompts(

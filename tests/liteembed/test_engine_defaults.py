@@ -204,6 +204,9 @@ def test_configs_saved_before_the_scale_aware_switches_keep_their_meaning() -> N
     }
     config = from_recorded(before)
     assert (config.holdout_ties, config.holdout_folds) == ("earliest", 1)
+    # saved before the step precision: the model's own
+    saved = {k: v for k, v in OptimizationConfig().to_dict().items() if k != "step_precision"}
+    assert from_recorded(saved).step_precision == "model"
 
 
 def test_earliest_ties_stop_the_search_at_the_first_perfect_step(

@@ -76,6 +76,19 @@ def test_output_feature_is_the_template_mean(backend: ClipBackend, vocabulary: V
     assert learned.templates == list(templates)
 
 
+def test_bfloat16_steps_store_the_model_precision_feature(
+    backend: ClipBackend, vocabulary: Vocabulary
+) -> None:
+    config = OptimizationConfig(step_precision="bfloat16", step_rule="fixed", steps=5)
+    learned = learn_class(backend, vocabulary, NAME, solid_images(RED), config=config)
+    # The stored feature is the float32 model's for the learned word, not the steps' bfloat16.
+    expected = backend.encode_with_token(list(learned.templates), learned.token_embedding)
+    expected = F.normalize(expected.detach().mean(dim=0), dim=-1)
+    assert (learned.text_feature - expected).abs().max().item() < 1e-6
+    assert learned.diagnostics["config"]["step_precision"] == "bfloat16"
+    assert learned.diagnostics["exemplar_accuracy"] == 1.0
+
+
 def test_fine_separation_lowers_fine_similarity_to_negatives(
     backend: ClipBackend, vocabulary: Vocabulary
 ) -> None:
