@@ -7,7 +7,7 @@ readers on the request path, so a test can swap one with `app.dependency_overrid
 from __future__ import annotations
 
 import hmac
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from enum import IntEnum
@@ -156,6 +156,28 @@ async def get_image_model(request: Request) -> ImageModel:
     )
 
 
+@dataclass(frozen=True)
+class EmbeddingsModel:
+    """What /embeddings uses besides its body, its settings and its caller."""
+
+    image: ImageModel
+    # Token embeddings read before, answered during a database outage.
+    learned_words: LearnedWords
+    # Opened on the thread that reads learned words, and only for a text naming one: a session
+    # per request as a dependency would cost two thread hops (open, close) on every request.
+    sessions: Callable[[], Session]
+
+
+async def get_embeddings_model(request: Request) -> EmbeddingsModel:
+    """/embeddings' resources as one dependency (see `get_image_model`)."""
+    state = request.app.state
+    return EmbeddingsModel(
+        image=await get_image_model(request),
+        learned_words=state.learned_words,
+        sessions=state.session_factory,
+    )
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionDep = Annotated[Session, Depends(get_session)]
 RuntimeHolderDep = Annotated[RuntimeHolder, Depends(get_runtime_holder)]
@@ -172,6 +194,7 @@ BackgroundChecksDep = Annotated[dict[str, bool], Depends(get_background_checks)]
 WorkerPresenceDep = Annotated[WorkerPresence | None, Depends(get_worker_presence)]
 SchemaCheckDep = Annotated[SchemaCheck, Depends(get_schema_check)]
 ImageModelDep = Annotated[ImageModel, Depends(get_image_model)]
+EmbeddingsModelDep = Annotated[EmbeddingsModel, Depends(get_embeddings_model)]
 
 
 class Role(IntEnum):

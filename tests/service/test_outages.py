@@ -183,6 +183,10 @@ def test_classify_answers_from_the_class_matrix_while_the_database_is_away(
                 assert answer.json()["predictions"][0]["label"] == "Zorb"
             assert embedded.status_code == 200, embedded.text
             assert embedded.headers["x-liteembed-stale"] == "true"
+            # OpenAI's shape is marked the same way.
+            openai = http.post("/v1/embeddings", json={"input": ["a photo of a {Zorb}"]})
+            assert openai.status_code == 200, openai.text
+            assert openai.headers["x-liteembed-stale"] == "true"
             # A word this process never read cannot be answered from memory.
             unknown = http.post("/v1/embeddings", json={"texts": ["a {Plax}"]})
             assert unknown.status_code == 503

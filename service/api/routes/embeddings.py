@@ -9,6 +9,8 @@ which is what lets a learned word be used outside the templates it was trained w
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,24 +23,14 @@ from starlette.concurrency import run_in_threadpool
 from liteembed.errors import InvalidNameError
 from liteembed.text_path import PromptTooLongError
 from service.api.bodies import EmbeddingsBodyDep
-from service.api.deps import (
-    ClassifierDep,
-    ClientDep,
-    LearnedWordsDep,
-    ModelRunnerDep,
-    PreprocessPoolDep,
-    RuntimeDep,
-    SessionDep,
-    SettingsDep,
-    TenantScopeDep,
-)
+from service.api.deps import ClientDep, EmbeddingsModelDep, SettingsDep, TenantScopeDep
 from service.api.encoding import encode_images
 from service.api.errors import responses
 from service.api.openai_embeddings import check_openai_request, openai_answer
 from service.api.openapi import request_body
 from service.api.schemas import EmbeddingsJson, EmbeddingsOut
 from service.api.uploads import error
-from service.db import is_unavailable
+from service.db import close_quietly, is_unavailable
 from service.metrics import STALE_HEADER
 from service.models import DEFAULT_TENANT, PersonalizedClass, Status
 from service.runtime import Runtime
@@ -62,15 +54,12 @@ router = APIRouter(tags=["embeddings"])
 async def embeddings(
     response: Response,
     settings: SettingsDep,
-    runtime: RuntimeDep,
-    runner: ModelRunnerDep,
-    preprocess_pool: PreprocessPoolDep,
-    session: SessionDep,
-    classifier: ClassifierDep,
-    learned_words: LearnedWordsDep,
+    model: EmbeddingsModelDep,
     scope: TenantScopeDep,
     body: EmbeddingsBodyDep,
 ) -> EmbeddingsOut | JSONResponse:
+    runtime, classifier = model.image.runtime, model.image.classifier
+    runner, learned_words = model.image.runner, model.learned_words
     if body.openai is not None:
         check_openai_request(body.openai, runtime)
     try:
@@ -80,20 +69,22 @@ async def embeddings(
     words = {piece.key: piece for p in prompts for piece in p if isinstance(piece, ClassWord)}
     # Names resolve within the caller's tenant (an admin's: `default`, or ?tenant=).
     tenant = scope or DEFAULT_TENANT
-    try:
-        learned = await run_in_threadpool(
-            _learned_words, session, runtime.model_id, tenant, words, learned_words
-        )
-    except Exception as exc:
-        # The database cannot be read: words this process read before and still holds in its
-        # class matrix are answered, marked stale (as /classify's); any other is a 503.
-        if not (settings.classify_during_database_outage and is_unavailable(exc)):
-            raise
-        recalled = learned_words.recall(classifier.current, tenant, list(words))
-        if recalled is None:
-            raise
-        learned = recalled
-        response.headers[STALE_HEADER] = "true"
+    learned: dict[str, torch.Tensor] = {}
+    if words:  # only a learned word needs the database (and a thread to read it on)
+        try:
+            learned = await run_in_threadpool(
+                _learned_words, model.sessions, runtime.model_id, tenant, words, learned_words
+            )
+        except Exception as exc:
+            # The database cannot be read: words this process read before and still holds in
+            # its class matrix are answered, marked stale (as /classify's); any other is a 503.
+            if not (settings.classify_during_database_outage and is_unavailable(exc)):
+                raise
+            recalled = learned_words.recall(classifier.current, tenant, list(words))
+            if recalled is None:
+                raise
+            learned = recalled
+            response.headers[STALE_HEADER] = "true"
     # Images through the micro-batcher, like /classify's (unscored); texts on the same thread.
     encoded = await encode_images(
         body.images,
@@ -101,7 +92,7 @@ async def embeddings(
         settings=settings,
         runtime=runtime,
         runner=runner,
-        pool=preprocess_pool,
+        pool=model.image.pool,
     )
     texts = np.zeros((0, int(runtime.backend.embed_dim)), dtype=np.float32)
     if prompts:
@@ -113,26 +104,28 @@ async def embeddings(
         except PromptTooLongError as exc:
             raise error(422, f"texts[{exc.index}] is {exc}") from None
     if body.openai is not None:
-        return JSONResponse(
-            openai_answer(
-                body.openai,
-                body.order,
-                runtime=runtime,
-                images=[one.feature for one in encoded],
-                texts=texts,
-                prompts=prompts,
-            ).model_dump()
+        answer = openai_answer(
+            body.openai,
+            body.order,
+            runtime=runtime,
+            images=[one.feature for one in encoded],
+            texts=texts,
+            prompts=prompts,
         )
-    return EmbeddingsOut(
-        model=runtime.model_id,
-        dim=int(runtime.backend.embed_dim),
-        images=[one.feature.tolist() for one in encoded],
-        texts=texts.tolist(),
-    )
+    else:
+        # EmbeddingsOut's fields as plain JSON values: the response model's validation and
+        # dump of every float would cost more than the rest of the route's Python.
+        answer = {
+            "model": runtime.model_id,
+            "dim": int(runtime.backend.embed_dim),
+            "images": [one.feature.tolist() for one in encoded],
+            "texts": texts.tolist(),
+        }
+    return JSONResponse(answer, headers=response.headers)
 
 
 def _learned_words(
-    session: Session,
+    sessions: Callable[[], Session],
     model_id: str,
     tenant: str,
     words: dict[str, ClassWord],
@@ -140,20 +133,11 @@ def _learned_words(
 ) -> dict[str, torch.Tensor]:
     """The token embedding of each named class of `model_id` in `tenant` (each remembered for
     an outage): 422 if there is no such class, 409 while it is not ready."""
-    if not words:
-        return {}
-    rows = session.execute(
-        select(
-            PersonalizedClass.id,
-            PersonalizedClass.name_key,
-            PersonalizedClass.status,
-            PersonalizedClass.token_embedding,
-        ).where(
-            PersonalizedClass.model_id == model_id,
-            PersonalizedClass.tenant == tenant,
-            PersonalizedClass.name_key.in_(list(words)),
-        )
-    ).all()
+    session = sessions()
+    try:
+        rows = _rows(session, model_id, tenant, words)
+    finally:
+        close_quietly(session)
     found = {row.name_key: row for row in rows}
     learned = {}
     for key, word in words.items():
@@ -165,6 +149,21 @@ def _learned_words(
         learned[key] = torch.from_numpy(np.frombuffer(row.token_embedding, np.float32).copy())
         remembered.remember(model_id, tenant, key, row.id, learned[key])
     return learned
+
+
+def _rows(session: Session, model_id: str, tenant: str, words: dict[str, ClassWord]) -> list[Any]:
+    return session.execute(
+        select(
+            PersonalizedClass.id,
+            PersonalizedClass.name_key,
+            PersonalizedClass.status,
+            PersonalizedClass.token_embedding,
+        ).where(
+            PersonalizedClass.model_id == model_id,
+            PersonalizedClass.tenant == tenant,
+            PersonalizedClass.name_key.in_(list(words)),
+        )
+    ).all()  # type: ignore[return-value]
 
 
 def _encode(runtime: Runtime, prompts: list[list[str | torch.Tensor]]) -> np.ndarray:
