@@ -237,8 +237,7 @@ class ClipBackend:
 
     def step_dtype(self, precision: str) -> torch.dtype:
         """The text tower's dtype for optimisation steps at `precision` (OptimizationConfig's
-        `step_precision`): "auto" is bfloat16 on a CPU where oneDNN has a bfloat16 matrix
-        product (elsewhere bfloat16 products are emulated, slower than float32)."""
+        `step_precision`): "auto" is bfloat16 on a CPU that multiplies bfloat16 natively."""
         if precision == "bfloat16":
             return torch.bfloat16
         if precision == "auto" and self.device.type == "cpu" and _cpu_has_bfloat16():
@@ -315,8 +314,15 @@ class ClipBackend:
 
 
 def _cpu_has_bfloat16() -> bool:
-    mkldnn = torch.backends.mkldnn
-    return bool(mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    """Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX) through oneDNN; with
+    AVX-512 alone oneDNN converts to float32 as it goes, no faster than float32."""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    native = (
+        getattr(torch.cpu, name, lambda: False)()
+        for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    )
+    return any(native) and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 class _RandomInitWarningFilter(logging.Filter):
