@@ -13,7 +13,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi_offline import FastAPIOffline
 
 from service.admin import mount_admin
-from service.api import errors, openapi
+from service.api import errors, fast_lane, openapi
 from service.api.limits import BodySizeLimit
 from service.api.rate_limit import RateLimiter, RateLimitHeaders
 from service.api.request_id import RequestIdMiddleware
@@ -152,6 +152,8 @@ def create_app(
     app.include_router(bank.router)
     app.include_router(models.router)
     app.include_router(vocabulary.router)
+    # Before every route: the raw-body /classify and JSON /embeddings requests.
+    fast_lane.install(app)
     mount_admin(app)
     errors.install(app)
     openapi.install(app)

@@ -170,7 +170,7 @@ async def register_body(request: Request, settings: SettingsDep) -> AsyncIterato
 
 
 async def classify_body(request: Request, settings: SettingsDep) -> AsyncIterator[ClassifyBody]:
-    limits = {"images": settings.max_classify_images, "labels": settings.max_labels}
+    limits = _classify_limits(settings)
     kind = _media_type(request)
     if raw_image_body(kind):
         yield await _raw_classify_body(request, kind, limits)
@@ -200,6 +200,15 @@ async def classify_body(request: Request, settings: SettingsDep) -> AsyncIterato
                 f"at most {settings.max_classify_images} images are allowed, got {len(many)}",
             )
         yield ClassifyBody(fields, single or many, batch=bool(many))
+
+
+def _classify_limits(settings: Settings) -> dict[str, int]:
+    return {"images": settings.max_classify_images, "labels": settings.max_labels}
+
+
+async def raw_classify_body(request: Request, settings: Settings) -> ClassifyBody:
+    """`classify_body` of a request whose body is one image (`raw_image_body`)."""
+    return await _raw_classify_body(request, _media_type(request), _classify_limits(settings))
 
 
 def raw_image_body(kind: str) -> bool:
