@@ -235,15 +235,18 @@ class ClipBackend:
                 progress(min(start + _ENCODE_BATCH, len(texts)), len(texts))
         return torch.cat(outputs).cpu()
 
-    def step_dtype(self, precision: str) -> torch.dtype:
+    def step_dtype(self, precision: str, *, short_context: bool = True) -> torch.dtype:
         """The text tower's dtype for optimisation steps at `precision` (OptimizationConfig's
-        `step_precision`): "auto" is bfloat16 on a CPU that multiplies bfloat16 natively."""
+        `step_precision`): "auto" is bfloat16 on a CPU that multiplies bfloat16 natively, for
+        the kept-prefix pass only (`liteembed.text_prefix`): the full pass through open_clip's
+        attention module ran several times slower in bfloat16 than in float32 on such a CPU."""
         if precision == "bfloat16":
-            return torch.bfloat16
-        if precision == "auto" and self.device.type == "cpu" and _cpu_has_bfloat16():
             return torch.bfloat16
         if precision not in ("model", "auto"):
             raise ValueError(f"unknown step precision {precision!r}")
+        prefix_pass = short_context and self.text.prefix is not None
+        if precision == "auto" and prefix_pass and self.device.type == "cpu":
+            return torch.bfloat16 if _cpu_has_bfloat16() else self.dtype
         return self.dtype
 
     def _tower(self, dtype: torch.dtype) -> TextTower:
@@ -277,7 +280,7 @@ class ClipBackend:
             self._template_cache[key] = tokenized
         single = token_embedding.ndim == 1
         vectors = token_embedding.reshape(-1, self.token_dim).to(self.device)
-        tower = self._tower(self.step_dtype(precision))
+        tower = self._tower(self.step_dtype(precision, short_context=short_context))
         features = tower.encode_with_token(tokenized, vectors, short_context=short_context)
         return features[0] if single else features
 

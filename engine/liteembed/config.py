@@ -118,7 +118,8 @@ class OptimizationConfig:
     # The text tower's precision during the optimisation steps (the stored feature is always
     # computed at the model's own): "model" as loaded; "bfloat16" a bfloat16 copy of the tower,
     # half the weight traffic of a float32 step; "auto" bfloat16 on a CPU that multiplies
-    # bfloat16 natively (AVX512-BF16 or AMX), else the model's.
+    # bfloat16 natively (AVX512-BF16 or AMX) when the steps run the kept-prefix pass (short
+    # context, causal tower), else the model's.
     step_precision: Literal["model", "bfloat16", "auto"] = "model"
     loss_curve_points: int = 100  # the diagnostics' loss curve is subsampled to at most this
 
