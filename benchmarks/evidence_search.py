@@ -45,6 +45,7 @@ from liteembed.config import from_recorded
 RESULTS_DIR = Path(__file__).parent / "results"
 PREVIOUS_DEFAULTS = RESULTS_DIR / "configs" / "engine_defaults.json"
 CURRENT_DEFAULTS = RESULTS_DIR / "configs" / "evidence_defaults.json"
+PROTOCOLS = ("validation", "base-as-new", "look-alike")
 GRID = (
     "ti:0:0:0:0",
     "ti:0.3:0:8:16",
@@ -102,6 +103,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--draws", type=int, default=10)
     parser.add_argument("--shots", type=int, default=4)
     parser.add_argument("--variants", nargs="+", default=list(GRID))
+    parser.add_argument(
+        "--protocols",
+        nargs="+",
+        default=list(PROTOCOLS),
+        choices=list(PROTOCOLS),
+        help="the protocols scored (module docstring); a variant's score is their mean HM",
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--cache-dir", type=Path, default=Path(".liteembed-cache"))
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "evidence_search.json")
@@ -111,11 +119,12 @@ def main(argv: list[str] | None = None) -> int:
     vocabulary = load_vocabulary(backend, args.cache_dir)
     bank = find_bank(backend)
     previous = from_recorded(json.loads(PREVIOUS_DEFAULTS.read_text())["defaults"])
-    protocols: dict[str, list[Task]] = {
-        "validation": [world_task(backend, "val_heldout")],
-        "base-as-new": [base_as_new_task(backend, bank, fold) for fold in range(2)],
-        "look-alike": [world_task(backend, "val_lookalike")],
+    makers = {
+        "validation": lambda: [world_task(backend, "val_heldout")],
+        "base-as-new": lambda: [base_as_new_task(backend, bank, fold) for fold in range(2)],
+        "look-alike": lambda: [world_task(backend, "val_lookalike")],
     }
+    protocols: dict[str, list[Task]] = {p: makers[p]() for p in args.protocols}
     started = time.perf_counter()
     hms: dict[str, dict[str, list[float]]] = {v: {} for v in args.variants}
     detail: dict[str, dict[str, Any]] = {v: {} for v in args.variants}
@@ -184,7 +193,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"Command: `{result['command']}`. Chosen (best mean HM): `{result['chosen']}`.",
         "",
     ]
-    protocols = [p for p in ("validation", "base-as-new", "look-alike") if p in result["rows"][0]]
+    protocols = [p for p in PROTOCOLS if p in result["rows"][0]]
     header = "".join(f" {p} HM (held-out / base) | vs first |" for p in protocols)
     lines += ["| variant | mean HM |" + header, "|---|---|" + "---|---|" * len(protocols)]
     for r in result["rows"]:
