@@ -89,6 +89,13 @@ class OptimizationConfig:
     # The hold-out step rule also scores the evidence: the step is chosen by the mean of the
     # held-out accuracy and the share of evidence images the word leaves to their own class.
     holdout_evidence: bool = False
+    # A second pass for a class whose word takes its neighbours' images (liteembed.reweigh): a
+    # word that keeps less than `reweigh_kept` of its evidence images to their own classes is
+    # learned again at evidence weight `reweigh_lambda_img`, and the second word replaces it if
+    # it keeps at least `reweigh_min_gain` more (reweigh_kept 0: no second pass).
+    reweigh_kept: float = 0.85
+    reweigh_lambda_img: float = 1.0
+    reweigh_min_gain: float = 0.04
     # Acceptance threshold (liteembed.threshold): 0 = as similar as the class's own held-out
     # images, 1 = the top decile of the negatives' similarities.
     threshold_beta: float = 0.5
@@ -120,7 +127,7 @@ class OptimizationConfig:
     # half the weight traffic of a float32 step; "auto" bfloat16 on a CPU that multiplies
     # bfloat16 natively (AVX512-BF16 or AMX) when the steps run the kept-prefix pass (short
     # context, causal tower), else the model's.
-    step_precision: Literal["model", "bfloat16", "auto"] = "model"
+    step_precision: Literal["model", "bfloat16", "auto"] = "auto"
     loss_curve_points: int = 100  # the diagnostics' loss curve is subsampled to at most this
 
     def __post_init__(self) -> None:
@@ -146,6 +153,12 @@ class OptimizationConfig:
             (
                 self.evidence_margin >= 0 and self.user_negative_weight > 0,
                 "evidence_margin must be >= 0 and user_negative_weight > 0",
+            ),
+            (
+                0 <= self.reweigh_kept <= 1
+                and self.reweigh_lambda_img >= 0
+                and self.reweigh_min_gain >= 0,
+                "reweigh_kept must be in [0, 1], reweigh_lambda_img and reweigh_min_gain >= 0",
             ),
             (0 <= self.threshold_beta <= 2, "threshold_beta must be in [0, 2]"),
             (self.m >= 0 and self.m_registered >= 0, "m must be >= 0"),
@@ -209,6 +222,7 @@ def from_recorded(values: dict[str, Any]) -> OptimizationConfig:
     step count fixed (or per-class hold-out margin), no norm bound, no batch negatives; before
     the hold-out tie-break and folds, one random image is held out and the earliest tie wins;
     before image evidence, none is used; before the evidence weights, a negative image weighs 1;
+    before the second pass for words that take their neighbours' images, there is none;
     before the step precision, the steps run at the model's."""
     known = OptimizationConfig.__dataclass_fields__
     data = {k: v for k, v in values.items() if k in known}
@@ -221,6 +235,8 @@ def from_recorded(values: dict[str, Any]) -> OptimizationConfig:
     # saved before the evidence term's margin and the weight of the request's negative images
     data.setdefault("evidence_margin", 0.0)
     data.setdefault("user_negative_weight", 1.0)
+    # saved before the second pass for the words that take their neighbours' images: none
+    data.setdefault("reweigh_kept", 0.0)
     # saved before the step precision: the model's own
     data.setdefault("step_precision", "model")
     if "lr_scale" not in values:

@@ -47,6 +47,7 @@ from liteembed.requests import (
     ProgressEvent,
     ProtectedClass,
 )
+from liteembed.reweigh import reweigh
 from liteembed.scale import word_scale
 from liteembed.step_search import (
     carry_final,
@@ -217,7 +218,26 @@ def learn_classes(
                 }
         offset = search_steps
     result = carried_result or _run(batch, budgets, offset=offset, holdout=False)
-    return _finish(batch, result, holdout_info, positives, time.perf_counter() - started)
+    learned = _finish(batch, result, holdout_info, positives, time.perf_counter() - started)
+
+    def learn_again(
+        subset: Sequence[ClassRequest],
+        stronger: OptimizationConfig,
+        others: Mapping[str, torch.Tensor],
+    ) -> list[LearnedClass]:
+        return learn_classes(
+            backend,
+            vocabulary,
+            subset,
+            registered={**(registered or {}), **others},
+            protected=protected,
+            bank=bank,
+            config=stronger,
+            seed=seed,
+            progress=progress,
+        )
+
+    return reweigh(requests, learned, config, learn_again)
 
 
 def _warn_without_recorded_defaults(model_id: str) -> None:
