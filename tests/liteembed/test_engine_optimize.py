@@ -195,7 +195,10 @@ def test_batch_equals_alone(backend: ClipBackend, vocabulary: Vocabulary) -> Non
         ClassRequest("bluething", solid_images(BLUE, count=3), confusers=["sky"]),
         ClassRequest("greenthing", solid_images(GREEN, count=2)),
     ]
-    config = OptimizationConfig(steps=20, step_rule="fixed", batch_negatives=False)
+    # At the model's precision: bfloat16 products of a batch and of one class round apart.
+    config = OptimizationConfig(
+        steps=20, step_rule="fixed", batch_negatives=False, step_precision="model"
+    )
     together = learn_classes(backend, vocabulary, requests, config=config)
     for request, batched in zip(requests, together, strict=True):
         alone = learn_classes(backend, vocabulary, [request], config=config)[0]
@@ -203,6 +206,12 @@ def test_batch_equals_alone(backend: ClipBackend, vocabulary: Vocabulary) -> Non
         assert (batched.token_embedding - alone.token_embedding).abs().max().item() < 1e-4
         assert (batched.text_feature - alone.text_feature).abs().max().item() < 1e-4
         assert batched.diagnostics["steps_run"] == alone.diagnostics["steps_run"]
+    # bfloat16 steps: the same word up to that rounding.
+    half = config.with_(step_precision="bfloat16")
+    together = learn_classes(backend, vocabulary, requests, config=half)
+    for request, batched in zip(requests, together, strict=True):
+        alone = learn_classes(backend, vocabulary, [request], config=half)[0]
+        assert (batched.text_feature @ alone.text_feature).item() > 0.999
     # Different classes really learned different words.
     assert (together[0].text_feature @ together[1].text_feature).item() < 0.99
 
