@@ -98,6 +98,8 @@ class OptimizationConfig:
     reweigh_kept: float = 0.0
     reweigh_lambda_img: float = 1.0
     reweigh_min_gain: float = 0.04
+    # ... and, with this, only if its own held-out images fare no worse in the step search.
+    reweigh_keep_own: bool = False
     # Acceptance threshold (liteembed.threshold): 0 = as similar as the class's own held-out
     # images, 1 = the top decile of the negatives' similarities.
     threshold_beta: float = 0.5

@@ -190,9 +190,14 @@ def learn_classes(
             positives = held_out_similarities(search, owners, phase1, best)
             if search.final_from is not None:
                 carried_result = read_carried(search, phase1, budgets)
+            own_accuracy = _own_at(phase1.holdout_accuracy, owners, best, len(problems))
+            own_margin = _own_at(phase1.holdout_margins, owners, best, len(problems))
             for i, problem in enumerate(problems):
                 holdout_info[i] = {
                     "rule": "pooled held-out accuracy",
+                    # The class's own held-out images at the chosen step (None: none held out).
+                    "accuracy": own_accuracy[i],
+                    "margin": own_margin[i],
                     "ties": config.holdout_ties,
                     "held_out_image": problem.holdout,
                     "held_out_images": [
@@ -238,6 +243,17 @@ def learn_classes(
         )
 
     return reweigh(requests, learned, config, learn_again)
+
+
+def _own_at(
+    curves: list[list[float]], owners: list[int], step: int, count: int
+) -> list[float | None]:
+    """Per class, the mean at `step` of its search copies' curves (held-out accuracy or margin)."""
+    found: dict[int, list[float]] = {}
+    for row, owner in enumerate(owners):
+        if step < len(curves[row]):
+            found.setdefault(owner, []).append(curves[row][step])
+    return [sum(v) / len(v) if (v := found.get(i)) else None for i in range(count)]
 
 
 def _warn_without_recorded_defaults(model_id: str) -> None:

@@ -37,6 +37,13 @@ def evidence_kept(learned: LearnedClass) -> float | None:
     return None if kept is None else float(kept)
 
 
+def held_out_accuracy(learned: LearnedClass) -> float | None:
+    """The share of the class's held-out images its word (learned without them) won in the step
+    search, at the chosen step (None: nothing held out)."""
+    value = (learned.diagnostics.get("holdout") or {}).get("accuracy")
+    return None if value is None else float(value)
+
+
 def takers(learned: Sequence[LearnedClass], config: OptimizationConfig) -> list[int]:
     """Indices of the classes learned again: their word keeps less than `reweigh_kept` of its
     evidence (none without evidence in the first pass, or when the second would not be
@@ -73,12 +80,23 @@ def reweigh(
     result = list(learned)
     for i, second in zip(chosen, again, strict=True):
         before, after = evidence_kept(learned[i]), evidence_kept(second)
+        own_before, own_after = held_out_accuracy(learned[i]), held_out_accuracy(second)
         replaced = (
-            before is not None and after is not None and after - before >= config.reweigh_min_gain
+            before is not None
+            and after is not None
+            and after - before >= config.reweigh_min_gain
+            and (
+                not config.reweigh_keep_own
+                or own_after is None
+                or own_before is None
+                or own_after >= own_before
+            )
         )
         record: dict[str, Any] = {
             "kept_before": before,
             "kept_after": after,
+            "held_out_accuracy_before": own_before,
+            "held_out_accuracy_after": own_after,
             "lambda_img": config.reweigh_lambda_img,
             "replaced": replaced,
         }
@@ -92,4 +110,4 @@ def reweigh(
     return result
 
 
-__all__ = ["evidence_kept", "reweigh", "takers"]
+__all__ = ["evidence_kept", "held_out_accuracy", "reweigh", "takers"]

@@ -20,8 +20,10 @@ from liteembed.reweigh import reweigh, takers
 from tests.helpers.engine_images import BLUE, GREEN, RED, solid_images
 
 
-def _learned(name: str, kept: float | None) -> LearnedClass:
+def _learned(name: str, kept: float | None, own: float | None = None) -> LearnedClass:
     diagnostics = {"seconds": 1.0, **({"evidence": {"kept": kept}} if kept is not None else {})}
+    if own is not None:
+        diagnostics["holdout"] = {"accuracy": own}
     return LearnedClass(
         name=name,
         model_id="m",
@@ -62,6 +64,8 @@ def test_only_words_keeping_little_evidence_are_learned_again_and_replaced_on_a_
     assert result[0].diagnostics["evidence"]["reweigh"] == {
         "kept_before": 0.5,
         "kept_after": 0.9,
+        "held_out_accuracy_before": None,
+        "held_out_accuracy_after": None,
         "lambda_img": 1.0,
         "replaced": True,
     }
@@ -70,6 +74,22 @@ def test_only_words_keeping_little_evidence_are_learned_again_and_replaced_on_a_
     assert result[3].diagnostics["evidence"]["reweigh"]["replaced"] is False
     assert result[1] is first[1] and result[2] is first[2]
     assert "reweigh" not in result[1].diagnostics["evidence"]
+
+
+def test_with_keep_own_a_second_word_that_loses_its_own_held_out_images_is_not_taken() -> None:
+    config = OptimizationConfig(lambda_img=0.3, reweigh_kept=0.85, reweigh_keep_own=True)
+    first = [_learned("a", 0.5, own=1.0), _learned("b", 0.5, own=0.75)]
+    requests = [ClassRequest(name=c.name, images=[]) for c in first]
+    # both move well off their neighbours; "a" loses one of its own held-out images doing so
+    second = [_learned("a", 0.9, own=0.75), _learned("b", 0.9, own=0.75)]
+    result = reweigh(requests, first, config, lambda subset, stronger, others: second)
+    assert result[0] is first[0] and result[1] is second[1]
+    record = result[0].diagnostics["evidence"]["reweigh"]
+    assert record["held_out_accuracy_before"] == 1.0
+    assert record["held_out_accuracy_after"] == 0.75 and record["replaced"] is False
+    # without the switch the gain in evidence alone decides
+    plain = reweigh(requests, first, config.with_(reweigh_keep_own=False), lambda *a: second)
+    assert plain[0] is second[0]
 
 
 @pytest.mark.parametrize(
@@ -122,6 +142,9 @@ def test_a_word_that_takes_its_negative_images_is_learned_again_in_the_engine(
     assert record["lambda_img"] == 3.0 and record["kept_before"] < 1.0
     assert record["replaced"] == (record["kept_after"] - record["kept_before"] >= 0.0)
     assert [c.name for c in learned] == ["redthing", "bluething", "greenthing"]
+    # each class's own held-out images at the chosen step, what reweigh_keep_own compares
+    own = learned[1].diagnostics["holdout"]
+    assert 0.0 <= own["accuracy"] <= 1.0 and isinstance(own["margin"], float)
     # the same settings with the second pass off give the first pass's word
     first = learn_classes(
         backend, vocabulary, requests, config=config.with_(reweigh_kept=0.0), seed=0
