@@ -23,9 +23,6 @@ from typing import Annotated, Any
 from fastapi import FastAPI, Response
 from fastapi.routing import APIRoute
 from pydantic import StringConstraints, TypeAdapter, ValidationError
-
-# The path as the router matches it (behind a proxy's root_path too), as FastAPI reads it.
-from starlette._utils import get_route_path
 from starlette.datastructures import QueryParams
 from starlette.requests import Request
 from starlette.routing import BaseRoute, Match
@@ -63,18 +60,18 @@ class Lane(BaseRoute):
         self._model = TypeAdapter(route.response_model) if route.response_model else None
 
     def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        # The FastAPI route's own matching (path behind a proxy's root_path, method); its child
+        # scope names the route, so metrics label the request with its template.
+        match, child = self.route.matches(scope)
         if (
-            scope["type"] != "http"
-            or scope["method"] != "POST"
-            or get_route_path(scope) != self.path
+            match is not Match.FULL
             or not self.takes(_content_type(scope))
             or not _valid_tenant(scope)
             # Dependencies swapped (tests, tools): only FastAPI's resolution knows about them.
             or scope["app"].dependency_overrides
         ):
             return Match.NONE, {}
-        # The route's own entry: metrics label the request with its template, handlers see it.
-        return Match.FULL, {"route": self.route, "endpoint": self.route.endpoint}
+        return Match.FULL, child
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive)
