@@ -8,7 +8,7 @@ API::
 
     world = default_world()              # the world liteembed-mini was pretrained on
     world.classes                        # list[WorldClass]: index, name, category, split, rarity
-    world.split("test_heldout")          # splits: "base", "val_heldout", "test_heldout"
+    world.split("test_heldout")          # "base", "val_heldout", "test_heldout", "val_lookalike"
     world.categories                     # 9 category words ("polygon", "star", ...)
     imgs = world.render(["coin", "hexagon"], n=4, seed=0)    # 8 PIL 64x64 RGB, class-major
     x = world.render_tensor([0, 1], n=4, seed=0)             # float [8,3,64,64] in [0,1]
