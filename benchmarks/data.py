@@ -31,7 +31,13 @@ TEST_SUPPORT_SEED = 10_000
 VAL_SUPPORT_SEED = 20_000
 LOOKALIKE_GALLERY_SEED = 8_601
 LOOKALIKE_SUPPORT_SEED = 30_000
-SPLITS = ("test_heldout", "val_heldout", "val_lookalike")
+# Each held-out split of the world: (gallery seed, support seed).
+SPLIT_SEEDS = {
+    "test_heldout": (TEST_GALLERY_SEED, TEST_SUPPORT_SEED),
+    "val_heldout": (VAL_GALLERY_SEED, VAL_SUPPORT_SEED),
+    "val_lookalike": (LOOKALIKE_GALLERY_SEED, LOOKALIKE_SUPPORT_SEED),
+}
+SPLITS = tuple(SPLIT_SEEDS)
 
 # The synthetic world's look-alikes of its test held-out classes: the base classes built the same
 # way with one part more or fewer (7-gon: 6- and 8-gon), completed with every base class that
@@ -138,8 +144,8 @@ def world_task(
     test_per_class: int = 50,
     max_shots: int = 16,
 ) -> Task:
-    """Base classes of the mini CLIP's world plus the `split` held-out classes ("test_heldout"
-    or "val_heldout"); each held-out class gets its category word as its coarse hint."""
+    """Base classes of the mini CLIP's world plus the `split` held-out classes (one of
+    `SPLITS`); each held-out class gets its category word as its coarse hint."""
     from testbed import default_world
 
     if split not in SPLITS:
@@ -149,11 +155,7 @@ def world_task(
     heldout_classes = world.split(split)
     heldout = [c.name for c in heldout_classes]
     classes = base + heldout
-    gallery_seed, support_seed = {
-        "test_heldout": (TEST_GALLERY_SEED, TEST_SUPPORT_SEED),
-        "val_heldout": (VAL_GALLERY_SEED, VAL_SUPPORT_SEED),
-        "val_lookalike": (LOOKALIKE_GALLERY_SEED, LOOKALIKE_SUPPORT_SEED),
-    }[split]
+    gallery_seed, support_seed = SPLIT_SEEDS[split]
     images = world.render(classes, n=test_per_class, seed=gallery_seed)
     features = encode(backend, images)
     labels = torch.arange(len(classes)).repeat_interleave(test_per_class)

@@ -10,14 +10,15 @@ that each see a side of the trade-off, never on the test classes:
   built from base classes with one part changed, as the test classes are, none next to a test
   class; textual inversion takes most images of four of their base neighbours there).
 
-Each variant is scored by the mean of its HM on the three, over the same draws; paired
+Each variant is scored by the mean of its HM on the protocols scored (`--protocols`; all three
+by default), over the same draws; paired
 differences are against the first variant. Variants are
 `kind:lambda_img:holdout_evidence:bank_words:bank_images[:lambda_c]` with kind `ti` (textual
 inversion settings) or `le` (LiteEmbed's previous defaults: coarse alignment with the category
-hint), or `defaults[+name=value...]`: the
-current defaults (`benchmarks/results/configs/evidence_defaults.json`, no hints) with config
-changes, `lookalike_images=N` giving N images of each of a class's look-alikes as its negative
-images (the base-as-new and look-alike validation classes have look-alikes).
+hint), or `defaults[+name=value...]`: the current defaults
+(`benchmarks/results/configs/evidence_defaults.json`, no hints) with config changes,
+`lookalike_images=N` giving N images of each of a class's look-alikes as its negative images (the
+base-as-new and look-alike validation classes have look-alikes).
 
     python -m benchmarks.evidence_search --draws 10
     python -m benchmarks.evidence_search --draws 10 --variants defaults \

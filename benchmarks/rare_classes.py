@@ -58,6 +58,9 @@ DEFAULT_SHOTS = (1, 2, 4, 8, 16)
 # Every draw renders this many support images per class (or the largest K asked, if more), so the
 # shots of a given K and draw do not depend on which other K are requested.
 SUPPORT_POOL = 16
+# The second pass's threshold where the evidence search on validation ran it
+# (benchmarks/results/evidence_search-reweigh.md; level with none there, so off by default).
+SECOND_PASS_KEPT = 0.85
 
 
 # ------------------------------------------------------------------ method list
@@ -167,6 +170,7 @@ def _liteembed_rows(chosen: dict[str, Any]) -> list[MethodSpec]:
         )
     )
     if defaults.lambda_img > 0:
+        second_pass = defaults.with_(reweigh_kept=SECOND_PASS_KEPT)
         rows += [
             MethodSpec(
                 "liteembed (defaults) + look-alike images",
@@ -180,7 +184,7 @@ def _liteembed_rows(chosen: dict[str, Any]) -> list[MethodSpec]:
             MethodSpec(
                 "liteembed (defaults) + second pass",
                 "liteembed",
-                defaults.with_(reweigh_kept=SECOND_PASS_KEPT),
+                second_pass,
                 hints,
                 note="words keeping < 85 % of their evidence learned again at weight 1",
                 options=_bank(defaults),
@@ -188,7 +192,7 @@ def _liteembed_rows(chosen: dict[str, Any]) -> list[MethodSpec]:
             MethodSpec(
                 "liteembed (defaults) + second pass + look-alike images",
                 "liteembed",
-                defaults.with_(reweigh_kept=SECOND_PASS_KEPT),
+                second_pass,
                 hints,
                 note="the second pass, and 4 images of each named look-alike as negative images",
                 options=_bank(defaults),
@@ -211,11 +215,6 @@ def _liteembed_rows(chosen: dict[str, Any]) -> list[MethodSpec]:
             ),
         ]
     return rows
-
-
-# The second pass's threshold where the evidence search on validation ran it
-# (benchmarks/results/evidence_search-reweigh.md; level with none there, so off by default).
-SECOND_PASS_KEPT = 0.85
 
 
 def _linear_probe_rows(chosen: dict[str, Any]) -> list[MethodSpec]:

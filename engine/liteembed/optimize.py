@@ -52,6 +52,7 @@ from liteembed.scale import word_scale
 from liteembed.step_search import (
     carry_final,
     fold_copies,
+    held_out_means,
     held_out_similarities,
     holdout_rank,
     is_carried,
@@ -190,8 +191,8 @@ def learn_classes(
             positives = held_out_similarities(search, owners, phase1, best)
             if search.final_from is not None:
                 carried_result = read_carried(search, phase1, budgets)
-            own_accuracy = _own_at(phase1.holdout_accuracy, owners, best, len(problems))
-            own_margin = _own_at(phase1.holdout_margins, owners, best, len(problems))
+            own_accuracy = held_out_means(phase1.holdout_accuracy, owners, best, len(problems))
+            own_margin = held_out_means(phase1.holdout_margins, owners, best, len(problems))
             for i, problem in enumerate(problems):
                 holdout_info[i] = {
                     "rule": "pooled held-out accuracy",
@@ -243,17 +244,6 @@ def learn_classes(
         )
 
     return reweigh(requests, learned, config, learn_again)
-
-
-def _own_at(
-    curves: list[list[float]], owners: list[int], step: int, count: int
-) -> list[float | None]:
-    """Per class, the mean at `step` of its search copies' curves (held-out accuracy or margin)."""
-    found: dict[int, list[float]] = {}
-    for row, owner in enumerate(owners):
-        if step < len(curves[row]):
-            found.setdefault(owner, []).append(curves[row][step])
-    return [sum(v) / len(v) if (v := found.get(i)) else None for i in range(count)]
 
 
 def _warn_without_recorded_defaults(model_id: str) -> None:

@@ -70,11 +70,11 @@ def reweigh(
         return learned
     # The batch's other words are negatives of the second pass as they were of the first; without
     # batch negatives a class's word does not depend on the batch it was learned in.
-    others = {
-        cls.name: cls.text_feature
-        for i, cls in enumerate(learned)
-        if i not in set(chosen) and config.batch_negatives
-    }
+    others = (
+        {cls.name: cls.text_feature for i, cls in enumerate(learned) if i not in chosen}
+        if config.batch_negatives
+        else {}
+    )
     stronger = config.with_(lambda_img=config.reweigh_lambda_img, reweigh_kept=0.0)
     again = learn_again([requests[i] for i in chosen], stronger, others)
     result = list(learned)

@@ -116,13 +116,30 @@ def held_out_similarities(
 ) -> list[torch.Tensor | None]:
     """Per class of the batch, its held-out images' similarities to the words learned without
     them, at the chosen step (None for a class that held nothing out)."""
+    count = max(owners) + 1 if owners else 0
+    found = per_class_at(run.holdout_similarity, owners, step, count)
+    return [None if values is None else torch.tensor(values) for values in found]
+
+
+def held_out_means(
+    curves: list[list[float]], owners: list[int], step: int, count: int
+) -> list[float | None]:
+    """Per class, the mean at `step` of its search copies' curves (held-out accuracy or margin;
+    None for a class that held nothing out)."""
+    found = per_class_at(curves, owners, step, count)
+    return [None if values is None else sum(values) / len(values) for values in found]
+
+
+def per_class_at(
+    curves: list[list[float]], owners: list[int], step: int, count: int
+) -> list[list[float] | None]:
+    """Per class 0..count-1, its search copies' values at `step` (a shorter curve: its last)."""
     found: dict[int, list[float]] = {}
     for row, owner in enumerate(owners):
-        curve = run.holdout_similarity[row]
+        curve = curves[row]
         if curve:
             found.setdefault(owner, []).append(curve[min(step, len(curve) - 1)])
-    count = max(owners) + 1 if owners else 0
-    return [torch.tensor(found[i]) if i in found else None for i in range(count)]
+    return [found.get(i) for i in range(count)]
 
 
 def kept_share(inputs: LossInputs) -> float | None:
@@ -187,11 +204,13 @@ def stop_holdout_search(
 __all__ = [
     "carry_final",
     "fold_copies",
+    "held_out_means",
     "held_out_similarities",
     "holdout_rank",
     "is_carried",
     "kept_share",
     "peers_of",
+    "per_class_at",
     "pooled_mean",
     "read_carried",
     "search_curves",
