@@ -18,6 +18,7 @@ from service.core.config import Settings
 
 if TYPE_CHECKING:  # importing liteembed loads torch; the API starts answering before that
     from liteembed.backend import ClipBackend
+    from liteembed.background import Background
     from liteembed.bank import ReferenceBank
     from liteembed.vocab import Vocabulary
 
@@ -43,6 +44,9 @@ class Runtime:
     # Noise-likeness above which an image is taken for noise (liteembed.threshold.noise_gate,
     # from the reference bank's real images); NaN: no gate.
     noise_gate: float = float("nan")
+    # The reference bank's words a registered class's prediction competes with
+    # (liteembed.background); None: no bank, no competitors.
+    background: Background | None = None
 
     @property
     def model_id(self) -> str:
@@ -112,6 +116,7 @@ def load_runtime(settings: Settings, progress: LoadProgress | None = None) -> Ru
     """The model and its vocabulary (from the cache in `settings.cache_dir`, built on a miss),
     its reference bank and its plain-word acceptance threshold."""
     from liteembed.backend import load_backend
+    from liteembed.background import background_words
     from liteembed.bank import find_bank, plain_word_threshold
     from liteembed.threshold import noise_features, noise_gate
     from liteembed.vocab import load_vocabulary
@@ -159,4 +164,5 @@ def load_runtime(settings: Settings, progress: LoadProgress | None = None) -> Ru
         word_threshold=word_threshold,
         noise=noise_tensor.numpy(),
         noise_gate=gate,
+        background=background_words(vocabulary, bank) if bank is not None else None,
     )

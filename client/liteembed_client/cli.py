@@ -236,8 +236,9 @@ def _classify(client: Client, args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _prediction_text(prediction: Prediction) -> str:
-    """`label score`, with `?` after the score of a prediction below its acceptance threshold
-    (the image is probably not that class, however it ranks)."""
+    """`label score`, with `?` after the score of a prediction that is not accepted (below its
+    acceptance threshold, or a known concept is nearer: the image is probably not that class,
+    however it ranks)."""
     doubt = "?" if prediction.accepted is False else ""
     return f"{prediction.label} {prediction.score:.3f}{doubt}"
 

@@ -73,6 +73,9 @@ class Prediction(_Result):
     # Raw cosine of the image and the label, and whether it clears the label's threshold.
     similarity: float | None = None
     accepted: bool | None = None
+    # For a registered class: the known concept (a word of the model's reference bank) nearer to
+    # the image than the class, which is then not accepted; None otherwise.
+    nearer_known: str | None = None
 
 
 class Classification(_Result):

@@ -13,7 +13,7 @@ than a margin:
 Raw similarities, not each one's excess over its own threshold: a plain word's threshold (one
 per model) and a learned class's (its own held-out images) are drawn differently, and on
 validation their excesses did not compare (benchmarks/open_set.py: the known images' acceptance
-fell by half). A class is never its own competitor: the caller leaves out background words named
+fell to 14-66 %). A class is never its own competitor: the caller leaves out background words named
 like a registered class (`Background.without`). The margin is per model, chosen on validation
 (`RECORDED_MARGINS`); a larger margin rejects less.
 """

@@ -114,7 +114,15 @@ class Prediction(BaseModel):
     similarity: float = Field(description="raw cosine of the image and the label's text feature")
     accepted: bool = Field(
         description="`similarity` is at or above the label's acceptance threshold (a registered "
-        "class's own, the model's plain-word threshold otherwise): the image is taken to be this"
+        "class's own, the model's plain-word threshold otherwise) and, for a registered class, "
+        "no concept the model knows is nearer (`nearer_known`): the image is taken to be this"
+    )
+    nearer_known: str | None = Field(
+        None,
+        description="for a registered class: a word of the model's reference bank (a concept "
+        "the model knows) nearer to the image than this class by more than the background "
+        "margin; the prediction is then not `accepted`. Null otherwise, for plain words, and "
+        "where the service runs without the rule",
     )
 
 

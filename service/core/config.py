@@ -53,6 +53,13 @@ class Settings(BaseSettings):
     # Any other OptimizationConfig field, as JSON: '{"early_stopping": false, "lr": 0.05}'.
     train_options: dict[str, Any] = Field(default_factory=dict)
 
+    # Known concepts as competitors (liteembed.background): a prediction of a registered class is
+    # not accepted when one of the reference bank's words is nearer to the image, in raw cosine,
+    # by more than BACKGROUND_MARGIN. Unset: the model's margin chosen on validation (a model
+    # without one: no rule). BACKGROUND_COMPETITORS=false turns the rule off whatever the margin.
+    background_competitors: bool = True
+    background_margin: float | None = Field(default=None, ge=-1.0, le=2.0)
+
     # Auth: comma-separated lists of keys of at least MIN_KEY_LENGTH characters, none of them a
     # placeholder. None at all means the service runs open, on 127.0.0.1 unless ALLOW_OPEN.
     admin_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)

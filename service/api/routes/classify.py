@@ -25,7 +25,12 @@ from service.core.config import Settings
 from service.metrics import STALE_HEADER
 from service.models import DEFAULT_TENANT
 from service.runtime import Runtime
-from service.scoring.acceptance import accepted, looks_like_noise
+from service.scoring.acceptance import (
+    accepted,
+    background_margin,
+    looks_like_noise,
+    nearer_known,
+)
 from service.scoring.batcher import Encoded, ModelRunner
 from service.scoring.labels import TextFeatureCache, label_matrix
 from service.scoring.scorer import top_k_softmax
@@ -82,9 +87,17 @@ async def classify(
     )
     if not caught_up.current:
         response.headers[STALE_HEADER] = "true"
+    margin = background_margin(settings, runtime.model_id)
     if clean_labels:
         score = await _label_scorer(
-            clean_labels, top_k, scope, runtime, classifier, model.runner, model.text_features
+            clean_labels,
+            top_k,
+            scope,
+            runtime,
+            classifier,
+            model.runner,
+            model.text_features,
+            margin,
         )
         ranked = [score(one) for one in encoded]
         if model.bank is not None:
@@ -97,7 +110,7 @@ async def classify(
                 ranked=ranked,
             )
     else:
-        ranked = [_class_predictions(one, runtime) for one in encoded]
+        ranked = [_class_predictions(one, runtime, margin) for one in encoded]
     if body.fields.abstain:
         # After the top-k: an image of none of the labels is answered with no prediction.
         ranked = [[p for p in predictions if p.accepted] for predictions in ranked]
@@ -133,9 +146,10 @@ class _CaughtUp:
         )
 
 
-def _class_predictions(encoded: Encoded, runtime: Runtime) -> list[Prediction]:
+def _class_predictions(encoded: Encoded, runtime: Runtime, margin: float) -> list[Prediction]:
     """The top classes of the class matrix, as the runner scored them, each accepted or not by
-    its class's threshold (the plain-word threshold for a class without one) and the noise gate."""
+    its class's threshold (the plain-word threshold for a class without one), the noise gate and
+    the known concepts nearer to the image (`margin`; NaN: none compete)."""
     snapshot = encoded.snapshot
     indices, scores, similarities = encoded.indices, encoded.scores, encoded.similarities
     assert snapshot is not None and indices is not None
@@ -146,15 +160,22 @@ def _class_predictions(encoded: Encoded, runtime: Runtime) -> list[Prediction]:
         runtime.word_threshold,
         noise=looks_like_noise(encoded.feature, runtime),
     )
+    names = [snapshot.names[int(i)] for i in indices]
+    nearer = nearer_known(
+        encoded.feature, names, similarities, [True] * len(names), runtime, margin
+    )
     return [
         Prediction(
-            label=snapshot.names[int(i)],
+            label=name,
             score=float(p),
             class_id=snapshot.ids[int(i)],
             similarity=float(similarity),
-            accepted=ok,
+            accepted=ok and known is None,
+            nearer_known=known,
         )
-        for i, p, similarity, ok in zip(indices, scores, similarities, verdicts, strict=True)
+        for i, name, p, similarity, ok, known in zip(
+            indices, names, scores, similarities, verdicts, nearer, strict=True
+        )
     ]
 
 
@@ -166,9 +187,11 @@ async def _label_scorer(
     classifier: ClassMatrixCache,
     runner: ModelRunner,
     text_features: TextFeatureCache,
+    margin: float,
 ) -> Callable[[Encoded], list[Prediction]]:
     """Ranks an image among `clean_labels` (`service.scoring.labels`); the label matrix is built
-    once for all the request's images."""
+    once for all the request's images. A registered class among them competes with the known
+    concepts (`margin`), a plain word does not: it is a known concept itself."""
     # Registered names resolve within the caller's tenant (an admin's: `default`, or ?tenant=).
     labels = await label_matrix(
         clean_labels,
@@ -192,15 +215,21 @@ async def _label_scorer(
             runtime.word_threshold,
             noise=looks_like_noise(encoded.feature, runtime),
         )
+        names = [labels.labels[int(i)] for i in indices]
+        registered = [labels.class_ids[int(i)] is not None for i in indices]
+        nearer = nearer_known(encoded.feature, names, similarities, registered, runtime, margin)
         return [
             Prediction(
-                label=labels.labels[int(i)],
+                label=name,
                 score=float(p),
                 class_id=labels.class_ids[int(i)],
                 similarity=float(similarity),
-                accepted=ok,
+                accepted=ok and known is None,
+                nearer_known=known,
             )
-            for i, p, similarity, ok in zip(indices, scores, similarities, verdicts, strict=True)
+            for i, name, p, similarity, ok, known in zip(
+                indices, names, scores, similarities, verdicts, nearer, strict=True
+            )
         ]
 
     return score
