@@ -1,24 +1,29 @@
 """Open-set rejection: does a learned class know when an image is none of the classes?
 
-On the synthetic world (liteembed-mini-v2 by default), per support draw: the test held-out classes
-are learned together (LiteEmbed with the given settings and the model's reference bank), each with
-its acceptance threshold (liteembed.threshold). Then, in two settings:
+On the synthetic world (liteembed-mini-v2 by default), per support draw: the `--split` held-out
+classes are learned together (LiteEmbed with the given settings and the model's reference bank),
+each with its acceptance threshold (liteembed.threshold). Then, in two settings:
 
 - registered: the classifier holds only the learned classes (what a tenant of the service has);
-  known = their test images; unknown = images of classes never registered: the validation
-  held-out classes and the base classes (the model knows them, nobody registered them);
+  known = their test images; unknown = images of classes never registered, in two parts: the
+  never-seen classes (outside the vocabulary: for the test classes the validation held-out ones,
+  for a validation split the other validation split's, never a test class) and the base classes
+  (the model knows them, nobody registered them);
 - joint: the learned classes join the base classes' own words (plain words: the bank's threshold,
   raised to each word's noise ceiling, as the service scores a plain label);
-  known = every test image; unknown = the validation held-out classes' images.
+  known = every test image; unknown = the never-seen classes' images.
 
 and noise images (uniform and smooth colour noise, seeds the engine's threshold never used).
-Scores: ours, the top class's similarity minus its threshold (accepted at >= 0; an image the
+Scorings: ours, the top class's similarity minus its threshold (accepted at >= 0; an image the
 noise gate takes for noise is accepted as nothing, as in the service), against the softmax
-probability of the top class (what /v1/classify's score is). Reported: AUROC of known
-against unknown, the unknown rejected at the cut that accepts 95 % of the known, and ours at the
-stored thresholds (known accepted, unknown and noise rejected), and the thresholds alone.
+probability of the top class (what /v1/classify's score is); with `--margins`, ours with the
+reference bank's words as competitors (`liteembed.background`) at each margin, in the
+registered setting (in the joint one the bank's words are classes already). Reported per part of
+the unknowns and together: AUROC of known against unknown, the unknown rejected at the cut that
+accepts 95 % of the known, and each scoring at its own threshold (known accepted, unknown and
+noise rejected); the background scorings also minus ours, paired by draw.
 
-    python -m benchmarks.open_set --config benchmarks/results/configs/engine_defaults.json
+    python -m benchmarks.open_set --split val_heldout --margins 0,0.02 --out /tmp/open_set.json
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import json
 import math
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +42,7 @@ import torch.nn.functional as F
 
 from benchmarks.data import SPLITS, encode, world_task
 from benchmarks.methods import Context, MethodSpec
-from benchmarks.metrics import mean_se
+from benchmarks.metrics import mean_se, paired_difference
 from liteembed import (
     ClassRequest,
     OptimizationConfig,
@@ -44,6 +50,12 @@ from liteembed import (
     load_backend,
     load_vocabulary,
     plain_word_threshold,
+)
+from liteembed.background import (
+    Background,
+    background_score,
+    background_words,
+    nearest_background,
 )
 from liteembed.config import from_recorded, recorded_defaults
 from liteembed.threshold import (
@@ -58,6 +70,14 @@ RESULTS_DIR = Path(__file__).parent / "results"
 UNKNOWN_SEED = 8_901  # renders of the never-registered classes: no other gallery uses it
 NOISE_SEED = 4_321  # not liteembed.threshold.NOISE_SEED
 KNOWN_ACCEPT = 0.95
+# The background words (`liteembed.background`) and their plain-word thresholds.
+Competitors = tuple[Background, torch.Tensor]
+# Per split, the split whose classes are its never-seen unknowns (no test class on validation).
+NEVER_SEEN = {
+    "test_heldout": "val_heldout",
+    "val_heldout": "val_lookalike",
+    "val_lookalike": "val_heldout",
+}
 
 
 def auroc(known: torch.Tensor, unknown: torch.Tensor) -> float:
@@ -78,49 +98,80 @@ def scores(
     thresholds: torch.Tensor,
     scale: float,
     gate: tuple[torch.Tensor, float] | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(ours, softmax) per image: the top class's similarity minus its threshold (less 2, so
-    below every accepted score, for an image the noise gate takes for noise), and the top
-    class's softmax probability."""
+    background: Competitors | None = None,
+    margins: Sequence[float] = (),
+) -> dict[str, torch.Tensor]:
+    """Each scoring's score per image, accepted at >= 0 where it has a threshold:
+    - ours: the top class's similarity minus its threshold (less 2, so below every accepted
+      score, for an image the noise gate takes for noise); alone: the same without the gate;
+    - softmax: the top class's softmax probability;
+    - background+m: ours, rejected where a background word's similarity beats the class's by
+      more than m (`liteembed.background`); excess+m: where a background word clears its
+      plain-word threshold by more than the class clears its own, plus m."""
     similarity = features @ weights.T
     top = similarity.argmax(dim=1)
-    ours = similarity.gather(1, top[:, None])[:, 0] - thresholds[top]
+    top_similarity = similarity.gather(1, top[:, None])[:, 0]
+    alone = top_similarity - thresholds[top]
+    ours = alone
     if gate is not None and not math.isnan(gate[1]):
-        ours = torch.where(noise_likeness(features, gate[0]) > gate[1], ours - 2.0, ours)
-    softmax = F.softmax(scale * similarity, dim=1).max(dim=1).values
-    return ours, softmax
+        ours = torch.where(noise_likeness(features, gate[0]) > gate[1], alone - 2.0, alone)
+    out = {
+        "ours": ours,
+        "alone": alone,
+        "softmax": F.softmax(scale * similarity, dim=1).max(dim=1).values,
+    }
+    if background is not None and len(background[0]) and margins:
+        words, word_limits = background
+        nearest = nearest_background(features, words)[1]
+        # The rule as each side's excess over its own threshold (tried; it stays off).
+        excess = (features @ words.features.T - word_limits).max(dim=1).values
+        for m in margins:
+            out[f"background{m:+.2f}"] = background_score(ours, top_similarity, nearest, m)
+            out[f"excess{m:+.2f}"] = torch.minimum(ours, ours - excess + m)
+    return out
+
+
+def measures(
+    known: torch.Tensor, unknown: dict[str, torch.Tensor], noise: torch.Tensor
+) -> dict[str, float]:
+    """One scoring on one draw: at its own threshold (>= 0 accepted) and as a score (AUROC, the
+    share rejected at the cut that accepts 95 % of the known), each part of the unknowns alone."""
+    out = {
+        "known_accepted": float((known >= 0).float().mean()),
+        "noise_rejected": float((noise < 0).float().mean()),
+        "noise_rejected_at_95": rejected_at_known_rate(known, noise, KNOWN_ACCEPT),
+        # The shift of every threshold that would accept 95 % of the known images.
+        "known_margin_q05": float(torch.quantile(known, 1 - KNOWN_ACCEPT)),
+    }
+    for part, images in unknown.items():
+        out[f"unknown_rejected_{part}"] = float((images < 0).float().mean())
+        out[f"auroc_{part}"] = auroc(known, images)
+        out[f"rejected_at_95_{part}"] = rejected_at_known_rate(known, images, KNOWN_ACCEPT)
+    return out
 
 
 def evaluate_setting(
     known: torch.Tensor,
-    unknown: torch.Tensor,
+    unknown: dict[str, torch.Tensor],
     noise: torch.Tensor,
     weights: torch.Tensor,
     thresholds: torch.Tensor,
     scale: float,
     gate: tuple[torch.Tensor, float],
-) -> dict[str, float]:
-    ours_k, soft_k = scores(known, weights, thresholds, scale, gate)
-    ours_u, soft_u = scores(unknown, weights, thresholds, scale, gate)
-    ours_n, soft_n = scores(noise, weights, thresholds, scale, gate)
-    # The thresholds alone, without the noise gate: what the gate adds, in the same run.
-    alone_k = scores(known, weights, thresholds, scale)[0]
-    alone_n = scores(noise, weights, thresholds, scale)[0]
-    return {
-        "auroc_ours": auroc(ours_k, ours_u),
-        "auroc_softmax": auroc(soft_k, soft_u),
-        "rejected_at_95_ours": rejected_at_known_rate(ours_k, ours_u, KNOWN_ACCEPT),
-        "rejected_at_95_softmax": rejected_at_known_rate(soft_k, soft_u, KNOWN_ACCEPT),
-        "noise_rejected_at_95_ours": rejected_at_known_rate(ours_k, ours_n, KNOWN_ACCEPT),
-        "noise_rejected_at_95_softmax": rejected_at_known_rate(soft_k, soft_n, KNOWN_ACCEPT),
-        # The shift of every threshold that would accept 95 % of the known images.
-        "known_margin_q05": float(torch.quantile(ours_k, 1 - KNOWN_ACCEPT)),
-        "stored_known_accepted": float((ours_k >= 0).float().mean()),
-        "stored_unknown_rejected": float((ours_u < 0).float().mean()),
-        "stored_noise_rejected": float((ours_n < 0).float().mean()),
-        "threshold_only_known_accepted": float((alone_k >= 0).float().mean()),
-        "threshold_only_noise_rejected": float((alone_n < 0).float().mean()),
-    }
+    background: Competitors | None = None,
+    margins: Sequence[float] = (),
+) -> dict[str, dict[str, float]]:
+    """{scoring: measures}; the unknowns by part (`all` is every part together)."""
+    parts = {"all": torch.cat(list(unknown.values())), **unknown} if len(unknown) > 1 else unknown
+    scored = [
+        scores(x, weights, thresholds, scale, gate, background, margins)
+        for x in (known, *parts.values(), noise)
+    ]
+    out = {}
+    for scoring in scored[0]:
+        unknowns = {p: s[scoring] for p, s in zip(parts, scored[1:-1], strict=True)}
+        out[scoring] = measures(scored[0][scoring], unknowns, scored[-1][scoring])
+    return out
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -138,9 +189,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from testbed import default_world
 
     world = default_world()
-    # On the test classes the validation ones are the never-registered classes; tuning on the
-    # validation classes never looks at a test class (its unknowns are base classes and noise).
-    never = [c.name for c in world.split("val_heldout")] if args.split == "test_heldout" else []
+    # The never-seen classes (outside the vocabulary, never registered): for the test classes
+    # the validation ones; for a validation split the other validation split's, so tuning never
+    # looks at a test class.
+    never = [c.name for c in world.split(NEVER_SEEN[args.split])]
     unknown_val = encode(backend, world.render(never, n=args.per_class, seed=UNKNOWN_SEED))
     base_sample = encode(backend, world.render(task.base, n=10, seed=UNKNOWN_SEED + 1))
     noise = encode(backend, noise_images(64, args.noise, seed=NOISE_SEED))
@@ -150,6 +202,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     base_thresholds = word_thresholds(ctx.base_text, engine_noise, word_threshold)
     # As the service gates every image: the engine's noise images against the bank's real ones.
     gate = (engine_noise, noise_gate(bank.features, engine_noise) if bank else math.nan)
+    # The known concepts a registered class competes with: the bank's words, never its own name.
+    words = background_words(vocabulary, bank, task.heldout)
+    background = (words, word_thresholds(words.features, engine_noise, word_threshold))
+    margins = [float(m) for m in args.margins.split(",")] if args.margins else []
     spec = MethodSpec("liteembed", "liteembed", config, True, options=(("bank", bank),))
     held = ~task.base_mask
     draws: list[dict[str, Any]] = []
@@ -171,23 +227,37 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         scale = float(backend.logit_scale)
         registered = evaluate_setting(
             task.test_features[held],
-            torch.cat([unknown_val, base_sample]),
+            {"never": unknown_val, "base": base_sample},
             noise,
             weights,
             thresholds,
             scale,
             gate,
+            background,
+            margins,
         )
-        row: dict[str, Any] = {"draw": index, "registered": registered}
-        if len(unknown_val):
-            joint_weights = torch.cat([ctx.base_text, weights])
-            joint_thresholds = torch.cat([base_thresholds, thresholds])
-            row["joint"] = evaluate_setting(
-                task.test_features, unknown_val, noise, joint_weights, joint_thresholds, scale, gate
-            )
-        draws.append(row)
-        shown = " | ".join(f"{k} {fmt(v)}" for k, v in row.items() if k != "draw")
+        # Beside the base words every background word is a class already: no competitors left.
+        joint_weights = torch.cat([ctx.base_text, weights])
+        joint_thresholds = torch.cat([base_thresholds, thresholds])
+        joint = evaluate_setting(
+            task.test_features,
+            {"never": unknown_val},
+            noise,
+            joint_weights,
+            joint_thresholds,
+            scale,
+            gate,
+        )
+        draws.append({"draw": index, "registered": registered, "joint": joint})
+        shown = " | ".join(f"{k} {fmt(v)}" for k, v in registered.items() if k != "softmax")
         print(f"draw {index}: {shown}", flush=True)
+    summary = {
+        setting: {
+            scoring: summarise([d[setting][scoring] for d in draws])
+            for scoring in draws[0][setting]
+        }
+        for setting in ("registered", "joint")
+    }
     return {
         "model": backend.model_id,
         "shots": args.shots,
@@ -195,18 +265,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "config": config.to_dict(),
         "word_threshold": word_threshold,
         "noise_gate": gate[1],
+        "background_words": len(words),
+        "never_seen": never,
         "seconds": round(time.perf_counter() - started, 1),
         "split": args.split,
-        "summary": {s: summarise([d[s] for d in draws]) for s in draws[0] if s != "draw"},
+        "summary": summary,
+        "against_ours": against_ours(draws, "registered"),
         "command": args.command,
     }
 
 
 def fmt(row: dict[str, float]) -> str:
     return (
-        f"AUROC {row['auroc_ours']:.3f}/{row['auroc_softmax']:.3f}, "
-        f"stored: known {row['stored_known_accepted']:.1%}, "
-        f"unknown {row['stored_unknown_rejected']:.1%}, noise {row['stored_noise_rejected']:.1%}"
+        f"known {row['known_accepted']:.1%} unknown {row['unknown_rejected_all']:.1%} "
+        f"(never {row['unknown_rejected_never']:.1%}, base {row['unknown_rejected_base']:.1%})"
     )
 
 
@@ -214,41 +286,89 @@ def summarise(rows: list[dict[str, float]]) -> dict[str, dict[str, float]]:
     return {key: mean_se([r[key] for r in rows]) for key in rows[0]}
 
 
-LABELS = {
-    "auroc": "AUROC, known vs unknown",
-    "rejected_at_95": "unknown rejected at 95 % known accepted",
-    "noise_rejected_at_95": "noise rejected at 95 % known accepted",
-}
+# Measures compared draw by draw between a background scoring and ours.
+COMPARED = (
+    "known_accepted",
+    "unknown_rejected_all",
+    "unknown_rejected_never",
+    "unknown_rejected_base",
+    "auroc_all",
+    "rejected_at_95_all",
+    "rejected_at_95_never",
+    "rejected_at_95_base",
+)
+
+
+def against_ours(draws: list[dict[str, Any]], setting: str) -> dict[str, dict[str, Any]]:
+    """Each background scoring minus ours, paired over the draws."""
+    rows = [d[setting] for d in draws]
+    return {
+        scoring: {
+            key: paired_difference([r[scoring][key] for r in rows], [r["ours"][key] for r in rows])
+            for key in COMPARED
+        }
+        for scoring in rows[0]
+        if scoring.startswith(("background", "excess"))
+    }
+
+
+def pm(value: dict[str, float], percent: bool = True) -> str:
+    if percent:
+        return f"{100 * value['mean']:.1f} ± {100 * value['se']:.1f}"
+    return f"{value['mean']:.3f} ± {value['se']:.3f}"
 
 
 def markdown(result: dict[str, Any]) -> str:
     lines = [
         f"# Open-set rejection ({result['model']}, K={result['shots']}, "
-        f"{len(result['draws'])} draws)",
+        f"{len(result['draws'])} draws, {result['split']})",
         "",
         f"Command: `{result['command']}`",
         "",
+        f"Never-seen classes: {', '.join(result['never_seen'])}; background words: "
+        f"{result['background_words']} (the reference bank's). Percent, mean ± SE over draws.",
+        "",
     ]
-    for setting in result["summary"]:
-        s = result["summary"][setting]
-        lines += [f"## {setting}", "", "| measure | ours (threshold) | softmax score |"]
-        lines.append("|---|---|---|")
-        for key, label in LABELS.items():
-            ours, soft = s[f"{key}_ours"], s[f"{key}_softmax"]
+    for setting, by_scoring in result["summary"].items():
+        parts = [k.removeprefix("auroc_") for k in by_scoring["ours"] if k.startswith("auroc_")]
+        lines += [f"## {setting}", "", "At each scoring's threshold (softmax has none):", ""]
+        head = ["scoring", "known accepted", *[f"unknown rejected: {p}" for p in parts]]
+        lines += ["| " + " | ".join([*head, "noise rejected"]) + " |"]
+        lines.append("|" + "---|" * (len(head) + 1))
+        for scoring, s in by_scoring.items():
+            if scoring == "softmax":
+                continue
+            cells = [pm(s["known_accepted"]), *[pm(s[f"unknown_rejected_{p}"]) for p in parts]]
+            lines.append(f"| {scoring} | " + " | ".join([*cells, pm(s["noise_rejected"])]) + " |")
+        lines += ["", "As a score (AUROC; rejected at the cut that accepts 95 % of the known):", ""]
+        head = ["scoring", *[f"AUROC {p}" for p in parts], *[f"at 95 %: {p}" for p in parts]]
+        lines += ["| " + " | ".join([*head, "noise at 95 %"]) + " |"]
+        lines.append("|" + "---|" * (len(head) + 1))
+        for scoring, s in by_scoring.items():
+            if scoring == "alone":
+                continue
+            cells = [pm(s[f"auroc_{p}"], percent=False) for p in parts]
+            cells += [pm(s[f"rejected_at_95_{p}"]) for p in parts]
             lines.append(
-                f"| {label} | {ours['mean']:.3f} ± {ours['se']:.3f} | "
-                f"{soft['mean']:.3f} ± {soft['se']:.3f} |"
+                f"| {scoring} | " + " | ".join([*cells, pm(s["noise_rejected_at_95"])]) + " |"
             )
+        lines.append("")
+    if result["against_ours"]:
         lines += [
+            "## registered: each background scoring minus ours, paired by draw",
             "",
-            "At the stored thresholds: known accepted "
-            f"{s['stored_known_accepted']['mean']:.1%}, unknown rejected "
-            f"{s['stored_unknown_rejected']['mean']:.1%}, noise rejected "
-            f"{s['stored_noise_rejected']['mean']:.1%} (the thresholds alone, without the noise "
-            f"gate: known {s['threshold_only_known_accepted']['mean']:.1%}, noise "
-            f"{s['threshold_only_noise_rejected']['mean']:.1%}).",
+            "Points (AUROC: x100); won/lost: draws better/worse than ours.",
             "",
+            "| scoring | " + " | ".join(COMPARED) + " |",
+            "|" + "---|" * (len(COMPARED) + 1),
         ]
+        for scoring, diffs in result["against_ours"].items():
+            cells = [
+                f"{100 * d['mean']:+.1f} ± {100 * d['se']:.1f} ({d['won']:.0f}/{d['lost']:.0f})"
+                for d in (diffs[k] for k in COMPARED)
+            ]
+            lines.append(f"| {scoring} | " + " | ".join(cells) + " |")
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -262,6 +382,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--draws", type=int, default=10)
     parser.add_argument("--per-class", type=int, default=50)
     parser.add_argument("--noise", type=int, default=100)
+    parser.add_argument(
+        "--margins",
+        default="",
+        help="comma-separated margins of the background rule to score beside ours (none: off)",
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--cache-dir", type=Path, default=Path(".liteembed-cache"))
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "open_set.json")
