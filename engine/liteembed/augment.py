@@ -54,8 +54,9 @@ class ViewEncoder:
 
     CHUNK = 64
 
-    def __init__(self, backend: ClipBackend) -> None:
+    def __init__(self, backend: ClipBackend, dtype: torch.dtype | None = None) -> None:
         self._backend = backend
+        self._dtype = dtype  # the image tower's precision (None: the model's)
         self._pending: list[torch.Tensor] = []
         self._features: list[torch.Tensor] = []
 
@@ -67,7 +68,9 @@ class ViewEncoder:
     def _flush(self) -> None:
         if self._pending:
             pixels = torch.cat(self._pending)
-            self._features.append(view_cache(self._backend).encode(self._backend, pixels))
+            self._features.append(
+                view_cache(self._backend).encode(self._backend, pixels, self._dtype)
+            )
             self._pending = []
 
     def features(self) -> torch.Tensor:

@@ -4,6 +4,7 @@ whose placeholder slot holds a learnable token embedding."""
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 import logging
@@ -179,6 +180,7 @@ class ClipBackend:
         self._template_cache: dict[tuple[str, ...], Any] = {}
         self._step_towers: dict[torch.dtype, TextTower] = {}
         self._step_lock = threading.Lock()
+        self._image_towers: dict[torch.dtype, nn.Module] = {}
 
     @property
     def dtype(self) -> torch.dtype:
@@ -210,12 +212,39 @@ class ClipBackend:
         return torch.stack([self.preprocess(to_rgb(image)) for image in images])
 
     @torch.no_grad()
-    def encode_image_batch(self, pixels: torch.Tensor) -> torch.Tensor:
+    def encode_image_batch(
+        self, pixels: torch.Tensor, dtype: torch.dtype | None = None
+    ) -> torch.Tensor:
+        """Normalised float32 image features; `dtype`: the image tower's precision (None: the
+        model's own; another: a copy of the tower in it, made on first use)."""
+        dtype = dtype or self.dtype
+        encode = self.model.encode_image if dtype == self.dtype else self._image_tower(dtype)
         outputs = []
         for start in range(0, pixels.shape[0], _ENCODE_BATCH):
-            chunk = pixels[start : start + _ENCODE_BATCH].to(self.device, self.dtype)
-            outputs.append(self.model.encode_image(chunk).float())
+            chunk = pixels[start : start + _ENCODE_BATCH].to(self.device, dtype)
+            outputs.append(encode(chunk).float())
         return F.normalize(torch.cat(outputs), dim=-1).cpu()
+
+    def view_dtype(self, precision: str) -> torch.dtype:
+        """The image tower's dtype for a class's training views at `precision`
+        (OptimizationConfig's `view_precision`): "auto" is bfloat16 on a CPU that multiplies
+        bfloat16 natively (there a ViT-B/32 view encodes about 4x faster than in float32),
+        else the model's own."""
+        if precision == "bfloat16":
+            return torch.bfloat16
+        if precision not in ("model", "auto"):
+            raise ValueError(f"unknown view precision {precision!r}")
+        if precision == "auto" and self.device.type == "cpu" and _cpu_has_bfloat16():
+            return torch.bfloat16
+        return self.dtype
+
+    def _image_tower(self, dtype: torch.dtype) -> nn.Module:
+        """The image tower in `dtype`, a copy made on first use."""
+        with self._step_lock:
+            tower = self._image_towers.get(dtype)
+            if tower is None:
+                tower = self._image_towers[dtype] = copy.deepcopy(self.model.visual).to(dtype)
+            return tower
 
     def encode_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
         return self.encode_image_batch(self.preprocess_images(images))

@@ -132,6 +132,11 @@ class OptimizationConfig:
     # bfloat16 natively (AVX512-BF16 or AMX) when the steps run the kept-prefix pass (short
     # context, causal tower), else the model's.
     step_precision: Literal["model", "bfloat16", "auto"] = "auto"
+    # The image tower's precision for the class's own views and "not this" images during
+    # training (their features feed the loss, the step search and the threshold, never a
+    # /classify answer): "model" as loaded; "bfloat16" a bfloat16 copy of the image tower;
+    # "auto" bfloat16 on a CPU that multiplies bfloat16 natively, else the model's.
+    view_precision: Literal["model", "bfloat16", "auto"] = "auto"
     loss_curve_points: int = 100  # the diagnostics' loss curve is subsampled to at most this
 
     def __post_init__(self) -> None:
@@ -178,6 +183,10 @@ class OptimizationConfig:
             (
                 self.step_precision in ("model", "bfloat16", "auto"),
                 "step_precision: model, bfloat16 or auto",
+            ),
+            (
+                self.view_precision in ("model", "bfloat16", "auto"),
+                "view_precision: model, bfloat16 or auto",
             ),
             (
                 set(self.negative_sources) <= {"vocabulary", "confusers", "registered"},
@@ -243,6 +252,8 @@ def from_recorded(values: dict[str, Any]) -> OptimizationConfig:
     data.setdefault("reweigh_kept", 0.0)
     # saved before the step precision: the model's own
     data.setdefault("step_precision", "model")
+    # saved before the views' precision: the model's own
+    data.setdefault("view_precision", "model")
     if "lr_scale" not in values:
         data["lr_scale"] = "absolute"
         data.setdefault("norm_bound", None)

@@ -31,16 +31,21 @@ class ViewFeatureCache:
         self._features: OrderedDict[bytes, torch.Tensor] = OrderedDict()
         self._lock = threading.Lock()
 
-    def encode(self, backend: ClipBackend, pixels: torch.Tensor) -> torch.Tensor:
-        """`backend.encode_image_batch(pixels)`, encoding only the views not seen before."""
-        keys = [_digest(view) for view in pixels]
+    def encode(
+        self, backend: ClipBackend, pixels: torch.Tensor, dtype: torch.dtype | None = None
+    ) -> torch.Tensor:
+        """`backend.encode_image_batch(pixels, dtype)`, encoding only the views not seen before
+        at that precision."""
+        # A view encoded at another precision is another feature.
+        precision = b"" if dtype is None else str(dtype).encode()
+        keys = [precision + _digest(view) for view in pixels]
         with self._lock:
             found = {k: self._features[k] for k in keys if k in self._features}
             for key in found:
                 self._features.move_to_end(key)
         missing = [i for i, key in enumerate(keys) if key not in found]
         if missing:
-            encoded = backend.encode_image_batch(pixels[missing])
+            encoded = backend.encode_image_batch(pixels[missing], dtype)
             fresh = dict(zip((keys[i] for i in missing), encoded, strict=True))
             with self._lock:
                 for key, feature in fresh.items():

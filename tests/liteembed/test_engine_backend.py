@@ -245,6 +245,29 @@ def test_bfloat16_steps_run_on_a_copy_of_the_tower(backend: ClipBackend) -> None
         backend.step_dtype("fp8")
 
 
+def test_bfloat16_views_run_on_a_copy_of_the_image_tower(
+    backend: ClipBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pixels = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    exact = backend.encode_image_batch(pixels)
+    fast = backend.encode_image_batch(pixels, torch.bfloat16)
+    assert fast.dtype == torch.float32 and torch.allclose(fast.norm(dim=-1), torch.ones(3))
+    assert (fast - exact).abs().max().item() < 2e-2
+    assert (fast - exact).abs().max().item() > 0  # it did run in bfloat16
+    # The model's own image tower stays float32 and gives the same features after the copy.
+    assert next(backend.model.visual.parameters()).dtype == torch.float32
+    assert torch.equal(backend.encode_image_batch(pixels), exact)
+    assert backend.view_dtype("model") == torch.float32
+    assert backend.view_dtype("bfloat16") == torch.bfloat16
+    # "auto": bfloat16 only where the CPU multiplies it natively.
+    monkeypatch.setattr(backend_module, "_cpu_has_bfloat16", lambda: False)
+    assert backend.view_dtype("auto") == torch.float32
+    monkeypatch.setattr(backend_module, "_cpu_has_bfloat16", lambda: True)
+    assert backend.view_dtype("auto") == torch.bfloat16
+    with pytest.raises(ValueError, match="precision"):
+        backend.view_dtype("fp8")
+
+
 def test_prompts_with_word_slots_equal_the_ordinary_text_path(backend: ClipBackend) -> None:
     dog, cat = (backend.token_table[_single_token_word(backend, w)] for w in ("dog", "cat"))
     features = backend.encode_prompts(

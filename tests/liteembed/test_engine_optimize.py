@@ -89,6 +89,25 @@ def test_bfloat16_steps_store_the_model_precision_feature(
     assert learned.diagnostics["exemplar_accuracy"] == 1.0
 
 
+def test_bfloat16_views_learn_the_class_and_store_the_model_precision_feature(
+    backend: ClipBackend, vocabulary: Vocabulary
+) -> None:
+    config = OptimizationConfig(view_precision="bfloat16", step_rule="fixed", steps=5)
+    images = solid_images(RED)
+    learned = learn_class(backend, vocabulary, NAME, images, config=config)
+    plain = learn_class(
+        backend, vocabulary, NAME, images, config=config.with_(view_precision="model")
+    )
+    # The views' rounding moves the word a little, not away from the class.
+    assert learned.diagnostics["config"]["view_precision"] == "bfloat16"
+    assert learned.diagnostics["exemplar_accuracy"] == 1.0
+    assert float(learned.text_feature @ plain.text_feature) > 0.99
+    assert not torch.equal(learned.token_embedding, plain.token_embedding)
+    expected = backend.encode_with_token(list(learned.templates), learned.token_embedding)
+    expected = F.normalize(expected.detach().mean(dim=0), dim=-1)
+    assert (learned.text_feature - expected).abs().max().item() < 1e-6
+
+
 def test_fine_separation_lowers_fine_similarity_to_negatives(
     backend: ClipBackend, vocabulary: Vocabulary
 ) -> None:

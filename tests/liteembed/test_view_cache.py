@@ -18,9 +18,9 @@ def test_a_class_learned_again_encodes_none_of_its_views_again(
     encoded: list[int] = []
     real = backend.encode_image_batch
 
-    def counting(pixels: torch.Tensor) -> torch.Tensor:
+    def counting(pixels: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
         encoded.append(len(pixels))
-        return real(pixels)
+        return real(pixels, dtype)
 
     monkeypatch.setattr(backend, "encode_image_batch", counting)
     images = solid_images((17, 201, 190))  # a colour no other test learns
@@ -43,9 +43,11 @@ class _Encoder:
     def __init__(self) -> None:
         self.rows = 0
 
-    def encode_image_batch(self, pixels: torch.Tensor) -> torch.Tensor:
+    def encode_image_batch(
+        self, pixels: torch.Tensor, dtype: torch.dtype | None = None
+    ) -> torch.Tensor:
         self.rows += len(pixels)
-        return pixels.flatten(1)[:, :4].clone()
+        return pixels.flatten(1)[:, :4].to(dtype or pixels.dtype).float()
 
 
 def test_the_least_recently_used_views_leave_first() -> None:
@@ -62,3 +64,19 @@ def test_the_least_recently_used_views_leave_first() -> None:
     assert encoder.rows == 3
     cache.encode(encoder, b)
     assert encoder.rows == 4
+
+
+def test_a_view_at_another_precision_is_encoded_again() -> None:
+    cache = ViewFeatureCache()
+    encoder = _Encoder()
+    views = torch.rand(3, 3, 2, 2)
+    cache.encode(encoder, views)
+    cache.encode(encoder, views, torch.bfloat16)
+    assert encoder.rows == 6 and len(cache) == 6
+    # Each precision's entries answer for it alone.
+    assert torch.equal(cache.encode(encoder, views), views.flatten(1)[:, :4])
+    assert torch.equal(
+        cache.encode(encoder, views, torch.bfloat16),
+        views.flatten(1)[:, :4].to(torch.bfloat16).float(),
+    )
+    assert encoder.rows == 6
