@@ -94,9 +94,10 @@ def rival(similarities: torch.Tensor, background: Background, name: str) -> int:
     """The nearest background word to one image (`similarities`: (W,) its similarity to each
     word) that is not named like the class `name`; -1 when there is none."""
     key = name_key(name)
-    order = torch.argsort(similarities, descending=True, stable=True)
-    # Bank words are distinct, so at most one word shares the class's name: two looks suffice.
-    return next((int(i) for i in order[:2] if background.keys[int(i)] != key), -1)
+    # Bank words are distinct, so at most one word shares the class's name: the nearest two
+    # suffice, and a top-2 is O(W) where a full sort of a large bank per prediction is not.
+    nearest = torch.topk(similarities, min(2, similarities.numel())).indices
+    return next((int(i) for i in nearest if background.keys[int(i)] != key), -1)
 
 
 def beaten(
