@@ -60,20 +60,21 @@ def nearer_known(
     feature: np.ndarray,
     labels: Sequence[str],
     similarities: np.ndarray,
-    registered: Sequence[bool],
+    competing: Sequence[bool],
     runtime: Runtime,
     margin: float,
 ) -> list[str | None]:
-    """For each prediction of a registered class, the reference bank's word nearer to the image
-    than the class by more than `margin` (a word named like the class is not its rival); None for
-    the others, for plain-word labels, and where the rule is off (NaN margin, no bank)."""
+    """For each competing prediction (a registered class's, on an image that is not noise), the
+    reference bank's word nearer to the image than the class by more than `margin` (a word named
+    like the class is not its rival); None for the others (plain-word labels among them) and
+    where the rule is off (NaN margin, no bank)."""
     background = runtime.background
-    if background is None or not len(background) or math.isnan(margin) or not any(registered):
+    if background is None or not len(background) or math.isnan(margin) or not any(competing):
         return [None] * len(labels)
     words = background.features @ torch.from_numpy(np.asarray(feature, dtype=np.float32))
     found: list[str | None] = []
-    for label, similarity, is_class in zip(labels, similarities, registered, strict=True):
-        index = rival(words, background, label) if is_class else -1
+    for label, similarity, competes in zip(labels, similarities, competing, strict=True):
+        index = rival(words, background, label) if competes else -1
         near = index >= 0 and float(words[index]) > float(similarity) + margin
         found.append(background.words[index] if near else None)
     return found

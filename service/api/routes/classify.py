@@ -154,16 +154,14 @@ def _class_predictions(encoded: Encoded, runtime: Runtime, margin: float) -> lis
     indices, scores, similarities = encoded.indices, encoded.scores, encoded.similarities
     assert snapshot is not None and indices is not None
     assert scores is not None and similarities is not None
+    noise = looks_like_noise(encoded.feature, runtime)
     verdicts = accepted(
-        similarities,
-        snapshot.thresholds_of(indices),
-        runtime.word_threshold,
-        noise=looks_like_noise(encoded.feature, runtime),
+        similarities, snapshot.thresholds_of(indices), runtime.word_threshold, noise=noise
     )
     names = [snapshot.names[int(i)] for i in indices]
-    nearer = nearer_known(
-        encoded.feature, names, similarities, [True] * len(names), runtime, margin
-    )
+    # Noise is no known concept either: nothing to name.
+    competing = [not noise] * len(names)
+    nearer = nearer_known(encoded.feature, names, similarities, competing, runtime, margin)
     return [
         Prediction(
             label=name,
@@ -209,15 +207,13 @@ async def _label_scorer(
         cosines = labels.matrix @ encoded.feature
         indices, scores = top_k_softmax(cosines, scale, top_k)
         similarities = cosines[indices].astype(np.float64)
+        noise = looks_like_noise(encoded.feature, runtime)
         verdicts = accepted(
-            similarities,
-            labels.thresholds[indices],
-            runtime.word_threshold,
-            noise=looks_like_noise(encoded.feature, runtime),
+            similarities, labels.thresholds[indices], runtime.word_threshold, noise=noise
         )
         names = [labels.labels[int(i)] for i in indices]
-        registered = [labels.class_ids[int(i)] is not None for i in indices]
-        nearer = nearer_known(encoded.feature, names, similarities, registered, runtime, margin)
+        competing = [not noise and labels.class_ids[int(i)] is not None for i in indices]
+        nearer = nearer_known(encoded.feature, names, similarities, competing, runtime, margin)
         return [
             Prediction(
                 label=name,
