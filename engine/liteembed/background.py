@@ -13,9 +13,9 @@ than a margin:
 Raw similarities, not each one's excess over its own threshold: a plain word's threshold (one
 per model) and a learned class's (its own held-out images) are drawn differently, and on
 validation their excesses did not compare (benchmarks/open_set.py: the known images' acceptance
-fell to 14-66 %). A class is never its own competitor: the caller leaves out background words named
-like a registered class (`Background.without`). The margin is per model, chosen on validation
-(`RECORDED_MARGINS`); a larger margin rejects less.
+fell to 14-66 %). A class is never its own competitor: a word named like it is left out
+(`rival` per prediction, `Background.without` for a whole classifier). The margin is per model,
+chosen on validation (`RECORDED_MARGINS`); a larger margin rejects less.
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ from liteembed.vocab import Vocabulary
 # the operator sets a margin.
 RECORDED_MARGINS: dict[str, float] = {
     # At the cut that accepts 95 % of the known images, +1.4 points of the never-registered images
-    # rejected on both validation splits, the never-seen ones no worse; margin 0 rejected as many
-    # but cost the known images twice as much at the stored thresholds.
+    # rejected on both validation splits, the never-seen ones not measurably fewer; margin 0
+    # rejected as many but cost the known images twice as much at the stored thresholds.
     "liteembed-mini-v2@a03cbbb3c42e": 0.01,
 }
 
