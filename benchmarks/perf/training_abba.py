@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import statistics
 import sys
 import tempfile
@@ -118,9 +119,8 @@ def main(argv: list[str] | None = None) -> int:
         "b": args.b,
         "runs": runs,
         "summary": summary(runs),
-        "command": " ".join(
-            ["python -m benchmarks.perf.training_abba", *(sys.argv[1:] if argv is None else argv)]
-        ),
+        "command": "python -m benchmarks.perf.training_abba "
+        + shlex.join(sys.argv[1:] if argv is None else argv),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
