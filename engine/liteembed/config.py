@@ -100,6 +100,9 @@ class OptimizationConfig:
     reweigh_min_gain: float = 0.04
     # ... and, with this, only if its own held-out images fare no worse in the step search.
     reweigh_keep_own: bool = False
+    # ... and only if the second word stays this near the first (cosine of their text features;
+    # -1: no limit): a word that must move far to release its neighbour's images has left its own.
+    reweigh_min_cosine: float = -1.0
     # Acceptance threshold (liteembed.threshold): 0 = as similar as the class's own held-out
     # images, 1 = the top decile of the negatives' similarities.
     threshold_beta: float = 0.5
@@ -166,8 +169,10 @@ class OptimizationConfig:
             (
                 0 <= self.reweigh_kept <= 1
                 and self.reweigh_lambda_img >= 0
-                and self.reweigh_min_gain >= 0,
-                "reweigh_kept must be in [0, 1], reweigh_lambda_img and reweigh_min_gain >= 0",
+                and self.reweigh_min_gain >= 0
+                and -1 <= self.reweigh_min_cosine <= 1,
+                "reweigh_kept must be in [0, 1], reweigh_lambda_img and reweigh_min_gain >= 0, "
+                "reweigh_min_cosine in [-1, 1]",
             ),
             (0 <= self.threshold_beta <= 2, "threshold_beta must be in [0, 2]"),
             (self.m >= 0 and self.m_registered >= 0, "m must be >= 0"),

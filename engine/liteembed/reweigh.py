@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from liteembed.config import OptimizationConfig
 from liteembed.requests import ClassRequest, LearnedClass
@@ -81,6 +82,9 @@ def reweigh(
     for i, second in zip(chosen, again, strict=True):
         before, after = evidence_kept(learned[i]), evidence_kept(second)
         own_before, own_after = held_out_accuracy(learned[i]), held_out_accuracy(second)
+        cosine = float(
+            F.cosine_similarity(learned[i].text_feature.float(), second.text_feature.float(), dim=0)
+        )
         replaced = (
             before is not None
             and after is not None
@@ -91,12 +95,14 @@ def reweigh(
                 or own_before is None
                 or own_after >= own_before
             )
+            and cosine >= config.reweigh_min_cosine
         )
         record: dict[str, Any] = {
             "kept_before": before,
             "kept_after": after,
             "held_out_accuracy_before": own_before,
             "held_out_accuracy_after": own_after,
+            "cosine": round(cosine, 6),
             "lambda_img": config.reweigh_lambda_img,
             "replaced": replaced,
         }

@@ -66,6 +66,7 @@ def test_only_words_keeping_little_evidence_are_learned_again_and_replaced_on_a_
         "kept_after": 0.9,
         "held_out_accuracy_before": None,
         "held_out_accuracy_after": None,
+        "cosine": 1.0,
         "lambda_img": 1.0,
         "replaced": True,
     }
@@ -90,6 +91,26 @@ def test_with_keep_own_a_second_word_that_loses_its_own_held_out_images_is_not_t
     # without the switch the gain in evidence alone decides
     plain = reweigh(requests, first, config.with_(reweigh_keep_own=False), lambda *a: second)
     assert plain[0] is second[0]
+
+
+def test_with_a_min_cosine_a_second_word_that_moved_far_is_not_taken() -> None:
+    config = OptimizationConfig(lambda_img=0.3, reweigh_kept=0.85, reweigh_min_cosine=0.9)
+    first = [_learned("a", 0.5), _learned("b", 0.5)]
+    requests = [ClassRequest(name=c.name, images=[]) for c in first]
+    near, far = _learned("a", 0.9), _learned("b", 0.9)
+    # "b" turns away from its first word (cosine -4 / sqrt(8 * 20)): it released its neighbour
+    # by leaving.
+    far.text_feature[:4] = -2.0
+    result = reweigh(requests, first, config, lambda *a: [near, far])
+    assert result[0] is near and result[1] is first[1]
+    record = result[1].diagnostics["evidence"]["reweigh"]
+    assert record["cosine"] == pytest.approx(-4 / (8 * 20) ** 0.5, abs=1e-6)
+    assert record["replaced"] is False
+    # no limit: the evidence gain alone decides
+    plain = reweigh(requests, first, config.with_(reweigh_min_cosine=-1.0), lambda *a: [near, far])
+    assert plain[1] is far
+    with pytest.raises(ValueError, match="reweigh_min_cosine"):
+        OptimizationConfig(reweigh_min_cosine=1.5)
 
 
 @pytest.mark.parametrize(
