@@ -58,9 +58,9 @@ DEFAULT_SHOTS = (1, 2, 4, 8, 16)
 # Every draw renders this many support images per class (or the largest K asked, if more), so the
 # shots of a given K and draw do not depend on which other K are requested.
 SUPPORT_POOL = 16
-# The second pass's threshold where the evidence search on validation ran it
-# (benchmarks/results/evidence_search-reweigh.md; level with none there, so off by default).
-SECOND_PASS_KEPT = 0.85
+# The second pass's settings where the evidence search on validation chose it
+# (benchmarks/results/evidence_search-reweigh-cosine.md), for settings files without it.
+SECOND_PASS = {"reweigh_kept": 0.85, "reweigh_min_cosine": 0.9}
 
 
 # ------------------------------------------------------------------ method list
@@ -170,7 +170,6 @@ def _liteembed_rows(chosen: dict[str, Any]) -> list[MethodSpec]:
         )
     )
     if defaults.lambda_img > 0:
-        second_pass = defaults.with_(reweigh_kept=SECOND_PASS_KEPT)
         rows += [
             MethodSpec(
                 "liteembed (defaults) + look-alike images",
@@ -181,23 +180,7 @@ def _liteembed_rows(chosen: dict[str, Any]) -> list[MethodSpec]:
                 options=_bank(defaults),
                 lookalike_images=4,
             ),
-            MethodSpec(
-                "liteembed (defaults) + second pass",
-                "liteembed",
-                second_pass,
-                hints,
-                note="words keeping < 85 % of their evidence learned again at weight 1",
-                options=_bank(defaults),
-            ),
-            MethodSpec(
-                "liteembed (defaults) + second pass + look-alike images",
-                "liteembed",
-                second_pass,
-                hints,
-                note="the second pass, and 4 images of each named look-alike as negative images",
-                options=_bank(defaults),
-                lookalike_images=4,
-            ),
+            *_second_pass_rows(defaults, hints),
             MethodSpec(
                 "liteembed (defaults), text stand-ins",
                 "liteembed",
@@ -215,6 +198,35 @@ def _liteembed_rows(chosen: dict[str, Any]) -> list[MethodSpec]:
             ),
         ]
     return rows
+
+
+def _second_pass_rows(defaults: OptimizationConfig, hints: bool) -> list[MethodSpec]:
+    """The defaults with the second pass (liteembed.reweigh) switched the other way: without it
+    where the settings file has it, with it where the file has none."""
+    if defaults.reweigh_kept > 0:
+        name, config, note = (
+            "liteembed (defaults) w/o second pass",
+            defaults.with_(reweigh_kept=0.0),
+            "no second pass for the words that take their evidence images",
+        )
+    else:
+        name, config, note = (
+            "liteembed (defaults) + second pass",
+            defaults.with_(**SECOND_PASS),
+            "words keeping < 85 % of their evidence learned again at weight 1",
+        )
+    return [
+        MethodSpec(name, "liteembed", config, hints, note=note, options=_bank(defaults)),
+        MethodSpec(
+            f"{name} + look-alike images",
+            "liteembed",
+            config,
+            hints,
+            note=f"{note}; 4 images of each named look-alike as negative images",
+            options=_bank(defaults),
+            lookalike_images=4,
+        ),
+    ]
 
 
 def _linear_probe_rows(chosen: dict[str, Any]) -> list[MethodSpec]:

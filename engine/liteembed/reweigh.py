@@ -8,9 +8,13 @@ Those classes, and only those, are learned again at a stronger weight (`reweigh_
 with the batch's other words as registered negatives (with `batch_negatives`). The second word
 replaces the first only if it keeps clearly more of the evidence (`reweigh_min_gain`): a word that
 cannot move off its neighbour (the neighbour's images and its own are one cluster to the image
-encoder) would only lose its own images to the stronger weight. The three settings were chosen
-on validation (benchmarks/evidence_search.py: the look-alike validation classes against the
-validation classes).
+encoder) would only lose its own images to the stronger weight; nor may the second word move far
+from the first (`reweigh_min_cosine`): a word that releases its neighbour's images only by turning
+away has left its own class with them (on validation, a class whose images and its neighbour's
+are one cluster to the image encoder lost a third of its own images that way). The settings were
+chosen on validation (benchmarks/evidence_search.py: the look-alike validation classes, the
+validation classes and base-as-new folds); the pass is on where a model's recorded defaults turn
+it on.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from liteembed import (
     Vocabulary,
     learn_classes,
 )
-from liteembed.config import from_recorded
+from liteembed.config import from_recorded, recorded_defaults
 from liteembed.reweigh import reweigh, takers
 from tests.helpers.engine_images import BLUE, GREEN, RED, solid_images
 
@@ -135,6 +135,14 @@ def test_bad_settings_and_configs_saved_before_the_second_pass() -> None:
     for key in ("reweigh_kept", "reweigh_lambda_img", "reweigh_min_gain"):
         del saved[key]
     assert from_recorded(saved).reweigh_kept == 0.0
+    # saved with the second pass but before its nearness limit: no limit
+    saved = OptimizationConfig(reweigh_kept=0.85).to_dict()
+    del saved["reweigh_min_cosine"]
+    assert from_recorded(saved).reweigh_min_cosine == -1.0
+    # on where validation chose it: the mini CLIP v2's recorded defaults
+    chosen = recorded_defaults("liteembed-mini-v2@a03cbbb3c42e")
+    assert chosen is not None and (chosen.reweigh_kept, chosen.reweigh_min_cosine) == (0.85, 0.9)
+    assert OptimizationConfig().reweigh_kept == 0.0
     assert from_recorded(OptimizationConfig().to_dict()) == OptimizationConfig()
 
 
