@@ -449,6 +449,14 @@ def _evaluate_per_class(
                 "steps_run_mean": sum(steps) / len(steps),
                 "stop_reasons": {r: reasons.count(r) for r in set(reasons)},
             }
+        # The second pass's record of each class it learned again (liteembed.reweigh).
+        second = {
+            c.name: record
+            for c in chunk
+            if (record := (c.diagnostics.get("evidence") or {}).get("reweigh"))
+        }
+        if second:
+            extra["second_pass"] = second
         text = all(c.is_text_feature for c in chunk)
         outcomes.append(score_text(ctx, feats, seconds, text=text, extra=extra))
     return outcomes
