@@ -50,13 +50,17 @@ def first_views(groups: list[int], device: torch.device) -> torch.Tensor:
 class ViewEncoder:
     """Preprocesses views as they come and encodes them every `CHUNK`, so only features (and
     one chunk of pixel tensors) are held, however many views a batch of classes has; views the
-    model encoded before come from its cache (liteembed.view_cache)."""
+    model encoded before come from its cache (liteembed.view_cache).
+
+    The views of one image are added together, the image as it is first: that one is encoded at
+    the model's precision (its feature is kept as the class's exemplar and sets its threshold),
+    the augmented views after it at `dtype` (None: the model's too)."""
 
     CHUNK = 64
 
     def __init__(self, backend: ClipBackend, dtype: torch.dtype | None = None) -> None:
         self._backend = backend
-        self._dtype = dtype  # the image tower's precision (None: the model's)
+        self._dtype = None if dtype == backend.dtype else dtype
         self._pending: list[torch.Tensor] = []
         self._features: list[torch.Tensor] = []
 
@@ -66,12 +70,22 @@ class ViewEncoder:
             self._flush()
 
     def _flush(self) -> None:
-        if self._pending:
-            pixels = torch.cat(self._pending)
-            self._features.append(
-                view_cache(self._backend).encode(self._backend, pixels, self._dtype)
-            )
-            self._pending = []
+        if not self._pending:
+            return
+        pixels = torch.cat(self._pending)
+        cache = view_cache(self._backend)
+        if self._dtype is None:
+            self._features.append(cache.encode(self._backend, pixels))
+        else:
+            original = torch.zeros(len(pixels), dtype=torch.bool)
+            original[torch.tensor([0, *(len(p) for p in self._pending[:-1])]).cumsum(0)] = True
+            firsts = cache.encode(self._backend, pixels[original])
+            features = torch.empty(len(pixels), firsts.shape[1], dtype=firsts.dtype)
+            features[original] = firsts
+            if (~original).any():
+                features[~original] = cache.encode(self._backend, pixels[~original], self._dtype)
+            self._features.append(features)
+        self._pending = []
 
     def features(self) -> torch.Tensor:
         self._flush()

@@ -65,9 +65,8 @@ def prepare(
     hint_lists = [[hint_form(h) for h in r.hints if h.strip()] for r in requests]
     for hints in hint_lists:
         validate_hints(vocabulary, hints)
-    # The views' features feed the loss, the step search and the threshold, never an answer.
-    view_dtype = backend.view_dtype(config.view_precision)
-    encoder = ViewEncoder(backend, view_dtype)
+    # The augmented views' features feed only the loss; the images as they are, the model's own.
+    encoder = ViewEncoder(backend, backend.view_dtype(config.view_precision))
     view_groups: list[list[int]] = []
     holdouts: list[int | None] = []
     for name, request in zip(names, requests, strict=True):
@@ -104,7 +103,7 @@ def prepare(
         excluded = excluded_words(name, hints)
         excluded |= {w for other in request.not_negatives for w in words_in(other)}
         ranked = rank_words(vocabulary, word_features, prototype, excluded)
-        user_negatives = _encode_originals(backend, request.negative_images, view_dtype).to(device)
+        user_negatives = _encode_originals(backend, request.negative_images).to(device)
         evidence = gather_evidence(
             name=name,
             prototype=prototype,
@@ -186,12 +185,9 @@ def prepare(
     return problems
 
 
-def _encode_originals(
-    backend: ClipBackend, images: Sequence[ImageData], dtype: torch.dtype | None = None
-) -> torch.Tensor:
-    """(n, E) features of images as they are (no augmented views), a chunk at a time, the
-    image tower in `dtype` (None: the model's)."""
-    encoder = ViewEncoder(backend, dtype)
+def _encode_originals(backend: ClipBackend, images: Sequence[ImageData]) -> torch.Tensor:
+    """(n, E) features of images as they are (no augmented views), a chunk at a time."""
+    encoder = ViewEncoder(backend)
     for image in images:
         encoder.add([as_rgb(image, backend.decode_side)])
     if not images:

@@ -98,6 +98,10 @@ def test_bfloat16_views_learn_the_class_and_store_the_model_precision_feature(
     plain = learn_class(
         backend, vocabulary, NAME, images, config=config.with_(view_precision="model")
     )
+    # The images as they are stay at the model's precision: their features are the class's
+    # stored exemplars (and its threshold's held-out similarities); only augmented views round.
+    assert learned.exemplar_features is not None
+    assert torch.allclose(learned.exemplar_features, backend.encode_images(images), atol=1e-6)
     # The views' rounding moves the word a little, not away from the class.
     assert learned.diagnostics["config"]["view_precision"] == "bfloat16"
     assert learned.diagnostics["exemplar_accuracy"] == 1.0
