@@ -134,11 +134,12 @@ class OptimizationConfig:
     # bfloat16 natively (AVX512-BF16 or AMX) when the steps run the kept-prefix pass (short
     # context, causal tower), else the model's.
     step_precision: Literal["model", "bfloat16", "auto"] = "auto"
-    # The image tower's precision for the class's own views and "not this" images during
-    # training (their features feed the loss, the step search and the threshold, never a
-    # /classify answer): "model" as loaded; "bfloat16" a bfloat16 copy of the image tower;
-    # "auto" bfloat16 on a CPU that multiplies bfloat16 natively, else the model's.
-    view_precision: Literal["model", "bfloat16", "auto"] = "auto"
+    # The image tower's precision for the class's augmented views during training (their
+    # features feed only the loss; the images as they are stay at the model's): "model" as
+    # loaded; "bfloat16" a bfloat16 copy of the image tower; "auto" bfloat16 on a CPU that
+    # multiplies bfloat16 natively. "model" by default: on validation bfloat16 views cost
+    # 0.11 +- 0.03 HM (benchmarks/results/evidence_search-view-precision.md).
+    view_precision: Literal["model", "bfloat16", "auto"] = "model"
     loss_curve_points: int = 100  # the diagnostics' loss curve is subsampled to at most this
 
     def __post_init__(self) -> None:

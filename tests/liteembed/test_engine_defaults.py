@@ -210,7 +210,9 @@ def test_configs_saved_before_the_scale_aware_switches_keep_their_meaning() -> N
     # saved before the views' precision: the model's own
     saved = {k: v for k, v in OptimizationConfig().to_dict().items() if k != "view_precision"}
     assert from_recorded(saved).view_precision == "model"
-    assert from_recorded(OptimizationConfig().to_dict()).view_precision == "auto"
+    assert from_recorded(OptimizationConfig(view_precision="auto").to_dict()).view_precision == (
+        "auto"
+    )
 
 
 def test_earliest_ties_stop_the_search_at_the_first_perfect_step(
