@@ -98,6 +98,15 @@ def variant_config(variant: str, previous: OptimizationConfig) -> tuple[Optimiza
     return config, kind == "le"
 
 
+def search_inputs(model: str, cache_dir: Path) -> tuple[Any, Any, Any, OptimizationConfig]:
+    """The model, its vocabulary and reference bank, and the previous defaults the `kind:...`
+    variants start from."""
+    backend = load_backend(model, "default", device="cpu")
+    vocabulary = load_vocabulary(backend, cache_dir)
+    previous = from_recorded(json.loads(PREVIOUS_DEFAULTS.read_text())["defaults"])
+    return backend, vocabulary, find_bank(backend), previous
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="liteembed-mini-v2")
@@ -116,10 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "evidence_search.json")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    backend = load_backend(args.model, "default", device="cpu")
-    vocabulary = load_vocabulary(backend, args.cache_dir)
-    bank = find_bank(backend)
-    previous = from_recorded(json.loads(PREVIOUS_DEFAULTS.read_text())["defaults"])
+    backend, vocabulary, bank, previous = search_inputs(args.model, args.cache_dir)
     makers = {
         "validation": lambda: [world_task(backend, "val_heldout")],
         "base-as-new": lambda: [base_as_new_task(backend, bank, fold) for fold in range(2)],

@@ -51,16 +51,18 @@ from liteembed import (
     load_vocabulary,
     method_entry,
 )
-from liteembed.config import from_recorded, recorded_defaults
+from liteembed.config import RECORDED_DEFAULTS, from_recorded, recorded_defaults
 
 RESULTS_DIR = Path(__file__).parent / "results"
 DEFAULT_SHOTS = (1, 2, 4, 8, 16)
 # Every draw renders this many support images per class (or the largest K asked, if more), so the
 # shots of a given K and draw do not depend on which other K are requested.
 SUPPORT_POOL = 16
-# The second pass's settings where the evidence search on validation chose it
-# (benchmarks/results/evidence_search-reweigh-cosine.md), for settings files without it.
-SECOND_PASS = {"reweigh_kept": 0.85, "reweigh_min_cosine": 0.9}
+# The second pass's settings as validation chose them for the mini CLIP v2 (its recorded
+# defaults), for settings files without it.
+SECOND_PASS = {
+    k: v for k, v in RECORDED_DEFAULTS["liteembed-mini-v2@a03cbbb3c42e"].items() if "reweigh" in k
+}
 
 
 # ------------------------------------------------------------------ method list

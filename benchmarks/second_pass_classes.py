@@ -20,10 +20,8 @@ from typing import Any
 import torch
 
 from benchmarks.data import world_task
-from benchmarks.evidence_search import PREVIOUS_DEFAULTS, variant_spec
+from benchmarks.evidence_search import search_inputs, variant_spec
 from benchmarks.methods import Context, Outcome, evaluate
-from liteembed import find_bank, load_backend, load_vocabulary
-from liteembed.config import from_recorded
 
 RESULTS_DIR = Path(__file__).parent / "results"
 WITHOUT = "defaults+reweigh_kept=0"
@@ -91,10 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="JSON; the table beside it (.md)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    backend = load_backend(args.model, "default", device="cpu")
-    vocabulary = load_vocabulary(backend, args.cache_dir)
-    bank = find_bank(backend)
-    previous = from_recorded(json.loads(PREVIOUS_DEFAULTS.read_text())["defaults"])
+    backend, vocabulary, bank, previous = search_inputs(args.model, args.cache_dir)
     specs = [variant_spec(v, previous, bank) for v in (WITHOUT, EVERY)]
     task = world_task(backend, args.split)
     ctx = Context.build(backend, task)

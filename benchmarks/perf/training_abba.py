@@ -58,10 +58,8 @@ def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
     ratio = None
     if len(medians) == 2:
         ratio = medians["B"]["seconds"] / medians["A"]["seconds"]
-    pair_ratios = [
-        (b if b["side"] == "B" else a)["seconds"] / (a if a["side"] == "A" else b)["seconds"]
-        for a, b in pairs
-    ]
+    seconds = [{r["side"]: r["seconds"] for r in pair} for pair in pairs]
+    pair_ratios = [by_side["B"] / by_side["A"] for by_side in seconds]
     return {"medians": medians, "ratio_b_over_a": ratio, "pair_ratios": pair_ratios}
 
 

@@ -101,9 +101,10 @@ def rival(similarities: torch.Tensor, background: Background, name: str) -> int:
 
 
 def beaten(
-    class_similarity: torch.Tensor, background_similarity: torch.Tensor, margin: float
+    class_similarity: torch.Tensor | float, background_similarity: torch.Tensor, margin: float
 ) -> torch.Tensor:
-    """(N,) bool: the nearest background word is nearer than the class by more than `margin`."""
+    """(N,) bool (or one, for one image): the nearest background word is nearer than the class by
+    more than `margin`."""
     return background_similarity > class_similarity + margin
 
 

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from liteembed.background import recorded_margin, rival
+from liteembed.background import beaten, recorded_margin, rival
 from liteembed.threshold import noise_likeness
 from service.core.config import Settings
 from service.runtime import Runtime
@@ -75,6 +75,6 @@ def nearer_known(
     found: list[str | None] = []
     for label, similarity, competes in zip(labels, similarities, competing, strict=True):
         index = rival(words, background, label) if competes else -1
-        near = index >= 0 and float(words[index]) > float(similarity) + margin
+        near = index >= 0 and bool(beaten(float(similarity), words[index], margin))
         found.append(background.words[index] if near else None)
     return found

@@ -7,8 +7,7 @@ margin, or switched off) nothing changes."""
 from __future__ import annotations
 
 import base64
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -33,34 +32,20 @@ def b64(data: bytes) -> str:
 
 @pytest.fixture
 def start(
-    shared_runtime: RuntimeHolder, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[Callable[[Settings, Background], Any]]:
+    shared_runtime: RuntimeHolder,
+    make_client: Callable[..., Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> Callable[[Settings, Background], Any]:
     """An app whose runtime is the shared one with `background` as its known concepts."""
-    from fastapi.testclient import TestClient
-
-    from workers import create_app_with_worker
-
-    clients: list[Any] = []
 
     def make(settings: Settings, background: Background) -> Any:
         held: Runtime = replace(shared_runtime.get(), background=background)
         monkeypatch.setattr(service.runtime, "load_runtime", lambda *_, **__: held)
-        app = create_app_with_worker(settings)
         holder = RuntimeHolder(settings)
         holder.get()
-        app.state.runtime = holder
-        client = TestClient(app)
-        client.__enter__()
-        clients.append(client)
-        deadline = time.monotonic() + 30
-        while client.get("/readyz").status_code != 200:
-            assert time.monotonic() < deadline, client.get("/readyz").json()
-            time.sleep(0.05)
-        return client
+        return make_client(settings, runtime=holder)
 
-    yield make
-    for client in reversed(clients):
-        client.__exit__(None, None, None)
+    return make
 
 
 def concept_of(client: Any, colour: str) -> Background:
