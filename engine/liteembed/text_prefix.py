@@ -83,7 +83,10 @@ class PrefixStates:
     ) -> torch.Tensor:
         """The blocks over the suffix `x` (B, S, d) attending to the kept prefix states; the
         output (B, d) is the last position's, the one end-of-text pooling reads."""
-        count = x.shape[0]
+        count, length = x.shape[0], x.shape[1]
+        # Every block sees the same positions, so one mask serves them all (built once per call,
+        # not once per block: a step runs the blocks many times over a few positions).
+        mask = causal_mask(length, prefix[0][0].shape[1] + length, x.dtype, x.device)
         for n, (block, (kept_keys, kept_values)) in enumerate(
             zip(self.blocks, prefix, strict=True)
         ):
@@ -92,8 +95,7 @@ class PrefixStates:
             values = torch.cat([kept_values.expand(count, -1, -1, -1), values], dim=2)
             if n == len(self.blocks) - 1:
                 # Nothing reads the last block's other positions: only the pooled one is run.
-                x, queries = x[:, -1:], queries[:, :, -1:]
-            mask = causal_mask(x.shape[1], keys.shape[2], x.dtype, x.device)
+                x, queries, mask = x[:, -1:], queries[:, :, -1:], mask[-1:]
             attended = F.scaled_dot_product_attention(queries, keys, values, attn_mask=mask)
             attended = attended.transpose(1, 2).reshape(x.shape)
             x = x + block.ls_1(block.attn.out_proj(attended))
