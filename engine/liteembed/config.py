@@ -228,10 +228,13 @@ RECORDED_DEFAULTS: dict[str, dict[str, Any]] = {
     # near the first (benchmarks/evidence_search.py, 10 draws per protocol,
     # benchmarks/results/evidence_search-reweigh-cosine.md): look-alike validation classes +0.44
     # +- 0.12 HM (9 of 10 draws), validation classes -0.08 +- 0.14, base-as-new +0.03 +- 0.03.
+    # Its evidence weight 1.5, not 1 (evidence_search-reweigh-strength.md): look-alike validation
+    # classes +0.26 +- 0.08 (9 of 10), validation classes -0.15 +- 0.11, base-as-new +0.00.
     "liteembed-mini-v2@a03cbbb3c42e": {
         "threshold_offset": 0.029,
         "reweigh_kept": 0.85,
         "reweigh_min_cosine": 0.9,
+        "reweigh_lambda_img": 1.5,
     },
 }
 
