@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -146,7 +147,9 @@ def main(argv: list[str] | None = None) -> int:
             [r["hm"] for r in rows["protected"]], [r["hm"] for r in rows["names only"]]
         ),
         "seconds": round(time.perf_counter() - started, 1),
-        "command": "python -m benchmarks.sequential " + " ".join(argv or []),
+        "command": " ".join(
+            ["python -m benchmarks.sequential", *(sys.argv[1:] if argv is None else argv)]
+        ),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
