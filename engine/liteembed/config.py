@@ -125,7 +125,10 @@ class OptimizationConfig:
     early_stopping: bool = False
     stop_margin: float = 0.02
     min_steps: int = 10
-    patience: int = 5
+    # Also the hold-out step search's: it stops once held-out quality has not improved for
+    # 2 * patience steps. 4, not 5: two steps fewer per search, level on validation
+    # (benchmarks/results/evidence_search-patience.md); 3 cost 0.3 mean HM there.
+    patience: int = 4
     flat_tolerance: float = 0.01  # relative loss change over `patience` steps counted as flat
     short_context: bool = True
     # The text tower's precision during the optimisation steps (the stored feature is always
